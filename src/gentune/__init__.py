@@ -1,0 +1,48 @@
+"""gentune: generalization-aware pretraining and fine-tuning.
+
+Public API (nothing heavy is imported until used)::
+
+    import gentune
+    summary = gentune.finetune(task="rte", out="runs/rte", train_size=1000)
+    metrics = gentune.evaluate(checkpoint="runs/rte/best", task="rte", data="test.tsv")
+"""
+
+from __future__ import annotations
+
+from .errors import GentuneError
+from .registry import create, list_methods, register
+
+__version__ = "0.1.0"
+
+
+def finetune(config=None, **kwargs) -> dict:
+    """Fine-tune a model; keyword arguments are :class:`gentune.config.FinetuneConfig` fields.
+
+    ``regularizer_options`` takes ``{name: {option: value}}``. Returns the summary dict (also written to
+    ``OUT/summary.json``).
+    """
+    from .config import FinetuneConfig, apply_mapping
+    from .train import finetune as _finetune
+
+    cfg = config if config is not None else FinetuneConfig()
+    cfg = apply_mapping(cfg, kwargs, "finetune()")
+    return _finetune(cfg)
+
+
+def evaluate(checkpoint: str, task: str, data: str, batch_size: int = 64) -> dict:
+    """Metrics of a fine-tuned checkpoint on any file of the task's formats."""
+    from .train import evaluate as _evaluate
+
+    return _evaluate(checkpoint, task, data, batch_size=batch_size)
+
+
+def __getattr__(name: str):
+    if name == "FinetuneConfig":
+        from .config import FinetuneConfig
+
+        return FinetuneConfig
+    raise AttributeError(f"module 'gentune' has no attribute {name!r}")
+
+
+__all__ = ["FinetuneConfig", "GentuneError", "create", "evaluate", "finetune", "list_methods", "register",
+           "__version__"]

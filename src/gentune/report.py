@@ -1,0 +1,65 @@
+"""Run reports: PNG plots of the training loss and the dev metric, from OUT/metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_log(path: Path) -> list[dict]:
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def plot_run(out: Path, main_metric: str) -> list[Path]:
+    """Write OUT/loss.png (training loss, raw and moving average) and OUT/dev.png (dev metric per eval)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    log = out / "metrics.jsonl"
+    if not log.exists():
+        return []
+    records = read_log(log)
+    train = [r for r in records if r.get("type") == "train"]
+    evals = [r for r in records if r.get("type") == "eval"]
+    written = []
+    if train:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        steps = [r["step"] for r in train]
+        loss = [r["loss"] for r in train]
+        ax.plot(steps, loss, alpha=0.3, lw=0.8, label="loss")
+        ax.plot(steps, _smooth(loss, max(1, len(loss) // 20)), lw=1.6, label="moving average")
+        ax.set(xlabel="optimizer step", ylabel="training loss", title=f"{out.name}: training loss")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "loss.png", dpi=110)
+        plt.close(fig)
+        written.append(out / "loss.png")
+    if evals:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([r["step"] for r in evals], [r[main_metric] for r in evals], marker="o")
+        ax.set(xlabel="optimizer step", ylabel=f"dev {main_metric}", title=f"{out.name}: dev {main_metric}")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "dev.png", dpi=110)
+        plt.close(fig)
+        written.append(out / "dev.png")
+    return written

@@ -1,0 +1,371 @@
+"""The one training loop (Hugging Face Accelerate): fine-tune a sequence classifier with any regularizers.
+
+Read top to bottom: set up (data, model, optimizer, schedule) -> resume if OUT holds a checkpoint -> train,
+evaluating each epoch (and every ``eval_steps``), saving the best model and a resume checkpoint -> summary.
+
+The same code runs on one CPU, one GPU, or ``accelerate launch --num_processes N``. Batches are split across
+processes (``split_batches=True``): ``batch_size`` is the global batch, so N processes take the same optimizer
+steps on the same examples as one process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, asdict
+from pathlib import Path
+
+import torch
+
+from . import registry
+from ._fs import atomic_dir, recover_dir, write_json_atomic, write_text_atomic
+from .config import FinetuneConfig, dump_yaml
+from .data import get_task, load_splits, read_file, stratified_subsample
+from .errors import GentuneError
+from .metrics import compute
+from .models.hf import load_checkpoint, load_for_task, load_tokenizer, save_checkpoint
+from .objectives.classification import Collator, classification_loss, predictions, tokenize
+
+CHECKPOINT = "checkpoint"
+STATE_FILE = "trainer_state.json"
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same data order.
+
+    It owns its generator and never touches the global RNG, which therefore drives only dropout: restoring
+    the RNG state on resume reproduces the uninterrupted run exactly.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # micro-batches consumed in the current epoch
+    examples: int = 0  # training examples processed (all processes)
+    train_seconds: float = 0.0  # forward/backward/optimizer time only
+    best_metric: float | None = None
+    best_step: int = -1
+    best_dev: dict | None = None
+    last_eval_step: int = -1
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def _optimizer(model, lr: float, weight_decay: float):
+    # No weight decay on biases and normalisation weights (the BERT recipe).
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def evaluate_model(model, dataloader, task, accelerator) -> dict[str, float]:
+    """Metrics of ``model`` on every example of ``dataloader`` (gathered across processes)."""
+    model.eval()
+    preds, labels, losses = [], [], []
+    with torch.no_grad():
+        for batch in dataloader:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            logits = model(**inputs).logits
+            logits, gold = accelerator.gather_for_metrics((logits, batch["labels"]))
+            losses.append(classification_loss(logits, gold, task.is_regression).item() * len(gold))
+            preds.append(predictions(logits, task.is_regression).cpu())
+            labels.append(gold.cpu())
+    model.train()
+    p, y = torch.cat(preds).numpy(), torch.cat(labels).numpy()
+    out = compute(task.metrics, p, y)
+    out["loss"] = float(sum(losses) / len(y))
+    return out
+
+
+class _Log:
+    """Append-only JSONL metrics log; on resume, lines past the checkpoint's step are dropped first."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
+        self.path, self.enabled = path, enabled
+        if enabled and path.exists():
+            keep = []
+            if resume_step is not None:
+                for line in path.read_text().splitlines():
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line cut by a kill
+                    if rec.get("step", 0) <= resume_step:
+                        keep.append(line)
+            write_text_atomic(path, "".join(l + "\n" for l in keep))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _check_out_dir(out: Path, cfg: FinetuneConfig) -> str:
+    """'new', 'resume' or 'done'; a different config in the same OUT is an error, not a silent overwrite."""
+    saved = out / "config.yaml"
+    if not saved.exists():
+        return "new"
+    import yaml
+
+    old = yaml.safe_load(saved.read_text()) or {}
+    new = cfg.to_dict()
+    # Keys that do not change the result may differ between the original command and its rerun.
+    ignore = {"out", "save_steps", "keep_checkpoint", "eval_batch_size", "data_dir", "train", "dev"}
+    diff = [k for k in new if k not in ignore and old.get(k) != new[k]]
+    if diff:
+        k = diff[0]
+        raise GentuneError(f"{out} holds a run with a different config ({k}: {old.get(k)!r} there, {new[k]!r} now); "
+                           f"use another --out or delete it")
+    if (out / "summary.json").exists():
+        return "done"
+    return "resume" if recover_dir(out / CHECKPOINT) else "new"
+
+
+def _save_resume_checkpoint(accelerator, out: Path, state: TrainState) -> None:
+    ckpt = out / CHECKPOINT
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomic(tmp / STATE_FILE, asdict(state))
+        old = ckpt.with_name(ckpt.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if ckpt.exists():
+            ckpt.rename(old)
+        tmp.rename(ckpt)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, leave=True)
+
+
+def finetune(cfg: FinetuneConfig) -> dict:
+    """Fine-tune ``cfg.model`` on ``cfg.task`` and return the run summary (also written to OUT/summary.json)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    cfg.validate()
+    task = get_task(cfg.task)
+    reg_names = list(cfg.regularizer)
+    for name in reg_names:
+        registry.get("regularizer", name)  # unknown names fail before any work
+    out = Path(cfg.out)
+    status = _check_out_dir(out, cfg)
+    if status == "done":
+        return json.loads((out / "summary.json").read_text())
+
+    accelerator = Accelerator(
+        split_batches=True,
+        gradient_accumulation_steps=cfg.grad_accum,
+        mixed_precision=_mixed_precision(cfg.mixed_precision),
+    )
+    if cfg.batch_size % accelerator.num_processes:
+        raise GentuneError(f"batch_size {cfg.batch_size} is not divisible by {accelerator.num_processes} processes")
+    main = accelerator.is_main_process
+    set_seed(cfg.seed)
+
+    train_ds, dev_ds = load_splits(task, cfg.data_dir, cfg.train, cfg.dev)
+    if cfg.train_size:
+        train_ds = stratified_subsample(train_ds, cfg.train_size, cfg.seed, task.is_regression)
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_for_task(cfg.model, task)
+    regs = [registry.create("regularizer", n, **cfg.regularizer_options.get(n, {})) for n in reg_names]
+
+    train_tok = tokenize(train_ds, tokenizer, cfg.max_length, task.text_pair)
+    dev_tok = tokenize(dev_ds, tokenizer, cfg.max_length, task.text_pair)
+    collate = Collator(tokenizer, task.is_regression)
+    sampler = EpochSampler(len(train_tok), cfg.seed)
+    train_dl = torch.utils.data.DataLoader(train_tok, batch_size=cfg.batch_size, sampler=sampler,
+                                           collate_fn=collate, generator=torch.Generator())
+    dev_dl = torch.utils.data.DataLoader(dev_tok, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=collate)
+
+    steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum)
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
+    optimizer = _optimizer(model, cfg.lr, cfg.weight_decay)
+    from transformers import get_linear_schedule_with_warmup
+
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    model, optimizer, train_dl, dev_dl = accelerator.prepare(model, optimizer, train_dl, dev_dl)
+    accelerator.register_for_checkpointing(scheduler)
+    for r in regs:
+        if hasattr(r, "state_dict"):
+            accelerator.register_for_checkpointing(r)
+
+    state = TrainState()
+    if status == "resume":
+        ckpt = recover_dir(out / CHECKPOINT)
+        accelerator.load_state(str(ckpt))
+        state = TrainState(**json.loads((ckpt / STATE_FILE).read_text()))
+    elif main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "config.yaml", dump_yaml(cfg))
+    accelerator.wait_for_everyone()
+    log = _Log(out / "metrics.jsonl", main, state.step if status == "resume" else -1)
+
+    meta = {"task": task.name, "labels": list(task.labels) if task.labels else None,
+            "base_model": cfg.model, "max_length": cfg.max_length}
+
+    def run_eval() -> dict:
+        metrics = evaluate_model(model, dev_dl, task, accelerator)
+        state.last_eval_step = state.step
+        log.write({"type": "eval", "step": state.step, "epoch": state.epoch, **metrics})
+        main_value = metrics[task.main_metric]
+        if state.best_metric is None or main_value > state.best_metric:
+            state.best_metric, state.best_step, state.best_dev = main_value, state.step, metrics
+            if cfg.save_model:
+                accelerator.wait_for_everyone()
+                if main:
+                    save_checkpoint(accelerator.unwrap_model(model), tokenizer, out / "best",
+                                    {**meta, "step": state.step, "dev": metrics})
+        return metrics
+
+    bar = _progress(total_steps, state.step, main and sys.stderr.isatty())
+    model.train()
+    last_dev: dict | None = None
+    step_time = 0.0
+    while state.step < total_steps:
+        train_dl.set_epoch(state.epoch)  # accelerate re-applies its own epoch counter on iteration
+        sampler.set_epoch(state.epoch)
+        dl = accelerator.skip_first_batches(train_dl, state.batch_in_epoch) if state.batch_in_epoch else train_dl
+        for batch in dl:
+            t0 = time.perf_counter()
+            with accelerator.accumulate(model):
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                outputs = model(**inputs)
+                terms = {"task": classification_loss(outputs.logits, batch["labels"], task.is_regression)}
+                for r in regs:
+                    terms.update(r(model, batch, outputs))
+                loss = sum(terms.values())
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            state.batch_in_epoch += 1
+            state.examples += len(batch["labels"]) * accelerator.num_processes
+            step_time += time.perf_counter() - t0
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            for r in regs:
+                if hasattr(r, "after_step"):
+                    r.after_step(model)
+            state.step += 1
+            state.train_seconds += step_time
+            step_time = 0.0
+            # Logged values are this process's micro-batch; reduced only on the main-metric path (eval).
+            record = {"type": "train", "step": state.step, "epoch": state.epoch, "lr": scheduler.get_last_lr()[0],
+                      **{k: float(v.detach()) for k, v in terms.items()}, "loss": float(loss.detach())}
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            log.write(record)
+            postfix = {"loss": f"{record['loss']:.4f}"}
+            if cfg.eval_steps > 0 and state.step % cfg.eval_steps == 0 and state.step < total_steps:
+                last_dev = run_eval()
+            if last_dev:
+                postfix[task.main_metric] = f"{last_dev[task.main_metric]:.4f}"
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+            if state.step >= total_steps:
+                break
+            if cfg.save_steps > 0 and state.step % cfg.save_steps == 0:
+                _save_resume_checkpoint(accelerator, out, state)
+        else:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            if state.step < total_steps:
+                last_dev = run_eval()
+                _save_resume_checkpoint(accelerator, out, state)
+            continue
+        break
+    bar.close()
+    final_dev = run_eval() if state.last_eval_step != state.step else (last_dev or state.best_dev)
+    summary = {
+        "task": task.name,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "regularizers": reg_names,
+        "main_metric": task.main_metric,
+        "best_dev": state.best_dev,
+        "best_step": state.best_step,
+        "final_dev": final_dev,
+        "train_examples": len(train_ds),
+        "dev_examples": len(dev_ds),
+        "train_steps": state.step,
+        "epochs": state.step / steps_per_epoch,
+        "train_seconds": state.train_seconds,
+        "seconds_per_step": state.train_seconds / max(state.step, 1),
+        "examples_per_second": state.examples / max(state.train_seconds, 1e-9),
+        "num_processes": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    accelerator.wait_for_everyone()
+    if main:
+        from .report import plot_run
+
+        plot_run(out, task.main_metric)
+        write_json_atomic(out / "summary.json", summary)
+        if not cfg.keep_checkpoint:
+            shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+def evaluate(checkpoint: str, task: str, data: str, batch_size: int = 64, max_length: int | None = None) -> dict:
+    """Metrics of a fine-tuned checkpoint on any file of ``task``'s formats (e.g. a GLUE TSV test file)."""
+    from accelerate import Accelerator
+
+    spec = get_task(task)
+    ds = read_file(spec, data)
+    model, meta = load_checkpoint(checkpoint, spec)
+    tokenizer = load_tokenizer(checkpoint)
+    accelerator = Accelerator()
+    tok = tokenize(ds, tokenizer, max_length or meta.get("max_length", 128), spec.text_pair)
+    dl = torch.utils.data.DataLoader(tok, batch_size=batch_size, shuffle=False,
+                                     collate_fn=Collator(tokenizer, spec.is_regression))
+    model, dl = accelerator.prepare(model, dl)
+    metrics = evaluate_model(model, dl, spec, accelerator)
+    return {"task": spec.name, "file": str(data), "examples": len(ds), **metrics}
