@@ -35,6 +35,7 @@ class FinetuneConfig:
     eval_batch_size: int = 64
     lr: float = 5e-5
     weight_decay: float = 0.01
+    adam_eps: float = 1e-8
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0  # <= 0 disables clipping
     grad_accum: int = 1
@@ -57,6 +58,7 @@ class FinetuneConfig:
             (self.batch_size > 0, "batch_size must be positive"),
             (self.eval_batch_size > 0, "eval_batch_size must be positive"),
             (self.lr > 0, "lr must be positive"),
+            (self.adam_eps > 0, "adam_eps must be positive"),
             (self.grad_accum >= 1, "grad_accum must be at least 1"),
             (self.max_length >= 8, "max_length must be at least 8"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
@@ -84,9 +86,11 @@ def _coerce(value: str, like: Any, key: str):
     if isinstance(like, bool) and not isinstance(parsed, bool):
         raise GentuneError(f"--set {key}: expected true/false, got {value!r}")
     if isinstance(like, (int, float)) and not isinstance(like, bool):
-        if not isinstance(parsed, (int, float)) or isinstance(parsed, bool):
-            raise GentuneError(f"--set {key}: expected a number, got {value!r}")
-        return float(parsed) if isinstance(like, float) else parsed
+        try:  # YAML 1.1 reads "3e-5" as a string, so numbers are parsed by Python's rules
+            return int(value) if isinstance(like, int) else float(value)
+        except ValueError:
+            kind = "an integer" if isinstance(like, int) else "a number"
+            raise GentuneError(f"--set {key}: expected {kind}, got {value!r}") from None
     if isinstance(like, (list, tuple)) and isinstance(parsed, str):
         return type(like)(s for s in parsed.split(",") if s)
     return parsed

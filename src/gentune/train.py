@@ -77,7 +77,7 @@ def _mixed_precision(choice: str) -> str:
     return "no"
 
 
-def _optimizer(model, lr: float, weight_decay: float):
+def _optimizer(model, lr: float, weight_decay: float, eps: float):
     # No weight decay on biases and normalisation weights (the BERT recipe).
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -85,7 +85,7 @@ def _optimizer(model, lr: float, weight_decay: float):
             continue
         (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr, eps=eps)
 
 
 def evaluate_model(model, dataloader, task, accelerator) -> dict[str, float]:
@@ -178,7 +178,7 @@ def _progress(total: int, initial: int, enabled: bool):
 
 def finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune ``cfg.model`` on ``cfg.task`` and return the run summary (also written to OUT/summary.json)."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
 
     cfg.validate()
@@ -191,8 +191,14 @@ def finetune(cfg: FinetuneConfig) -> dict:
     if status == "done":
         return json.loads((out / "summary.json").read_text())
 
+    # Launched as several processes (torchrun / accelerate launch --multi_gpu) on a machine without CUDA:
+    # accelerate only picks its gloo multi-CPU backend when told the run is on CPU.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
-        split_batches=True,
+        cpu=multi_cpu,
+        # batch_size is the global batch: each of N processes gets 1/N of it (the Accelerator(split_batches=)
+        # keyword is silently ignored by accelerate 1.x; only the DataLoaderConfiguration form works).
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
         gradient_accumulation_steps=cfg.grad_accum,
         mixed_precision=_mixed_precision(cfg.mixed_precision),
     )
@@ -218,7 +224,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
     steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
-    optimizer = _optimizer(model, cfg.lr, cfg.weight_decay)
+    optimizer = _optimizer(model, cfg.lr, cfg.weight_decay, cfg.adam_eps)
     from transformers import get_linear_schedule_with_warmup
 
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
@@ -284,6 +290,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
             step_time += time.perf_counter() - t0
             if not accelerator.sync_gradients:
                 continue
+            lr = scheduler.get_last_lr()[0]  # the rate this step used
             scheduler.step()
             for r in regs:
                 if hasattr(r, "after_step"):
@@ -292,7 +299,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
             state.train_seconds += step_time
             step_time = 0.0
             # Logged values are this process's micro-batch; reduced only on the main-metric path (eval).
-            record = {"type": "train", "step": state.step, "epoch": state.epoch, "lr": scheduler.get_last_lr()[0],
+            record = {"type": "train", "step": state.step, "epoch": state.epoch, "lr": lr,
                       **{k: float(v.detach()) for k, v in terms.items()}, "loss": float(loss.detach())}
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
@@ -341,6 +348,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if cfg.keep_checkpoint:  # a final resume checkpoint, for inspection or continued training
+        _save_resume_checkpoint(accelerator, out, state)
     accelerator.wait_for_everyone()
     if main:
         from .report import plot_run

@@ -1,0 +1,61 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GLUE = Path(os.environ.get("GENTUNE_DATA", ROOT.parent / "shared" / "data" / "glue"))
+
+# No test may reach for the Hub: a missing local file must fail fast, as it does offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def glue() -> Path:
+    if not (GLUE / "full").is_dir():
+        pytest.skip(f"GLUE data not found at {GLUE} (set GENTUNE_DATA)")
+    return GLUE
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A tiny random BERT (hidden 32, 2 layers) with the real MiniLM WordPiece tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from gentune.models.hf import resolve_model_path
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_nodrop(tmp_path_factory, tiny_model) -> str:
+    """The tiny BERT without dropout: runs on 1 and 2 processes must then agree to float precision."""
+    import json
+
+    path = tmp_path_factory.mktemp("tiny-bert-nodrop")
+    for f in Path(tiny_model).iterdir():
+        shutil.copy(f, path / f.name)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (path / "config.json").write_text(json.dumps(cfg))
+    return str(path)
+
+
+def run_cli(*args, env=None, cwd=None, timeout=600):
+    """Run ``python -m gentune ARGS`` in a subprocess; returns the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "gentune", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, cwd=cwd or ROOT, timeout=timeout)

@@ -1,0 +1,61 @@
+import pytest
+
+from gentune.config import FinetuneConfig, apply_mapping, apply_overrides, dump_yaml, load_yaml
+from gentune.errors import GentuneError
+
+
+def test_yaml_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("task: rte\nout: runs/x\nlr: 1.0e-4\nregularizer: l2sp\n")
+    cfg = load_yaml(FinetuneConfig(), str(f))
+    assert (cfg.task, cfg.lr, cfg.regularizer) == ("rte", 1e-4, ["l2sp"])
+    cfg = apply_overrides(cfg, ["lr=3e-5", "epochs=2", "l2sp.alpha=0.5", "save_model=false", "train_size=100"])
+    assert cfg.lr == 3e-5 and cfg.epochs == 2.0 and isinstance(cfg.epochs, float)
+    assert cfg.regularizer_options == {"l2sp": {"alpha": 0.5}} and cfg.save_model is False
+    assert cfg.train_size == 100
+    cfg.validate()
+    # the dump round-trips
+    g = tmp_path / "d.yaml"
+    g.write_text(dump_yaml(cfg))
+    assert load_yaml(FinetuneConfig(), str(g)) == cfg
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["nope=1"], "unknown config key 'nope'"),
+        (["lr"], "expected key=value"),
+        (["lr=fast"], "--set lr: expected a number"),
+        (["save_model=3"], "expected true/false"),
+        (["l2sp.gamma=1"], "regularizer 'l2sp' has no option 'gamma'"),
+        (["smartish.eps=1"], "unknown config key 'smartish.eps'"),
+    ],
+)
+def test_bad_overrides(overrides, needle):
+    with pytest.raises(GentuneError, match=needle.replace("(", r"\(")):
+        apply_overrides(FinetuneConfig(), overrides)
+
+
+def test_bad_yaml(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("task: rte\nbogus: 1\n")
+    with pytest.raises(GentuneError, match="c.yaml: unknown config key 'bogus'"):
+        load_yaml(FinetuneConfig(), str(f))
+    f.write_text("task: [rte\n")
+    with pytest.raises(GentuneError, match=r"c.yaml:\d+: malformed YAML"):
+        load_yaml(FinetuneConfig(), str(f))
+    with pytest.raises(GentuneError, match="no such config file"):
+        load_yaml(FinetuneConfig(), str(tmp_path / "missing.yaml"))
+
+
+def test_validate():
+    cfg = apply_mapping(FinetuneConfig(), {"task": "rte", "out": "x"}, "t")
+    cfg.validate()
+    for key, value, needle in [("batch_size", 0, "batch_size"), ("warmup_ratio", 1.5, "warmup_ratio"),
+                               ("mixed_precision", "fp8", "mixed_precision"), ("task", "", "task is required")]:
+        bad = apply_mapping(FinetuneConfig(), {"task": "rte", "out": "x", key: value}, "t")
+        with pytest.raises(GentuneError, match=needle):
+            bad.validate()
+    bad = apply_mapping(FinetuneConfig(), {"task": "rte", "out": "x", "regularizer_options": {"l2sp": {}}}, "t")
+    with pytest.raises(GentuneError, match="not in regularizer"):
+        bad.validate()

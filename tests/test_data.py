@@ -1,0 +1,180 @@
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from gentune.data import TASKS, get_task, load_splits, read_file, stratified_subsample
+from gentune.errors import GentuneError
+
+
+def _kshot_files(glue, task):
+    folder = glue / "k-shot" / task.dirname / "16-13"
+    return sorted(p for p in folder.iterdir() if p.suffix in (".tsv", ".csv"))
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_full_json_loads_every_example(glue, name):
+    task = TASKS[name]
+    for split in ("train", "dev"):
+        path = glue / "full" / task.dirname / f"{split}.json"
+        raw = json.loads(path.read_text())
+        ds = read_file(task, path)
+        assert len(ds) == len(raw)
+        first = next(iter(raw.values()))
+        assert ds[0]["text_a"] == first["text_a"]
+        if task.is_regression:
+            assert ds[0]["label"] == pytest.approx(float(first["label"]))
+        else:
+            assert task.labels[ds[0]["label"]] == str(first["label"])
+            # every label of the task's set occurs in its training data
+            if split == "train":
+                assert set(ds["label"]) == set(range(task.num_labels))
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_kshot_glue_layouts_load(glue, name):
+    task = TASKS[name]
+    for path in _kshot_files(glue, task):
+        lines = [l for l in path.read_text(encoding="utf-8-sig").splitlines() if l.strip()]
+        ds = read_file(task, path)
+        if task.is_regression:
+            assert all(0.0 <= s <= 5.0 for s in ds["label"])
+        else:
+            counts = Counter(ds["label"])
+            # LM-BFF splits hold 16 examples of every class
+            assert set(counts.values()) == {16} and len(counts) == task.num_labels
+        if task.csv:
+            assert len(ds) == len(lines) - sum(1 for l in lines if l.startswith('"') and l.count('"') % 2)
+        else:
+            assert len(ds) == len(lines) - (1 if task.tsv.header else 0)
+        assert all(isinstance(t, str) and t for t in ds["text_a"])
+        if task.text_pair:
+            assert all(isinstance(t, str) for t in ds["text_b"])
+
+
+def test_mrpc_bom_and_columns(glue):
+    task = get_task("mrpc")
+    path = glue / "k-shot/MRPC/16-13/train.tsv"
+    assert path.read_bytes()[:3] == b"\xef\xbb\xbf"
+    ds = read_file(task, path)
+    row = path.read_text(encoding="utf-8-sig").splitlines()[1].split("\t")
+    assert ds[0] == {"text_a": row[3], "text_b": row[4], "label": int(row[0])}
+
+
+def test_cola_headerless_columns(glue):
+    path = glue / "k-shot/CoLA/16-13/train.tsv"
+    row = path.read_text().splitlines()[0].split("\t")
+    ds = read_file(get_task("cola"), path)
+    assert ds[0] == {"text_a": row[3], "text_b": None, "label": int(row[1])}
+
+
+def test_snli_label_is_last_field_even_with_annotator_columns(glue):
+    path = glue / "k-shot/SNLI/16-13/dev.tsv"
+    lines = path.read_text().splitlines()
+    wide = next(i for i, l in enumerate(lines) if len(l.split("\t")) == 15)
+    ds = read_file(get_task("snli"), path)
+    fields = lines[wide].split("\t")
+    assert get_task("snli").labels[ds[wide - 1]["label"]] == fields[-1]
+    assert ds[wide - 1]["text_a"] == fields[7]
+
+
+def test_stsb_score_column(glue):
+    path = glue / "k-shot/STS-B/16-13/train.tsv"
+    row = path.read_text().splitlines()[1].split("\t")
+    ds = read_file(get_task("stsb"), path)
+    assert ds[0]["label"] == pytest.approx(float(row[9]))
+    assert ds[0]["text_b"] == row[8]
+
+
+# --- malformed input: one GentuneError naming the file (and line) ---------------------------------------
+
+@pytest.mark.parametrize(
+    "task,name,content,needle",
+    [
+        ("rte", "bad.tsv", "index\tsentence1\tsentence2\tlabel\n1\ta\tb\tentailment\n2\ta\tentailment\n",
+         "bad.tsv:3: expected 4 tab-separated fields, found 3"),
+        ("rte", "bad.tsv", "index\tsentence1\tsentence2\tlabel\n1\ta\tb\tmaybe\n", "bad.tsv:2: label 'maybe'"),
+        ("rte", "bad.tsv", "index\tsentence1\tsentence2\n1\ta\tb\n", "bad.tsv:1: header has no column 'label'"),
+        ("rte", "empty.tsv", "", "empty.tsv: empty file"),
+        ("rte", "hdr.tsv", "index\tsentence1\tsentence2\tlabel\n", "hdr.tsv: no examples"),
+        ("cola", "bad.tsv", "src\t1\t\tok sentence\nsrc\t7\t*\tbad label\n", "bad.tsv:2: label '7'"),
+        ("sst2", "bad.tsv", "sentence\tlabel\ngood\t1\textra\n", "bad.tsv:2: expected 2 tab-separated fields"),
+        ("stsb", "bad.tsv", "\t".join(["c"] * 7 + ["sentence1", "sentence2", "score"]) + "\n"
+         + "\t".join(["x"] * 9 + ["high"]) + "\n", "bad.tsv:2: label 'high' is not a number"),
+        ("mr", "bad.csv", "0,fine\n1,fine,too many\n", "bad.csv:2: expected 2 comma-separated fields"),
+        ("mr", "bad.csv", "0,fine\n3,not a class\n", "bad.csv:2: label '3'"),
+        ("rte", "bad.json", '{"0": {"text_a": "a", "text_b": "b", "label": "entailment"},\n "1": ',
+         "bad.json:2: malformed JSON"),
+        ("rte", "bad.json", '{"0": {"text_a": "a", "label": "entailment"}}', "example 0: task rte needs text_b"),
+        ("rte", "bad.json", '{"0": {"text_a": "a", "text_b": "b", "label": "yes"}}', "example 0: label 'yes'"),
+        ("rte", "bad.txt", "hello", "unknown file type '.txt'"),
+    ],
+)
+def test_malformed_files_name_file_and_line(tmp_path, task, name, content, needle):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(GentuneError) as err:
+        read_file(get_task(task), path)
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(GentuneError, match="no such file"):
+        read_file(get_task("rte"), tmp_path / "nope.tsv")
+
+
+def test_unknown_task():
+    with pytest.raises(GentuneError, match="unknown task 'foo'"):
+        get_task("foo")
+    assert get_task("SST-2").name == "sst2" and get_task("sts-b").name == "stsb"
+
+
+def test_load_splits_precedence_and_every_place_named(glue, tmp_path, monkeypatch):
+    task = get_task("rte")
+    monkeypatch.delenv("GENTUNE_DATA", raising=False)
+    train, dev = load_splits(task, data_dir=str(glue))
+    assert (len(train), len(dev)) == (2240, 249)
+    monkeypatch.setenv("GENTUNE_DATA", str(glue))
+    assert len(load_splits(task)[0]) == 2240
+    # an explicit --data-dir that lacks the task is an error even when $GENTUNE_DATA has it
+    with pytest.raises(GentuneError, match="--data-dir="):
+        load_splits(task, data_dir=str(tmp_path))
+    # nothing local and the Hub unreachable (offline): one error names every place tried
+    monkeypatch.setenv("GENTUNE_DATA", str(tmp_path))
+    with pytest.raises(GentuneError) as err:
+        load_splits(task)
+    msg = str(err.value)
+    assert "--data-dir (not set)" in msg and f"$GENTUNE_DATA={tmp_path}" in msg and "Hugging Face Hub" in msg
+    # explicit files
+    kshot = glue / "k-shot/RTE/16-13"
+    train, dev = load_splits(task, train_file=str(kshot / "train.tsv"), dev_file=str(kshot / "dev.tsv"))
+    assert len(train) == len(dev) == 32
+    with pytest.raises(GentuneError, match="give both"):
+        load_splits(task, train_file=str(kshot / "train.tsv"))
+
+
+def test_stratified_subsample_keeps_label_shares_and_is_seeded(glue):
+    task = get_task("cola")
+    ds = read_file(task, glue / "full/CoLA/train.json")
+    sub = stratified_subsample(ds, 1000, seed=13)
+    again = stratified_subsample(ds, 1000, seed=13)
+    other = stratified_subsample(ds, 1000, seed=21)
+    assert len(sub) == 1000 and sub["text_a"] == again["text_a"] and sub["text_a"] != other["text_a"]
+    full_share = np.mean(ds["label"])
+    assert abs(np.mean(sub["label"]) - full_share) <= 1 / 1000 + 1e-9
+    # shuffled, not grouped by label
+    assert sub["label"][:20] != sorted(sub["label"][:20]) or sub["label"][20:40] != sorted(sub["label"][20:40])
+    # every class represented even when tiny; regression stratifies by score quintile
+    trec = read_file(get_task("trec"), glue / "full/trec/train.json")
+    assert set(stratified_subsample(trec, 12, seed=1)["label"]) == set(range(6))
+    stsb = read_file(get_task("stsb"), glue / "full/STS-B/train.json")
+    s = stratified_subsample(stsb, 100, seed=1, regression=True)
+    assert len(s) == 100
+    edges = np.quantile(stsb["label"], [0.2, 0.4, 0.6, 0.8])
+    strata = Counter(np.searchsorted(edges, stsb["label"], side="right"))
+    taken = Counter(np.searchsorted(edges, s["label"], side="right"))
+    for k, n in strata.items():  # each score quintile keeps its share (ties make them unequal)
+        assert abs(taken[k] - 100 * n / len(stsb)) < 1
+    assert len(stratified_subsample(ds, 10**6, seed=1)) == len(ds)

@@ -1,0 +1,191 @@
+"""The training loop on a tiny random BERT: outputs, best checkpoint, accumulation, resume, two processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import gentune
+from gentune.errors import GentuneError
+
+from conftest import ROOT
+
+
+def _kshot(glue, task_dir, split):
+    folder = glue / "k-shot" / task_dir / "16-13"
+    return str(next(p for p in folder.iterdir() if p.stem.startswith(split) and p.suffix in (".tsv", ".csv")))
+
+
+def _args(glue, tiny, out, task="sst2", task_dir="SST-2", **kw):
+    base = dict(task=task, out=str(out), model=tiny, train=_kshot(glue, task_dir, "train"),
+                dev=_kshot(glue, task_dir, "dev"), batch_size=8, lr=1e-3, epochs=2, max_length=64, seed=1)
+    base.update(kw)
+    return base
+
+
+def test_run_directory_and_best_checkpoint(glue, tiny_model, tmp_path):
+    out = tmp_path / "run"
+    s = gentune.finetune(**_args(glue, tiny_model, out, eval_steps=3))
+    for key in ("task", "model", "seed", "best_dev", "final_dev", "train_steps", "train_seconds",
+                "seconds_per_step", "examples_per_second"):
+        assert key in s
+    assert s["train_steps"] == 8 and s["train_examples"] == 32  # 32 examples / 8 = 4 steps x 2 epochs
+    assert s["examples_per_second"] == pytest.approx(64 / s["train_seconds"])
+    files = {p.name for p in out.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "loss.png", "dev.png", "best"} <= files
+    assert "checkpoint" not in files  # removed after a finished run unless keep_checkpoint
+    assert (out / "best" / "model.safetensors").is_file() and (out / "best" / "tokenizer.json").is_file()
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "train"] == list(range(1, 9))
+    evals = [r for r in records if r["type"] == "eval"]
+    assert [r["step"] for r in evals] == [3, 4, 6, 8]  # every 3 steps, each epoch end, and the end
+    best = max(evals, key=lambda r: r["accuracy"])
+    assert s["best_dev"]["accuracy"] == best["accuracy"] and s["final_dev"] == {k: v for k, v in evals[-1].items()
+                                                                              if k not in ("type", "step", "epoch")}
+    # the saved best model reproduces its dev metrics through `evaluate`
+    m = gentune.evaluate(str(out / "best"), "sst2", _kshot(glue, "SST-2", "dev"))
+    assert m["accuracy"] == pytest.approx(s["best_dev"]["accuracy"]) and m["loss"] == pytest.approx(s["best_dev"]["loss"], rel=1e-5)
+    assert yaml.safe_load((out / "config.yaml").read_text())["lr"] == 1e-3
+    # rerunning the same command returns the finished summary; a different config is refused
+    assert gentune.finetune(**_args(glue, tiny_model, out, eval_steps=3)) == s
+    with pytest.raises(GentuneError, match="different config"):
+        gentune.finetune(**_args(glue, tiny_model, out, lr=2e-3, eval_steps=3))
+
+
+def test_regression_and_f1_tasks(glue, tiny_model, tmp_path):
+    s = gentune.finetune(**_args(glue, tiny_model, tmp_path / "stsb", task="stsb", task_dir="STS-B", epochs=1))
+    assert set(s["final_dev"]) == {"pearson", "spearman", "loss"} and s["main_metric"] == "pearson"
+    s = gentune.finetune(**_args(glue, tiny_model, tmp_path / "mrpc", task="mrpc", task_dir="MRPC", epochs=1,
+                                 save_model=False))
+    assert set(s["final_dev"]) == {"accuracy", "f1", "loss"} and not (tmp_path / "mrpc" / "best").exists()
+
+
+def _final_weights(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(out) / "best" / "model.safetensors"))
+
+
+def test_gradient_accumulation_matches_the_large_batch(glue, tiny_model_nodrop, tmp_path):
+    a = gentune.finetune(**_args(glue, tiny_model_nodrop, tmp_path / "a", batch_size=8, grad_accum=1, epochs=1))
+    b = gentune.finetune(**_args(glue, tiny_model_nodrop, tmp_path / "b", batch_size=4, grad_accum=2, epochs=1))
+    assert a["train_steps"] == b["train_steps"] == 4
+    assert b["final_dev"]["loss"] == pytest.approx(a["final_dev"]["loss"], rel=1e-4)
+
+
+def test_regularizer_terms_reach_the_loss(glue, tiny_model, tmp_path):
+    plain = gentune.finetune(**_args(glue, tiny_model, tmp_path / "plain", epochs=1, keep_checkpoint=True))
+    reg = gentune.finetune(**_args(glue, tiny_model, tmp_path / "reg", epochs=1, regularizer=["l2sp"],
+                                   regularizer_options={"l2sp": {"alpha": 1e4, "beta": 0.0}}))
+    rec = [json.loads(l) for l in (tmp_path / "reg" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rec if r["type"] == "train"]
+    assert train[0]["l2sp"] == 0.0 and train[-1]["l2sp"] > 0
+    assert all(r["loss"] == pytest.approx(r["task"] + r["l2sp"]) for r in train)
+    assert (tmp_path / "plain" / "checkpoint").is_dir()
+    # a strong pull to the start keeps the encoder much closer to it than plain fine-tuning
+    from safetensors.torch import load_file
+
+    from gentune.models.hf import load_for_task
+    from gentune.data import get_task
+
+    start = load_for_task(tiny_model, get_task("sst2")).state_dict()
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    dist = {name: (load_file(str(tmp_path / name / "best" / "model.safetensors"))[key] - start[key]).norm().item()
+            for name in ("plain", "reg")}
+    assert dist["reg"] < 0.2 * dist["plain"]
+
+
+SLOW_CLI = """
+import sys, time
+from gentune import registry
+from gentune.cli import main
+
+@registry.register("regularizer", "test-slow")
+class Slow:
+    '''Adds no loss; sleeps after each step so a test can kill the run part-way.'''
+    def __call__(self, model, batch, outputs):
+        return {}
+    def after_step(self, model):
+        time.sleep(0.4)
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _cli_args(glue, tiny, out, extra=()):
+    return ["finetune", "--task", "sst2", "--out", str(out), "--model", tiny, "--train",
+            _kshot(glue, "SST-2", "train"), "--dev", _kshot(glue, "SST-2", "dev"), "--batch-size", "8",
+            "--lr", "1e-3", "--epochs", "3", "--max-length", "64", "--seed", "3", "--regularizer", "test-slow",
+            "--set", "save_steps=2", "--set", "eval_steps=5", *extra]
+
+
+def _train_records(out):
+    rec = [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rec if r["type"] == "train"], [r for r in rec if r["type"] == "eval"]
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_matches_uninterrupted(glue, tiny_model, tmp_path):
+    """SIGKILL mid-epoch (dropout on), rerun the same command: same losses, same final metrics and weights."""
+    script = tmp_path / "slow_cli.py"
+    script.write_text(SLOW_CLI)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    full, part = tmp_path / "full", tmp_path / "part"
+    subprocess.run([sys.executable, str(script), *_cli_args(glue, tiny_model, full)], check=True, env=env,
+                   capture_output=True, timeout=300)
+
+    proc = subprocess.Popen([sys.executable, str(script), *_cli_args(glue, tiny_model, part)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        log = part / "metrics.jsonl"
+        steps = [json.loads(l)["step"] for l in log.read_text().splitlines() if l.strip()] if log.exists() else []
+        if steps and max(steps) >= 7:  # past the step-6 checkpoint, mid-epoch 2 (4 steps an epoch)
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (part / "summary.json").exists() and (part / "checkpoint").is_dir()
+    subprocess.run([sys.executable, str(script), *_cli_args(glue, tiny_model, part)], check=True, env=env,
+                   capture_output=True, timeout=300)
+
+    (a_train, a_eval), (b_train, b_eval) = _train_records(full), _train_records(part)
+    assert [r["step"] for r in b_train] == list(range(1, 13))  # no step lost or logged twice
+    assert [r["loss"] for r in b_train] == pytest.approx([r["loss"] for r in a_train], rel=1e-5)
+    assert [r["accuracy"] for r in b_eval] == [r["accuracy"] for r in a_eval]
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (full, part))
+    assert sb["final_dev"] == pytest.approx(sa["final_dev"], rel=1e-5)
+    assert sb["best_step"] == sa["best_step"] and sb["train_steps"] == 12
+    wa, wb = _final_weights(full), _final_weights(part)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(glue, tiny_model_nodrop, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU (torchrun + gloo) takes the same optimizer steps
+    on the same examples as one process (batches are split across processes)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["finetune", "--task", "sst2", "--model", tiny_model_nodrop, "--train", _kshot(glue, "SST-2", "train"),
+              "--dev", _kshot(glue, "SST-2", "dev"), "--batch-size", "8", "--lr", "1e-3", "--epochs", "2",
+              "--max-length", "64", "--seed", "5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "gentune", *common, "--out", str(one)], check=True, env=env,
+                   capture_output=True, timeout=300)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "gentune"]
+    r = subprocess.run([*launch, *common, "--out", str(two)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    assert sb["num_processes"] == 2 and sa["num_processes"] == 1
+    assert sb["train_steps"] == sa["train_steps"]
+    assert sb["final_dev"]["loss"] == pytest.approx(sa["final_dev"]["loss"], rel=1e-4)
+    assert sb["final_dev"]["accuracy"] == sa["final_dev"]["accuracy"]
+    wa, wb = _final_weights(one), _final_weights(two)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
