@@ -55,3 +55,19 @@ def test_registry_errors():
         registry.create("regularizer", "nope")
     with pytest.raises(GentuneError, match="unknown option l2sp.gamma"):
         registry.create("regularizer", "l2sp", gamma=1.0)
+
+
+@pytest.mark.parametrize("name", sorted(TESTED))
+def test_matrix_two_steps_through_the_loop(name, glue, tiny_model, tmp_path):
+    """Every registered regularizer runs two optimizer steps of the real loop and logs its terms."""
+    import json
+
+    import gentune
+
+    k = glue / "k-shot/SST-2/16-13"
+    s = gentune.finetune(task="sst2", out=str(tmp_path / name), model=tiny_model, train=str(k / "train.tsv"),
+                         dev=str(k / "dev.tsv"), max_steps=2, batch_size=8, regularizer=[name], save_model=False)
+    assert s["train_steps"] == 2 and s["regularizers"] == [name]
+    rec = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rec if r["type"] == "train"]
+    assert len(train) == 2 and all(set(r) - {"type", "step", "epoch", "lr", "task", "loss", "grad_norm"} for r in train)

@@ -35,10 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--train", help="training file (.json, .tsv or .csv in the task's layout)")
     src.add_argument("--dev", help="dev file (.json, .tsv or .csv in the task's layout)")
     ft.add_argument("--model", help="Hugging Face model name or path (default: all-MiniLM-L6-v2)")
-    ft.add_argument("--epochs", type=float)
+    ft.add_argument("--epochs", type=float, help="training epochs (default 3)")
     ft.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
-    ft.add_argument("--batch-size", type=int, help="global batch size (default 32)")
-    ft.add_argument("--lr", type=float, help="peak learning rate (default 5e-5)")
+    ft.add_argument("--batch-size", type=int, help="global batch size (default 16)")
+    ft.add_argument("--lr", type=float, help="peak learning rate (default 1e-4)")
     ft.add_argument("--max-length", type=int, help="maximum tokens per example (default 128)")
     ft.add_argument("--train-size", type=int, help="seeded, label-stratified subsample of the training set")
     ft.add_argument("--seed", type=int)
@@ -73,13 +73,14 @@ def _finetune_config(args):
 def _cmd_finetune(args) -> int:
     from .train import finetune
 
-    summary = finetune(_finetune_config(args))
+    cfg = _finetune_config(args)
+    summary = finetune(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         dev = summary["best_dev"] or {}
         main = summary["main_metric"]
         print(f"{summary['task']}: best dev {main} {dev.get(main, float('nan')):.4f} at step {summary['best_step']}, "
               f"final {summary['final_dev'][main]:.4f}; {summary['train_steps']} steps in "
-              f"{summary['train_seconds']:.0f}s -> {args.out or '(config out)'}/summary.json")
+              f"{summary['train_seconds']:.0f}s -> {cfg.out}/summary.json")
     return 0
 
 

@@ -31,9 +31,9 @@ class FinetuneConfig:
     model: str = DEFAULT_MODEL
     epochs: float = 3.0
     max_steps: int = 0  # > 0 overrides epochs
-    batch_size: int = 32  # global batch per optimizer micro-step, split across processes
+    batch_size: int = 16  # global batch per optimizer micro-step, split across processes
     eval_batch_size: int = 64
-    lr: float = 5e-5
+    lr: float = 1e-4
     weight_decay: float = 0.01
     adam_eps: float = 1e-8
     warmup_ratio: float = 0.1
