@@ -20,10 +20,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Fine-tune MiniLM on RTE (2,240 training pairs) with the defaults, then evaluate the best model on a GLUE TSV.
+# Fine-tune MiniLM on 2,000 SST-2 sentences (about 3 minutes on 2 cores), then evaluate the best model on a
+# file in the GLUE TSV layout (the same command takes a held-out test file).
 demo: install
-	$(VENV)/bin/gentune finetune --task rte --out runs/demo-rte
-	$(VENV)/bin/gentune evaluate --checkpoint runs/demo-rte/best --task rte --data $(GENTUNE_DATA)/k-shot/RTE/16-13/dev.tsv
+	$(VENV)/bin/gentune finetune --task sst2 --out runs/demo-sst2 --train-size 2000
+	$(VENV)/bin/gentune evaluate --checkpoint runs/demo-sst2/best --task sst2 --data $(GENTUNE_DATA)/k-shot/SST-2/16-13/dev.tsv
 
 test: install
 	$(PY) -m pytest -q tests
