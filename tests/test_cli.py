@@ -52,6 +52,8 @@ def test_finetune_input_errors(capsys, tmp_path, glue, tiny_model):
     for extra, needle in cases:
         _one_line_error(capsys, ft + extra, needle)
     _one_line_error(capsys, ["finetune", "--task", "nope", "--out", "x"], "unknown task 'nope'")
+    _one_line_error(capsys, ft[:-4] + ["--model", str(tmp_path / "no-model"), "--train", good, "--dev", good],
+                    "no-model': no such directory")
     assert not (tmp_path / "o" / "summary.json").exists()
 
 

