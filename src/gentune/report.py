@@ -55,9 +55,16 @@ def plot_run(out: Path, main_metric: str) -> list[Path]:
         written.append(out / "loss.png")
     if evals:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot([r["step"] for r in evals], [r[main_metric] for r in evals], marker="o")
-        ax.set(xlabel="optimizer step", ylabel=f"dev {main_metric}", title=f"{out.name}: dev {main_metric}")
+        steps = [r["step"] for r in evals]
+        ax.plot(steps, [r[main_metric] for r in evals], marker="o", color="C0", label=f"dev {main_metric}")
+        ax.set(xlabel="optimizer step", ylabel=f"dev {main_metric}", title=f"{out.name}: dev {main_metric} and loss")
         ax.grid(alpha=0.3)
+        # dev loss on a second axis: over-fitting shows as rising loss while the metric stalls
+        ax2 = ax.twinx()
+        ax2.plot(steps, [r["loss"] for r in evals], marker="s", ls="--", color="C1", label="dev loss")
+        ax2.set_ylabel("dev loss")
+        lines = ax.get_lines() + ax2.get_lines()
+        ax.legend(lines, [l.get_label() for l in lines], loc="best")
         fig.tight_layout()
         fig.savefig(out / "dev.png", dpi=110)
         plt.close(fig)
