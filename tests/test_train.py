@@ -152,7 +152,9 @@ def test_killed_and_resumed_run_matches_uninterrupted(glue, tiny_model, tmp_path
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (part / "summary.json").exists() and (part / "checkpoint").is_dir()
+    from gentune._fs import recover_dir
+
+    assert not (part / "summary.json").exists() and recover_dir(part / "checkpoint") is not None
     subprocess.run([sys.executable, str(script), *_cli_args(glue, tiny_model, part)], check=True, env=env,
                    capture_output=True, timeout=300)
 
