@@ -18,6 +18,13 @@ def atomic_dir(path: Path):
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     yield tmp
+    swap_into(tmp, path)
+
+
+def swap_into(tmp: Path, path: Path) -> None:
+    """Replace ``path`` by the complete directory ``tmp``. At every instant either ``path`` or ``path.old`` is a
+    complete copy (see :func:`recover_dir`)."""
+    old = path.with_name(path.name + ".old")
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
         path.rename(old)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from . import registry
-from ._fs import atomic_dir, recover_dir, write_json_atomic, write_text_atomic
+from ._fs import recover_dir, swap_into, write_json_atomic, write_text_atomic
 from .config import FinetuneConfig, dump_yaml
 from .data import get_task, load_splits, read_file, stratified_subsample
 from .errors import GentuneError
@@ -161,12 +161,7 @@ def _save_resume_checkpoint(accelerator, out: Path, state: TrainState) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(tmp / STATE_FILE, asdict(state))
-        old = ckpt.with_name(ckpt.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if ckpt.exists():
-            ckpt.rename(old)
-        tmp.rename(ckpt)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_into(tmp, ckpt)
     accelerator.wait_for_everyone()
 
 
@@ -366,7 +361,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         plot_run(out, task.main_metric)
         write_json_atomic(out / "summary.json", summary)
         if not cfg.keep_checkpoint:
-            shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
+            for leftover in (CHECKPOINT, CHECKPOINT + ".old", CHECKPOINT + ".tmp"):
+                shutil.rmtree(out / leftover, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
