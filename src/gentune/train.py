@@ -323,7 +323,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
             state.epoch += 1
             state.batch_in_epoch = 0
             if state.step < total_steps:
-                last_dev = run_eval()
+                if state.last_eval_step != state.step:  # eval_steps may have just evaluated this step
+                    last_dev = run_eval()
                 _save_resume_checkpoint(accelerator, out, state)
             continue
         break
