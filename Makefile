@@ -21,10 +21,10 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # Fine-tune MiniLM on 2,000 SST-2 sentences (about 3 minutes on 2 cores), then evaluate the best model on a
-# file in the GLUE TSV layout (the same command takes a held-out test file).
+# held-out file in the GLUE SST-2 TSV layout (k-shot files are drawn from the training set: do not evaluate on them).
 demo: install
 	$(VENV)/bin/gentune finetune --task sst2 --out runs/demo-sst2 --train-size 2000
-	$(VENV)/bin/gentune evaluate --checkpoint runs/demo-sst2/best --task sst2 --data $(GENTUNE_DATA)/k-shot/SST-2/16-13/dev.tsv
+	$(VENV)/bin/gentune evaluate --checkpoint runs/demo-sst2/best --task sst2 --data $(GENTUNE_DATA)/full/SST-2/dev.tsv
 
 test: install
 	$(PY) -m pytest -q tests

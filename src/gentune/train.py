@@ -216,6 +216,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         train_ds = stratified_subsample(train_ds, cfg.train_size, cfg.seed, task.is_regression)
     tokenizer = load_tokenizer(cfg.model)
     model = load_for_task(cfg.model, task)
+    objective = registry.create("objective", "sequence-classification", regression=task.is_regression)
     regs = [registry.create("regularizer", n, **cfg.regularizer_options.get(n, {})) for n in reg_names]
 
     train_tok = tokenize(train_ds, tokenizer, cfg.max_length, task.text_pair)
@@ -277,9 +278,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
         for batch in dl:
             t0 = time.perf_counter()
             with accelerator.accumulate(model):
-                inputs = {k: v for k, v in batch.items() if k != "labels"}
-                outputs = model(**inputs)
-                terms = {"task": classification_loss(outputs.logits, batch["labels"], task.is_regression)}
+                result = objective(model, batch)
+                outputs = result["output"]
+                terms = {"task": result["loss"]}
                 for r in regs:
                     terms.update(r(model, batch, outputs))
                 loss = sum(terms.values())
