@@ -26,10 +26,13 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "finetune"
 RUNS = ROOT / "runs" / "grid"
 DOC = ROOT / "docs" / "results.md"
+HPARAMS = ("model", "epochs", "batch_size", "lr", "warmup_ratio", "weight_decay", "max_length")
 TASKS = ["rte", "mrpc", "cola", "stsb", "sst2"]
 SEEDS = [13, 21, 42, 87, 100]
 
@@ -75,6 +78,8 @@ def run_cell(task: str, seed: int, method: str, args) -> Path:
     subprocess.run([sys.executable, "-m", "gentune", *cmd[1:]], cwd=ROOT, check=True)
     summary = json.loads((out / "summary.json").read_text())
     record = {
+        # the resolved config, so a cell stays reproducible when the CLI defaults change later
+        "config": yaml.safe_load((out / "config.yaml").read_text()),
         "task": task, "method": method, "seed": seed, "train_size": args.train_size,
         "command": shlex.join(cmd), "machine": machine(),
         "date": dt.date.today().isoformat(), "wall_seconds": time.time() - t0, "summary": summary,
@@ -164,6 +169,8 @@ def render() -> str:
         lines += ["", *NOTES.get(method, []),
                   f"- training examples: {', '.join(map(str, sizes))}; seeds: {', '.join(map(str, seeds))}",
                   f"- one cell: `{example}`",
+                  *([f"- hyper-parameters: " + ", ".join(f"{k} {c0['config'][k]}" for k in HPARAMS)]
+                    if "config" in c0 else []),
                   f"- grid: `python benchmarks/finetune_grid.py"
                   + ("" if method == "vanilla" else f" --name {method} ...") + "`",
                   f"- machine: {mc[0]['machine']}; dates: {', '.join(dates)}", ""]
