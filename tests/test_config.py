@@ -13,6 +13,8 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg.lr == 3e-5 and cfg.epochs == 2.0 and isinstance(cfg.epochs, float)
     assert cfg.regularizer_options == {"l2sp": {"alpha": 0.5}} and cfg.save_model is False
     assert cfg.train_size == 100
+    assert apply_overrides(cfg, ["train_size=null"]).train_size is None
+    cfg.train_size = 100
     cfg.validate()
     # the dump round-trips
     g = tmp_path / "d.yaml"
@@ -27,6 +29,7 @@ def test_yaml_then_overrides(tmp_path):
         (["lr"], "expected key=value"),
         (["lr=fast"], "--set lr: expected a number"),
         (["save_model=3"], "expected true/false"),
+        (["train_size=abc"], "--set train_size: expected an integer"),
         (["l2sp.gamma=1"], "regularizer 'l2sp' has no option 'gamma'"),
         (["smartish.eps=1"], "unknown config key 'smartish.eps'"),
     ],

@@ -136,7 +136,10 @@ def apply_overrides(cfg: FinetuneConfig, overrides: list[str]) -> FinetuneConfig
         if parts[0] == "regularizer_options":
             parts = parts[1:]
         if len(parts) == 1 and parts[0] in fields:
-            setattr(cfg, parts[0], _coerce(value, getattr(cfg, parts[0]), key))
+            like = getattr(cfg, parts[0])
+            if like is None:  # an optional field: check against its annotation ("int | None" -> int)
+                like = {"int": 0, "float": 0.0}.get(str(fields[parts[0]].type).split(" ")[0], None)
+            setattr(cfg, parts[0], _coerce(value, like, key) if value.lower() not in ("null", "none", "") else None)
             continue
         if len(parts) == 2 and parts[0] in registry.list_methods("regularizer"):
             name, option = parts
