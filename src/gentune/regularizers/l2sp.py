@@ -14,11 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..registry import register
-
-
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    # Half-precision parameters are summed in float32; float32/float64 stay as they are.
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+from ._precision import widen
 
 
 def l2sp_penalty(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor], head: set[str],
@@ -38,9 +34,9 @@ def l2sp_penalty(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor
     total = None
     for name, p in params.items():
         if name in head:
-            term = 0.5 * beta * _wide(p).pow(2).sum()
+            term = 0.5 * beta * widen(p).pow(2).sum()
         else:
-            term = 0.5 * alpha * (_wide(p) - anchor[name].to(device=p.device, dtype=_wide(p).dtype)).pow(2).sum()
+            term = 0.5 * alpha * (widen(p) - anchor[name].to(device=p.device, dtype=widen(p).dtype)).pow(2).sum()
         total = term if total is None else total + term
     if total is None:
         raise ValueError("l2sp: the model has no trainable parameters")

@@ -1,0 +1,8 @@
+"""Numerics shared by the regularizers."""
+
+import torch
+
+
+def widen(x: torch.Tensor) -> torch.Tensor:
+    """Half precision widened to float32 (tiny penalties and divergences vanish in bf16); float32/64 kept."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
