@@ -137,6 +137,24 @@ def adversarial_delta(forward: Callable[[torch.Tensor], torch.Tensor], clean: to
     return delta.detach()
 
 
+class _Perturbable:
+    """One batch, ready to be re-run with perturbed input embeddings: clean outputs, padding mask, noise shape."""
+
+    def __init__(self, model, batch: dict, outputs, regression: bool | None):
+        self.model = model
+        self.inputs = {k: v for k, v in batch.items() if k != "labels"}
+        self.clean = outputs.logits
+        self.regression = self.clean.shape[-1] == 1 if regression is None else regression
+        self.module = embedding_module(model)
+        ids = self.inputs["input_ids"]
+        self.mask = self.inputs.get("attention_mask", torch.ones_like(ids)).unsqueeze(-1).float()
+        self.shape = (*ids.shape, self.module.embedding_dim)
+
+    def forward(self, delta: torch.Tensor) -> torch.Tensor:
+        with perturbed_embeddings(self.module, delta):
+            return self.model(**self.inputs).logits
+
+
 @dataclass
 class SmartAdversarialConfig:
     weight: float = 1.0  # lambda_s
@@ -170,24 +188,14 @@ class SmartAdversarial:
     def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
         if self.step < self.start_step or self.weight == 0:
             return {}
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        clean = outputs.logits
-        regression = clean.shape[-1] == 1 if self.regression is None else self.regression
-        module = embedding_module(model)
-        ids = inputs["input_ids"]
-        mask = inputs.get("attention_mask", torch.ones_like(ids)).unsqueeze(-1).float()
-        shape = (*ids.shape, module.embedding_dim)
-
-        def forward(delta):
-            with perturbed_embeddings(module, delta):
-                return model(**inputs).logits
-
-        delta = adversarial_delta(forward, clean, shape, mask, self.sigma, self.eps, self.eta, self.steps,
+        p = _Perturbable(model, batch, outputs, self.regression)
+        clean, regression = p.clean, p.regression
+        delta = adversarial_delta(p.forward, clean, p.shape, p.mask, self.sigma, self.eps, self.eta, self.steps,
                                   self.norm, self.granularity, regression, self.step_style)
         if delta is None:  # skip R_s this step, keep training; the count is in state_dict()
             self.skipped += 1
             return {}
-        return {"smart_adv": self.weight * smoothness_divergence(forward(delta), clean, regression)}
+        return {"smart_adv": self.weight * smoothness_divergence(p.forward(delta), clean, regression)}
 
     def after_step(self, model) -> None:
         self.step += 1
@@ -218,17 +226,9 @@ class R3F:
         self.weight, self.sigma, self.noise, self.regression = weight, sigma, noise, regression
 
     def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        clean = outputs.logits
-        regression = clean.shape[-1] == 1 if self.regression is None else self.regression
-        module = embedding_module(model)
-        ids = inputs["input_ids"]
-        mask = inputs.get("attention_mask", torch.ones_like(ids)).unsqueeze(-1).float()
-        shape = (*ids.shape, module.embedding_dim)
+        p = _Perturbable(model, batch, outputs, self.regression)
         if self.noise == "normal":
-            delta = torch.randn(shape, device=ids.device) * self.sigma
+            delta = torch.randn(p.shape, device=p.mask.device) * self.sigma
         else:
-            delta = (torch.rand(shape, device=ids.device) * 2 - 1) * self.sigma
-        with perturbed_embeddings(module, delta * mask):
-            adv = model(**inputs).logits
-        return {"r3f": self.weight * smoothness_divergence(adv, clean, regression)}
+            delta = (torch.rand(p.shape, device=p.mask.device) * 2 - 1) * self.sigma
+        return {"r3f": self.weight * smoothness_divergence(p.forward(delta * p.mask), p.clean, p.regression)}
