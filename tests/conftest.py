@@ -59,3 +59,19 @@ def run_cli(*args, env=None, cwd=None, timeout=600):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "gentune", *map(str, args)], capture_output=True, text=True,
                           env=full_env, cwd=cwd or ROOT, timeout=timeout)
+
+
+@pytest.fixture()
+def tiny(tiny_model_nodrop):
+    """(model, batch): the dropout-free tiny BERT as an SST-2 classifier in float64, and a padded 2-sentence batch."""
+    import torch
+
+    from gentune.data import get_task
+    from gentune.models.hf import load_for_task, load_tokenizer
+
+    torch.manual_seed(0)
+    model = load_for_task(tiny_model_nodrop, get_task("sst2")).double()
+    tok = load_tokenizer(tiny_model_nodrop)
+    batch = dict(tok(["a fine film", "dull , slow and far too long"], padding=True, return_tensors="pt"))
+    batch["labels"] = torch.tensor([1, 0])
+    return model, batch

@@ -10,7 +10,7 @@ from gentune import registry
 from gentune.errors import GentuneError
 from gentune.regularizers.l2sp import L2SP, l2sp_penalty
 
-TESTED = {"l2sp", "r3f", "smart-adv"}
+TESTED = {"bregman", "l2sp", "r3f", "smart", "smart-adv"}
 
 
 def test_every_regularizer_has_a_test_row():

@@ -41,19 +41,6 @@ def test_projection_and_steps_literal():
     assert torch.allclose(mtdnn_step(d, g, eta, "inf", "token"), raw / (raw.abs().amax(-1, keepdim=True) + 1e-6))
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model_nodrop):
-    from gentune.data import get_task
-    from gentune.models.hf import load_for_task, load_tokenizer
-
-    torch.manual_seed(0)
-    model = load_for_task(tiny_model_nodrop, get_task("sst2")).double()
-    tok = load_tokenizer(tiny_model_nodrop)
-    batch = dict(tok(["a fine film", "dull , slow and far too long"], padding=True, return_tensors="pt"))
-    batch["labels"] = torch.tensor([1, 0])
-    return model, batch
-
-
 def test_hook_perturbs_word_embeddings_only_once(tiny):
     """The hook equals feeding word_embeddings(ids) + delta as inputs_embeds (positions added once, by BERT)."""
     model, batch = tiny

@@ -119,11 +119,11 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _cli_args(glue, tiny, out, extra=()):
+def _cli_args(glue, tiny, out, regs=()):
     return ["finetune", "--task", "sst2", "--out", str(out), "--model", tiny, "--train",
             _kshot(glue, "SST-2", "train"), "--dev", _kshot(glue, "SST-2", "dev"), "--batch-size", "8",
             "--lr", "1e-3", "--epochs", "3", "--max-length", "64", "--seed", "3", "--regularizer", "test-slow",
-            "--set", "save_steps=2", "--set", "eval_steps=5", *extra]
+            *regs, "--set", "save_steps=2", "--set", "eval_steps=5"]
 
 
 def _train_records(out):
@@ -132,16 +132,18 @@ def _train_records(out):
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_run_matches_uninterrupted(glue, tiny_model, tmp_path):
-    """SIGKILL mid-epoch (dropout on), rerun the same command: same losses, same final metrics and weights."""
+@pytest.mark.parametrize("regs", [(), ("smart",)], ids=["plain", "smart"])
+def test_killed_and_resumed_run_matches_uninterrupted(glue, tiny_model, tmp_path, regs):
+    """SIGKILL mid-epoch (dropout on), rerun the same command: same losses, same final metrics and weights.
+    With SMART, its random noise and its momentum teacher must come back from the checkpoint too."""
     script = tmp_path / "slow_cli.py"
     script.write_text(SLOW_CLI)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     full, part = tmp_path / "full", tmp_path / "part"
-    subprocess.run([sys.executable, str(script), *_cli_args(glue, tiny_model, full)], check=True, env=env,
+    subprocess.run([sys.executable, str(script), *_cli_args(glue, tiny_model, full, regs)], check=True, env=env,
                    capture_output=True, timeout=300)
 
-    proc = subprocess.Popen([sys.executable, str(script), *_cli_args(glue, tiny_model, part)], env=env,
+    proc = subprocess.Popen([sys.executable, str(script), *_cli_args(glue, tiny_model, part, regs)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -155,7 +157,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(glue, tiny_model, tmp_path
     from gentune._fs import recover_dir
 
     assert not (part / "summary.json").exists() and recover_dir(part / "checkpoint") is not None
-    subprocess.run([sys.executable, str(script), *_cli_args(glue, tiny_model, part)], check=True, env=env,
+    subprocess.run([sys.executable, str(script), *_cli_args(glue, tiny_model, part, regs)], check=True, env=env,
                    capture_output=True, timeout=300)
 
     (a_train, a_eval), (b_train, b_eval) = _train_records(full), _train_records(part)

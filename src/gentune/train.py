@@ -10,6 +10,7 @@ steps on the same examples as one process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -217,7 +218,6 @@ def finetune(cfg: FinetuneConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     model = load_for_task(cfg.model, task)
     objective = registry.create("objective", "sequence-classification", regression=task.is_regression)
-    regs = [registry.create("regularizer", n, **cfg.regularizer_options.get(n, {})) for n in reg_names]
 
     train_tok = tokenize(train_ds, tokenizer, cfg.max_length, task.text_pair)
     dev_tok = tokenize(dev_ds, tokenizer, cfg.max_length, task.text_pair)
@@ -229,6 +229,14 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
     steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
+    regs = []
+    for name in reg_names:
+        options = dict(cfg.regularizer_options.get(name, {}))
+        entry = registry.get("regularizer", name)
+        # Config at the edge: a regularizer whose schedule needs the run length declares a total_steps option.
+        if entry.config and "total_steps" in {f.name for f in dataclasses.fields(entry.config)}:
+            options.setdefault("total_steps", total_steps)
+        regs.append(registry.create("regularizer", name, **options))
     optimizer = _optimizer(model, cfg.lr, cfg.weight_decay, cfg.adam_eps)
     from transformers import get_linear_schedule_with_warmup
 

@@ -1,0 +1,149 @@
+"""Bregman proximal point optimization with momentum, from SMART (Jiang et al., ACL 2020).
+
+A teacher copy theta~ of the model trails the student; after every optimizer step
+
+    theta~ <- (1 - beta) * theta + beta * theta~          (beta = beta_early for the first early_fraction of steps)
+
+and the loss gains R_B = mu * l_s(f(x; theta), stopgrad f(x; theta~)) on the clean inputs, with l_s the symmetric KL
+(classification) or squared error (regression). The teacher starts as the model at the first call (before the first
+optimizer step), runs without dropout and without gradients, and is saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from ..registry import register
+from .smart import SmartAdversarial, smoothness_divergence
+
+
+@torch.no_grad()
+def momentum_update(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor], beta: float) -> None:
+    """In place: teacher <- (1 - beta) * student + beta * teacher, for every floating-point tensor."""
+    for name, t in teacher.items():
+        if t.is_floating_point():
+            t.mul_(beta).add_(student[name].detach().to(t.dtype), alpha=1.0 - beta)
+        else:
+            t.copy_(student[name])
+
+
+def beta_at(step: int, total_steps: int, beta: float, beta_early: float, early_fraction: float) -> float:
+    """The momentum for optimizer step ``step`` (0-based): ``beta_early`` during the first ``early_fraction``."""
+    return beta_early if step < early_fraction * total_steps else beta
+
+
+@dataclass
+class BregmanConfig:
+    mu: float = 1.0
+    beta: float = 0.999
+    beta_early: float = 0.99
+    early_fraction: float = 0.1
+    total_steps: int = 0  # filled in by the training loop when left at 0
+    regression: bool | None = None
+
+
+@register("regularizer", "bregman", BregmanConfig)
+class Bregman:
+    """SMART's Bregman proximal point term R_B with a momentum teacher (Jiang et al., ACL 2020)."""
+
+    def __init__(self, mu: float = 1.0, beta: float = 0.999, beta_early: float = 0.99, early_fraction: float = 0.1,
+                 total_steps: int = 0, regression: bool | None = None):
+        self.mu, self.beta, self.beta_early, self.early_fraction = mu, beta, beta_early, early_fraction
+        self.total_steps, self.regression = total_steps, regression
+        self.teacher: torch.nn.Module | None = None
+        self._pending: dict | None = None  # a checkpointed teacher, applied once the model is seen
+        self.step = 0
+
+    @staticmethod
+    def _inner(model):
+        return getattr(model, "module", model)
+
+    def _ensure_teacher(self, model) -> torch.nn.Module:
+        if self.teacher is None:
+            self.teacher = copy.deepcopy(self._inner(model))
+            self.teacher.requires_grad_(False)
+            if self._pending is not None:
+                self.teacher.load_state_dict(self._pending)
+                self._pending = None
+        self.teacher.eval()  # a deterministic target: no dropout in the teacher
+        return self.teacher
+
+    def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
+        teacher = self._ensure_teacher(model)
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        with torch.no_grad():
+            target = teacher(**inputs).logits
+        student = outputs.logits
+        regression = student.shape[-1] == 1 if self.regression is None else self.regression
+        return {"bregman": self.mu * smoothness_divergence(student, target, regression)}
+
+    def after_step(self, model) -> None:
+        teacher = self._ensure_teacher(model)
+        beta = beta_at(self.step, self.total_steps, self.beta, self.beta_early, self.early_fraction)
+        momentum_update(teacher.state_dict(), self._inner(model).state_dict(), beta)
+        self.step += 1
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "teacher": None if self.teacher is None else self.teacher.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        if self.teacher is not None and state["teacher"] is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        else:
+            self._pending = state["teacher"]
+
+
+@dataclass
+class SmartConfig:
+    adv_weight: float = 1.0  # lambda_s; 0 switches R_s off
+    sigma: float = 1e-5
+    eps: float = 1e-5
+    eta: float = 1e-3
+    steps: int = 1
+    norm: str = "inf"
+    granularity: str = "token"
+    step_style: str = "paper"
+    start_step: int = 0
+    mu: float = 1.0  # 0 switches R_B off
+    beta: float = 0.999
+    beta_early: float = 0.99
+    early_fraction: float = 0.1
+    total_steps: int = 0
+    regression: bool | None = None
+
+
+@register("regularizer", "smart", SmartConfig)
+class Smart:
+    """SMART: adversarial smoothness R_s plus the Bregman momentum-teacher term R_B (Jiang et al., ACL 2020)."""
+
+    def __init__(self, adv_weight: float = 1.0, sigma: float = 1e-5, eps: float = 1e-5, eta: float = 1e-3,
+                 steps: int = 1, norm: str = "inf", granularity: str = "token", step_style: str = "paper",
+                 start_step: int = 0, mu: float = 1.0, beta: float = 0.999, beta_early: float = 0.99,
+                 early_fraction: float = 0.1, total_steps: int = 0, regression: bool | None = None):
+        self.adversarial = SmartAdversarial(adv_weight, sigma, eps, eta, steps, norm, granularity, step_style,
+                                            start_step, regression)
+        self.bregman = Bregman(mu, beta, beta_early, early_fraction, total_steps, regression) if mu else None
+
+    def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
+        terms = self.adversarial(model, batch, outputs)
+        if self.bregman:
+            terms.update(self.bregman(model, batch, outputs))
+        return terms
+
+    def after_step(self, model) -> None:
+        self.adversarial.after_step(model)
+        if self.bregman:
+            self.bregman.after_step(model)
+
+    def state_dict(self) -> dict:
+        return {"adversarial": self.adversarial.state_dict(),
+                "bregman": self.bregman.state_dict() if self.bregman else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.adversarial.load_state_dict(state["adversarial"])
+        if self.bregman and state["bregman"] is not None:
+            self.bregman.load_state_dict(state["bregman"])
