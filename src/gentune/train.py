@@ -31,6 +31,7 @@ from .errors import GentuneError
 from .metrics import compute
 from .models.hf import load_checkpoint, load_for_task, load_tokenizer, resolve_model_path, save_checkpoint
 from .objectives.classification import Collator, classification_loss, predictions, tokenize
+from .report import read_log
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "trainer_state.json"
@@ -111,19 +112,12 @@ def evaluate_model(model, dataloader, task, accelerator) -> dict[str, float]:
 class _Log:
     """Append-only JSONL metrics log; on resume, lines past the checkpoint's step are dropped first."""
 
-    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
+    def __init__(self, path: Path, enabled: bool, resume_step: int):
         self.path, self.enabled = path, enabled
         if enabled and path.exists():
-            keep = []
-            if resume_step is not None:
-                for line in path.read_text().splitlines():
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line cut by a kill
-                    if rec.get("step", 0) <= resume_step:
-                        keep.append(line)
-            write_text_atomic(path, "".join(l + "\n" for l in keep))
+            # read_log drops a line cut by a kill; a fresh run (resume_step -1) starts the log anew
+            keep = [r for r in read_log(path) if r.get("step", 0) <= resume_step]
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def write(self, record: dict) -> None:
         if self.enabled:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..registry import register
+from ._common import unwrap
 from .smart import SmartAdversarial, smoothness_divergence
 
 
@@ -57,13 +58,9 @@ class Bregman:
         self._pending: dict | None = None  # a checkpointed teacher, applied once the model is seen
         self.step = 0
 
-    @staticmethod
-    def _inner(model):
-        return getattr(model, "module", model)
-
     def _ensure_teacher(self, model) -> torch.nn.Module:
         if self.teacher is None:
-            self.teacher = copy.deepcopy(self._inner(model))
+            self.teacher = copy.deepcopy(unwrap(model))
             self.teacher.requires_grad_(False)
             if self._pending is not None:
                 self.teacher.load_state_dict(self._pending)
@@ -83,7 +80,7 @@ class Bregman:
     def after_step(self, model) -> None:
         teacher = self._ensure_teacher(model)
         beta = beta_at(self.step, self.total_steps, self.beta, self.beta_early, self.early_fraction)
-        momentum_update(teacher.state_dict(), self._inner(model).state_dict(), beta)
+        momentum_update(teacher.state_dict(), unwrap(model).state_dict(), beta)
         self.step += 1
 
     def state_dict(self) -> dict:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..registry import register
-from ._precision import widen
+from ._common import unwrap, widen
 
 
 def l2sp_penalty(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor], head: set[str],
@@ -62,8 +62,7 @@ class L2SP:
 
     @staticmethod
     def _named(model):
-        model = getattr(model, "module", model)  # DDP wraps the model
-        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+        return {n: p for n, p in unwrap(model).named_parameters() if p.requires_grad}
 
     def _is_head(self, name: str) -> bool:
         return any(name == p or name.startswith(p + ".") for p in self.head_prefixes)

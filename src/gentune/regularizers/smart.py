@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import register
-from ._precision import widen
+from ._common import unwrap, widen
 
 NORMS = ("inf", "l2")
 GRANULARITIES = ("token", "sequence")
@@ -89,7 +89,7 @@ def mtdnn_step(delta: torch.Tensor, grad: torch.Tensor, eta: float, norm: str = 
 
 def embedding_module(model: torch.nn.Module) -> torch.nn.Module:
     """The input token-embedding module of a (possibly DDP- or PEFT-wrapped) Hugging Face model."""
-    inner = getattr(model, "module", model)
+    inner = unwrap(model)
     if not hasattr(inner, "get_input_embeddings"):
         raise TypeError(f"{type(inner).__name__} has no get_input_embeddings(); SMART perturbs input embeddings")
     return inner.get_input_embeddings()

@@ -1,4 +1,4 @@
-"""Numerics shared by the regularizers."""
+"""Small helpers shared by the regularizers."""
 
 import torch
 
@@ -6,3 +6,8 @@ import torch
 def widen(x: torch.Tensor) -> torch.Tensor:
     """Half precision widened to float32 (tiny penalties and divergences vanish in bf16); float32/64 kept."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (the model itself otherwise)."""
+    return getattr(model, "module", model)
