@@ -14,6 +14,10 @@ def test_momentum_update_arithmetic():
     momentum_update(t, s, 0.9)
     assert torch.allclose(t["w"], torch.tensor([0.1 * 3 + 0.9 * 1, 0.1 * -2 + 0.9 * 2]))
     assert torch.equal(t["ids"], s["ids"])  # integer buffers are copied
+    # tied weights (one tensor under two names, as in a masked-LM head) move once, not twice
+    w = torch.tensor([1.0, 2.0])
+    momentum_update({"emb": w, "decoder": w}, {"emb": torch.zeros(2), "decoder": torch.zeros(2)}, 0.5)
+    assert torch.equal(w, torch.tensor([0.5, 1.0]))
 
 
 def test_beta_schedule():
@@ -55,3 +59,22 @@ def test_smart_composite(tiny):
     assert again.adversarial.step == 1 and again.bregman.step == 1
     assert set(Smart(mu=0)(model, batch, model(**inputs))) == {"smart_adv"}
     assert set(Smart(adv_weight=0)(model, batch, model(**inputs))) == {"bregman"}
+
+
+def test_non_momentum_variant_holds_the_iterate_for_s_steps(tiny):
+    """momentum=False, inner_steps=S: the teacher is the iterate at the last multiple of S steps (eq. 4)."""
+    model, batch = tiny
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    reg = registry.create("regularizer", "bregman", momentum=False, inner_steps=2, total_steps=10)
+    reg(model, batch, model(**inputs))
+    start = model.classifier.weight.detach().clone()
+    for k in range(1, 5):
+        with torch.no_grad():
+            model.classifier.weight.add_(0.1)
+        reg.after_step(model)
+        want = model.classifier.weight if k % 2 == 0 else start
+        assert torch.equal(reg.teacher.classifier.weight, want), k
+        if k % 2 == 0:
+            start = model.classifier.weight.detach().clone()
+    with pytest.raises(ValueError, match="inner_steps"):
+        Bregman(inner_steps=0)

@@ -148,3 +148,153 @@ def test_r3f_is_one_noisy_forward(tiny):
     adv = model(inputs_embeds=e + delta.double(), attention_mask=batch["attention_mask"],
                 token_type_ids=batch["token_type_ids"]).logits
     assert got.item() == pytest.approx(symmetric_kl(adv, out.logits).item(), rel=1e-6)
+
+
+@pytest.fixture()
+def dropout_model(tiny_model):
+    """The tiny BERT with its dropout (0.1) in train mode, float64, and a padded batch."""
+    from gentune.data import get_task
+    from gentune.models.hf import load_for_task, load_tokenizer
+
+    torch.manual_seed(0)
+    model = load_for_task(tiny_model, get_task("sst2")).double().train()
+    tok = load_tokenizer(tiny_model)
+    batch = dict(tok(["a fine film", "dull , slow and far too long"], padding=True, return_tensors="pt"))
+    batch["labels"] = torch.tensor([1, 0])
+    return model, batch
+
+
+def test_shared_dropout_replays_the_clean_masks(dropout_model):
+    """dropout="shared": the perturbed forwards use the clean forward's dropout masks, so a zero perturbation
+    gives R_s = 0 exactly (independent masks do not), and R_s equals a literal replay with a reseeded RNG."""
+    model, batch = dropout_model
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    zero = dict(sigma=0.0, eta=0.0, eps=1e-3)
+    shared = SmartAdversarial(dropout="shared", **zero)
+    shared(model, batch, model(**inputs))  # first call: attaches the recorder (and re-runs the clean forward)
+    assert shared(model, batch, model(**inputs))["smart_adv"].item() == 0.0
+    assert SmartAdversarial(**zero)(model, batch, model(**inputs))["smart_adv"].item() > 1e-6
+    # literal: reseed before the clean forward and before each perturbed forward
+    sigma, eps, eta = 1e-3, 1e-3, 1e-2
+    reg = SmartAdversarial(sigma=sigma, eps=eps, eta=eta, dropout="shared")
+    reg(model, batch, model(**inputs))
+    torch.manual_seed(11)
+    out = model(**inputs)
+    torch.manual_seed(5)
+    got = reg(model, batch, out)["smart_adv"]
+    torch.manual_seed(5)
+    noise = torch.randn(*batch["input_ids"].shape, 32) * sigma
+    mask = batch["attention_mask"].unsqueeze(-1)
+    e = model.bert.embeddings.word_embeddings(batch["input_ids"])
+
+    def f(delta):
+        torch.manual_seed(11)
+        return model(inputs_embeds=e + delta, attention_mask=batch["attention_mask"],
+                     token_type_ids=batch["token_type_ids"]).logits
+
+    delta = (noise * mask).double().requires_grad_(True)
+    (g,) = torch.autograd.grad(symmetric_kl(f(delta), out.logits.detach()), delta)
+    delta = ((delta + eta * g / (g.abs().amax(-1, keepdim=True) + 1e-12)).clamp(-eps, eps) * mask).detach()
+    assert got.item() == pytest.approx(symmetric_kl(f(delta), out.logits).item(), rel=1e-6)
+
+
+def test_plain_module_with_embed_fn_pair():
+    """A model without get_input_embeddings(): R_s and R3F through an embed_fn / forward_from_embeddings pair
+    equal their literal forms, and the Bregman teacher runs through the same pair."""
+    from gentune.regularizers.bregman import Bregman, Smart
+
+    torch.manual_seed(0)
+
+    class Bag(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 8)
+            self.mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+        def forward(self, x):
+            return self.head(self.emb(x))
+
+        def head(self, e):
+            return self.mlp(torch.tanh(e).sum(1))
+
+    model = Bag().double()
+    batch = {"x": torch.randint(0, 50, (4, 6)), "labels": torch.tensor([0, 1, 2, 0])}
+    pair = dict(embed_fn=lambda m, b: m.emb(b["x"]), forward_from_embeddings=lambda m, e, b: m.head(e))
+    out = model(batch["x"])
+    sigma, eps, eta = 1e-2, 1e-2, 1e-1
+    torch.manual_seed(3)
+    got = SmartAdversarial(sigma=sigma, eps=eps, eta=eta, **pair)(model, batch, out)["smart_adv"]
+    torch.manual_seed(3)
+    e = model.emb(batch["x"])
+    delta = (torch.randn(4, 6, 8) * sigma).double().requires_grad_(True)
+    (g,) = torch.autograd.grad(symmetric_kl(model.head(e.detach() + delta), out.detach()), delta)
+    delta = (delta + eta * g / (g.abs().amax(-1, keepdim=True) + 1e-12)).clamp(-eps, eps).detach()
+    assert got.item() == pytest.approx(symmetric_kl(model.head(e + delta), out).item(), rel=1e-6)  # delta in fp32
+    torch.manual_seed(4)
+    got = R3F(sigma=sigma, **pair)(model, batch, out)["r3f"]
+    torch.manual_seed(4)
+    assert got.item() == pytest.approx(
+        symmetric_kl(model.head(e + torch.randn(4, 6, 8).double() * sigma), out).item(), rel=1e-9)
+    reg = Bregman(beta=0.0, beta_early=0.0, **pair)
+    reg(model, batch, out)
+    with torch.no_grad():
+        model.mlp[2].bias.add_(1.0)
+    moved = model(batch["x"])
+    want = symmetric_kl(moved, reg.teacher(batch["x"])).item()
+    assert reg(model, batch, moved)["bregman"].item() == pytest.approx(want, rel=1e-9) and want > 0
+    assert set(Smart(**pair)(model, batch, model(batch["x"]))) == {"smart_adv", "bregman"}
+    with pytest.raises(ValueError, match="both"):
+        SmartAdversarial(embed_fn=pair["embed_fn"])(model, batch, out)
+
+
+def test_bf16_autocast_runs_and_stays_finite(tiny_model):
+    """Under CPU bf16 autocast the terms are finite float32 values and gradients reach the weights."""
+    from gentune import registry
+    from gentune.data import get_task
+    from gentune.models.hf import load_for_task, load_tokenizer
+
+    torch.manual_seed(0)
+    model = load_for_task(tiny_model, get_task("sst2")).train()
+    tok = load_tokenizer(tiny_model)
+    batch = dict(tok(["a fine film", "dull , slow"], padding=True, return_tensors="pt"))
+    reg = registry.create("regularizer", "smart", total_steps=4, eps=1e-3, sigma=1e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**batch)
+        terms = reg(model, batch, out)
+    assert out.logits.dtype == torch.bfloat16
+    assert set(terms) == {"smart_adv", "bregman"}
+    assert all(t.dtype == torch.float32 and torch.isfinite(t) for t in terms.values())
+    sum(terms.values()).backward()
+    assert torch.isfinite(model.classifier.weight.grad).all() and model.classifier.weight.grad.abs().sum() > 0
+
+
+def test_peft_lora_model(tiny_model_nodrop):
+    """A LoRA-wrapped model (frozen input embeddings): the hook still finds the word embeddings, R_s equals the
+    base model's (LoRA starts as the identity), and gradients reach only the trainable LoRA/head weights."""
+    peft = pytest.importorskip("peft")
+    from gentune import registry
+    from gentune.data import get_task
+    from gentune.models.hf import load_for_task, load_tokenizer
+
+    torch.manual_seed(0)
+    base = load_for_task(tiny_model_nodrop, get_task("sst2")).double()
+    reference = load_for_task(tiny_model_nodrop, get_task("sst2")).double()
+    reference.load_state_dict(base.state_dict())
+    cfg = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"])
+    model = peft.get_peft_model(base, cfg)
+    assert not model.get_input_embeddings().weight.requires_grad
+    tok = load_tokenizer(tiny_model_nodrop)
+    batch = dict(tok(["a fine film", "dull , slow and far too long"], padding=True, return_tensors="pt"))
+    batch["labels"] = torch.tensor([1, 0])
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    kw = dict(sigma=1e-3, eps=1e-3, eta=1e-2)
+    torch.manual_seed(2)
+    got = SmartAdversarial(**kw)(model, batch, model(**inputs))["smart_adv"]
+    torch.manual_seed(2)
+    want = SmartAdversarial(**kw)(reference, batch, reference(**inputs))["smart_adv"]
+    assert got.item() == pytest.approx(want.item(), rel=1e-9) and got.item() > 0
+    terms = registry.create("regularizer", "smart", total_steps=4, **kw)(model, batch, model(**inputs))
+    sum(terms.values()).backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and all("lora_" in n or "classifier" in n for n in grads)
+    assert any("lora_B" in n for n in grads)  # lora_A has zero gradient while B starts at 0

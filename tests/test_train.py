@@ -172,13 +172,17 @@ def test_killed_and_resumed_run_matches_uninterrupted(glue, tiny_model, tmp_path
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(glue, tiny_model_nodrop, tmp_path):
+@pytest.mark.parametrize("regs", [(), ("smart",)], ids=["plain", "smart"])
+def test_two_processes_match_one(glue, tiny_model_nodrop, tmp_path, regs):
     """`accelerate launch --multi_gpu --num_processes 2` on CPU (torchrun + gloo) takes the same optimizer steps
-    on the same examples as one process (batches are split across processes)."""
+    on the same examples as one process (batches are split across processes). With SMART the extra forwards run
+    beside DDP and the teacher must stay identical on both processes, or the weights would drift apart."""
     one, two = tmp_path / "one", tmp_path / "two"
     common = ["finetune", "--task", "sst2", "--model", tiny_model_nodrop, "--train", _kshot(glue, "SST-2", "train"),
               "--dev", _kshot(glue, "SST-2", "dev"), "--batch-size", "8", "--lr", "1e-3", "--epochs", "2",
               "--max-length", "64", "--seed", "5"]
+    if regs:
+        common += ["--regularizer", *regs]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "gentune", *common, "--out", str(one)], check=True, env=env,
                    capture_output=True, timeout=300)

@@ -1,8 +1,12 @@
 """Bregman proximal point optimization with momentum, from SMART (Jiang et al., ACL 2020).
 
-A teacher copy theta~ of the model trails the student; after every optimizer step
+A teacher copy theta~ of the model trails the student; after every S optimizer steps (``inner_steps``, default 1)
 
     theta~ <- (1 - beta) * theta + beta * theta~          (beta = beta_early for the first early_fraction of steps)
+
+With ``momentum=False`` (beta = 0) this is the paper's plain Bregman proximal point method (its eq. 4): the teacher
+is the iterate theta_t, held fixed while S optimizer steps approximately solve
+min_theta F(theta) + mu * D_Breg(theta, theta_t), then moved to the new iterate.
 
 and the loss gains R_B = mu * l_s(f(x; theta), stopgrad f(x; theta~)) on the clean inputs, with l_s the symmetric KL
 (classification) or squared error (regression). The teacher starts as the model at the first call (before the first
@@ -18,17 +22,32 @@ import torch
 
 from ..registry import register
 from ._common import unwrap
-from .smart import SmartAdversarial, smoothness_divergence
+from .smart import SmartAdversarial, logits_of, smoothness_divergence
 
 
 @torch.no_grad()
 def momentum_update(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor], beta: float) -> None:
-    """In place: teacher <- (1 - beta) * student + beta * teacher, for every floating-point tensor."""
+    """In place: teacher <- (1 - beta) * student + beta * teacher, for every floating-point tensor.
+
+    Integer buffers (position ids) are copied. Same-dtype pairs go through one fused ``_foreach`` call each.
+    A tensor stored under two names (tied input and output embeddings) is updated once.
+    """
+    fused_t, fused_s, seen = [], [], set()
     for name, t in teacher.items():
-        if t.is_floating_point():
-            t.mul_(beta).add_(student[name].detach().to(t.dtype), alpha=1.0 - beta)
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        s = student[name].detach()
+        if not t.is_floating_point():
+            t.copy_(s)
+        elif s.dtype == t.dtype and s.device == t.device:
+            fused_t.append(t)
+            fused_s.append(s)
         else:
-            t.copy_(student[name])
+            t.mul_(beta).add_(s.to(t), alpha=1.0 - beta)
+    if fused_t:
+        torch._foreach_mul_(fused_t, beta)
+        torch._foreach_add_(fused_t, fused_s, alpha=1.0 - beta)
 
 
 def beta_at(step: int, total_steps: int, beta: float, beta_early: float, early_fraction: float) -> float:
@@ -43,17 +62,28 @@ class BregmanConfig:
     beta_early: float = 0.99
     early_fraction: float = 0.1
     total_steps: int = 0  # filled in by the training loop when left at 0
+    momentum: bool = True  # False: teacher = the previous iterate (beta = 0)
+    inner_steps: int = 1  # S: optimizer steps between teacher updates
     regression: bool | None = None
 
 
 @register("regularizer", "bregman", BregmanConfig)
 class Bregman:
-    """SMART's Bregman proximal point term R_B with a momentum teacher (Jiang et al., ACL 2020)."""
+    """SMART's Bregman proximal point term R_B with a momentum teacher (Jiang et al., ACL 2020).
+
+    Args:
+        embed_fn, forward_from_embeddings: for a plain ``nn.Module`` (see ``smart-adv``): the teacher's outputs
+            are ``forward_from_embeddings(teacher, embed_fn(teacher, batch), batch)``.
+    """
 
     def __init__(self, mu: float = 1.0, beta: float = 0.999, beta_early: float = 0.99, early_fraction: float = 0.1,
-                 total_steps: int = 0, regression: bool | None = None):
+                 total_steps: int = 0, momentum: bool = True, inner_steps: int = 1, regression: bool | None = None,
+                 embed_fn=None, forward_from_embeddings=None):
+        if inner_steps < 1:
+            raise ValueError(f"bregman: inner_steps must be >= 1, got {inner_steps}")
         self.mu, self.beta, self.beta_early, self.early_fraction = mu, beta, beta_early, early_fraction
-        self.total_steps, self.regression = total_steps, regression
+        self.total_steps, self.momentum, self.inner_steps, self.regression = total_steps, momentum, inner_steps, regression
+        self.embed_fn, self.forward_fn = embed_fn, forward_from_embeddings
         self.teacher: torch.nn.Module | None = None
         self._pending: dict | None = None  # a checkpointed teacher, applied once the model is seen
         self.step = 0
@@ -70,17 +100,20 @@ class Bregman:
 
     def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
         teacher = self._ensure_teacher(model)
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
         with torch.no_grad():
-            target = teacher(**inputs).logits
-        student = outputs.logits
+            if self.forward_fn is not None:
+                target = logits_of(self.forward_fn(teacher, self.embed_fn(teacher, batch), batch))
+            else:
+                target = logits_of(teacher(**{k: v for k, v in batch.items() if k != "labels"}))
+        student = logits_of(outputs)
         regression = student.shape[-1] == 1 if self.regression is None else self.regression
         return {"bregman": self.mu * smoothness_divergence(student, target, regression)}
 
     def after_step(self, model) -> None:
         teacher = self._ensure_teacher(model)
-        beta = beta_at(self.step, self.total_steps, self.beta, self.beta_early, self.early_fraction)
-        momentum_update(teacher.state_dict(), unwrap(model).state_dict(), beta)
+        if (self.step + 1) % self.inner_steps == 0:
+            beta = beta_at(self.step, self.total_steps, self.beta, self.beta_early, self.early_fraction)
+            momentum_update(teacher.state_dict(), unwrap(model).state_dict(), beta if self.momentum else 0.0)
         self.step += 1
 
     def state_dict(self) -> dict:
@@ -105,11 +138,14 @@ class SmartConfig:
     granularity: str = "token"
     step_style: str = "paper"
     start_step: int = 0
+    dropout: str = "independent"
     mu: float = 1.0  # 0 switches R_B off
     beta: float = 0.999
     beta_early: float = 0.99
     early_fraction: float = 0.1
     total_steps: int = 0
+    momentum: bool = True
+    inner_steps: int = 1
     regression: bool | None = None
 
 
@@ -119,17 +155,28 @@ class Smart:
 
     def __init__(self, adv_weight: float = 1.0, sigma: float = 1e-5, eps: float = 1e-5, eta: float = 1e-3,
                  steps: int = 1, norm: str = "inf", granularity: str = "token", step_style: str = "paper",
-                 start_step: int = 0, mu: float = 1.0, beta: float = 0.999, beta_early: float = 0.99,
-                 early_fraction: float = 0.1, total_steps: int = 0, regression: bool | None = None):
+                 start_step: int = 0, dropout: str = "independent", mu: float = 1.0, beta: float = 0.999,
+                 beta_early: float = 0.99, early_fraction: float = 0.1, total_steps: int = 0, momentum: bool = True,
+                 inner_steps: int = 1, regression: bool | None = None, embed_fn=None, forward_from_embeddings=None):
+        plain = {"embed_fn": embed_fn, "forward_from_embeddings": forward_from_embeddings}
         self.adversarial = SmartAdversarial(adv_weight, sigma, eps, eta, steps, norm, granularity, step_style,
-                                            start_step, regression)
-        self.bregman = Bregman(mu, beta, beta_early, early_fraction, total_steps, regression) if mu else None
+                                            start_step, dropout, regression, **plain)
+        self.bregman = (Bregman(mu, beta, beta_early, early_fraction, total_steps, momentum, inner_steps, regression,
+                                **plain) if mu else None)
+
+    @property
+    def total_steps(self) -> int:
+        return self.bregman.total_steps if self.bregman else 0
+
+    @total_steps.setter
+    def total_steps(self, value: int) -> None:
+        if self.bregman:
+            self.bregman.total_steps = value
 
     def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
-        terms = self.adversarial(model, batch, outputs)
-        if self.bregman:
-            terms.update(self.bregman(model, batch, outputs))
-        return terms
+        # R_B first: its teacher is deep-copied on the first call, before R_s attaches hooks to the model
+        terms = self.bregman(model, batch, outputs) if self.bregman else {}
+        return {**self.adversarial(model, batch, outputs), **terms}
 
     def after_step(self, model) -> None:
         self.adversarial.after_step(model)

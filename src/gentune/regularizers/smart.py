@@ -12,7 +12,13 @@ projected normalised ascent from Gaussian noise on the non-padding tokens:
 
 l_s is the symmetric KL divergence (batch mean, float32) for classification and the squared error for regression.
 The perturbation enters through a forward hook on the embedding module, so any Hugging Face model works without
-editing its code, and position embeddings are never added twice.
+editing its code, and position embeddings are never added twice. A plain ``nn.Module`` works when given an
+``embed_fn(model, batch) -> (batch, length, hidden)`` and ``forward_from_embeddings(model, embeddings, batch) ->
+logits`` pair.
+
+Dropout: with ``dropout="independent"`` (the paper's code) the perturbed forwards draw their own dropout masks, so
+at the paper's eps = 1e-5 R_s is dominated by the mask difference (benchmarks/smart_divergence_scale.py).
+``dropout="shared"`` replays the clean forward's masks, so R_s measures the perturbation alone.
 """
 
 from __future__ import annotations
@@ -109,6 +115,54 @@ def perturbed_embeddings(module: torch.nn.Module, delta: torch.Tensor):
         handle.remove()
 
 
+def _rng_state(device: torch.device) -> tuple:
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+@contextlib.contextmanager
+def replayed_rng(state: tuple, device: torch.device):
+    """Run the block from a recorded RNG state (same dropout masks as when it was recorded); restore after."""
+    cpu, cuda = state
+    with torch.random.fork_rng(devices=[device] if cuda is not None else []):
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
+        yield
+
+
+class DropoutReplay:
+    """Records the RNG state at each top-level forward of a model, keyed by its ``input_ids`` tensor.
+
+    A perturbed forward run from the recorded state draws the same dropout masks as the clean forward did
+    (same operations in the same order), so the two outputs differ only through the perturbation.
+    """
+
+    def __init__(self):
+        self.module: torch.nn.Module | None = None
+        self.handle = None
+        self.state: tuple | None = None
+        self.key: torch.Tensor | None = None
+        self.paused = False
+
+    def attach(self, model: torch.nn.Module) -> None:
+        inner = unwrap(model)
+        if self.module is not inner:
+            if self.handle is not None:
+                self.handle.remove()
+            self.module, self.handle = inner, inner.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, _mod, args, kwargs):
+        if not self.paused:
+            key = kwargs.get("input_ids", args[0] if args else None)
+            self.key = key
+            device = key.device if isinstance(key, torch.Tensor) else torch.device("cpu")
+            self.state = _rng_state(device)
+
+    def state_for(self, key) -> tuple | None:
+        """The RNG state recorded just before the forward on ``key`` (the same tensor object), if any."""
+        return self.state if self.key is not None and self.key is key else None
+
+
 def adversarial_delta(forward: Callable[[torch.Tensor], torch.Tensor], clean: torch.Tensor, shape: tuple,
                       mask: torch.Tensor, sigma: float, eps: float, eta: float, steps: int, norm: str,
                       granularity: str, regression: bool, step_style: str = "paper",
@@ -137,22 +191,86 @@ def adversarial_delta(forward: Callable[[torch.Tensor], torch.Tensor], clean: to
     return delta.detach()
 
 
+def logits_of(outputs) -> torch.Tensor:
+    """The logits of a Hugging Face output object, an output dict, or a plain tensor."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, dict):
+        return outputs["logits"]
+    return outputs.logits
+
+
 class _Perturbable:
-    """One batch, ready to be re-run with perturbed input embeddings: clean outputs, padding mask, noise shape."""
+    """One batch, ready to be re-run with perturbed input embeddings: clean outputs, padding mask, noise shape.
 
-    def __init__(self, model, batch: dict, outputs, regression: bool | None):
-        self.model = model
+    The extra forwards go through the unwrapped model: under DDP the wrapper then sees one forward per backward,
+    and the parameters (shared with the wrapper) still receive the gradients of the final R_s.
+    """
+
+    def __init__(self, model, batch: dict, outputs, regression: bool | None, embed_fn=None, forward_fn=None,
+                 replay: DropoutReplay | None = None):
+        self.model = unwrap(model)
+        self.batch = batch
         self.inputs = {k: v for k, v in batch.items() if k != "labels"}
-        self.clean = outputs.logits
+        self.clean = logits_of(outputs)
         self.regression = self.clean.shape[-1] == 1 if regression is None else regression
-        self.module = embedding_module(model)
-        ids = self.inputs["input_ids"]
-        self.mask = self.inputs.get("attention_mask", torch.ones_like(ids)).unsqueeze(-1).float()
-        self.shape = (*ids.shape, self.module.embedding_dim)
+        self.forward_fn = forward_fn
+        if (embed_fn is None) != (forward_fn is None):
+            raise ValueError("give both embed_fn and forward_from_embeddings, or neither")
+        if embed_fn is not None:
+            self.embeddings = embed_fn(self.model, batch)
+            shape = self.embeddings.shape
+        else:
+            self.module = embedding_module(model)
+            shape = (*self.inputs["input_ids"].shape, self.module.embedding_dim)
+        self.shape = tuple(shape)
+        mask = self.inputs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(self.shape[:-1], device=self.clean.device)
+        self.mask = mask.unsqueeze(-1).float()
+        self.rng = None
+        if replay is not None:
+            replay.attach(model)
+            self.rng = replay.state_for(self.inputs.get("input_ids"))
+            if self.rng is None:
+                # No recorded clean forward for this batch (the first call, or outputs from elsewhere): run the
+                # clean forward again from a known state, and use it as the clean branch.
+                replay.paused = True
+                try:
+                    self.rng = _rng_state(self.clean.device)
+                    with replayed_rng(self.rng, self.clean.device):
+                        self.clean = self._forward(None, detach_base=False)
+                finally:
+                    replay.paused = False
+        self.replay = replay
 
-    def forward(self, delta: torch.Tensor) -> torch.Tensor:
+    def _forward(self, delta: torch.Tensor | None, detach_base: bool) -> torch.Tensor:
+        if self.forward_fn is not None:
+            base = self.embeddings.detach() if detach_base else self.embeddings
+            embeddings = base if delta is None else base + delta.to(base.dtype)
+            return logits_of(self.forward_fn(self.model, embeddings, self.batch))
+        if delta is None:
+            return logits_of(self.model(**self.inputs))
         with perturbed_embeddings(self.module, delta):
-            return self.model(**self.inputs).logits
+            return logits_of(self.model(**self.inputs))
+
+    def forward(self, delta: torch.Tensor, detach_base: bool = False) -> torch.Tensor:
+        """Outputs with the embeddings perturbed by ``delta``; from the clean forward's RNG state if replaying."""
+        if self.rng is None:
+            return self._forward(delta, detach_base)
+        self.replay.paused = True
+        try:
+            with replayed_rng(self.rng, self.clean.device):
+                return self._forward(delta, detach_base)
+        finally:
+            self.replay.paused = False
+
+    def ascent_forward(self, delta: torch.Tensor) -> torch.Tensor:
+        # only d/d delta is needed here: the embeddings of the plain-module path are cut from their graph
+        return self.forward(delta, detach_base=True)
+
+
+DROPOUT = ("independent", "shared")
 
 
 @dataclass
@@ -166,32 +284,45 @@ class SmartAdversarialConfig:
     granularity: str = "token"
     step_style: str = "paper"  # or "mtdnn"
     start_step: int = 0  # optimizer steps before R_s is switched on
+    dropout: str = "independent"  # or "shared": perturbed forwards replay the clean forward's dropout masks
     regression: bool | None = None  # None: inferred from the output width (1 -> regression)
 
 
 @register("regularizer", "smart-adv", SmartAdversarialConfig)
 class SmartAdversarial:
-    """SMART's smoothness-inducing adversarial regularizer R_s alone (Jiang et al., ACL 2020)."""
+    """SMART's smoothness-inducing adversarial regularizer R_s alone (Jiang et al., ACL 2020).
+
+    Args:
+        embed_fn, forward_from_embeddings: for a model without ``get_input_embeddings()``:
+            ``embed_fn(model, batch)`` gives the (batch, length, hidden) input embeddings and
+            ``forward_from_embeddings(model, embeddings, batch)`` the outputs computed from them. Not part of the
+            config (they are code, not data).
+    """
 
     def __init__(self, weight: float = 1.0, sigma: float = 1e-5, eps: float = 1e-5, eta: float = 1e-3,
                  steps: int = 1, norm: str = "inf", granularity: str = "token", step_style: str = "paper",
-                 start_step: int = 0, regression: bool | None = None):
+                 start_step: int = 0, dropout: str = "independent", regression: bool | None = None,
+                 embed_fn=None, forward_from_embeddings=None):
         if norm not in NORMS or granularity not in GRANULARITIES or step_style not in ("paper", "mtdnn"):
             raise ValueError(f"smart-adv: norm in {NORMS}, granularity in {GRANULARITIES}, "
                              "step_style in ('paper', 'mtdnn')")
+        if dropout not in DROPOUT:
+            raise ValueError(f"smart-adv: dropout must be one of {DROPOUT}, got {dropout!r}")
         self.weight, self.sigma, self.eps, self.eta, self.steps = weight, sigma, eps, eta, steps
         self.norm, self.granularity, self.step_style = norm, granularity, step_style
         self.start_step, self.regression = start_step, regression
+        self.embed_fn, self.forward_fn = embed_fn, forward_from_embeddings
+        self.replay = DropoutReplay() if dropout == "shared" else None
         self.step = 0
         self.skipped = 0  # steps whose noise gradient was not finite
 
     def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
         if self.step < self.start_step or self.weight == 0:
             return {}
-        p = _Perturbable(model, batch, outputs, self.regression)
+        p = _Perturbable(model, batch, outputs, self.regression, self.embed_fn, self.forward_fn, self.replay)
         clean, regression = p.clean, p.regression
-        delta = adversarial_delta(p.forward, clean, p.shape, p.mask, self.sigma, self.eps, self.eta, self.steps,
-                                  self.norm, self.granularity, regression, self.step_style)
+        delta = adversarial_delta(p.ascent_forward, clean, p.shape, p.mask, self.sigma, self.eps, self.eta,
+                                  self.steps, self.norm, self.granularity, regression, self.step_style)
         if delta is None:  # skip R_s this step, keep training; the count is in state_dict()
             self.skipped += 1
             return {}
@@ -212,6 +343,7 @@ class R3FConfig:
     weight: float = 1.0
     sigma: float = 1e-5
     noise: str = "normal"  # or "uniform" in [-sigma, sigma]
+    dropout: str = "independent"  # or "shared", as for smart-adv
     regression: bool | None = None
 
 
@@ -220,13 +352,18 @@ class R3F:
     """R3F: one random-noise forward and a symmetric KL, no ascent (Aghajanyan et al., ICLR 2021)."""
 
     def __init__(self, weight: float = 1.0, sigma: float = 1e-5, noise: str = "normal",
-                 regression: bool | None = None):
+                 dropout: str = "independent", regression: bool | None = None, embed_fn=None,
+                 forward_from_embeddings=None):
         if noise not in ("normal", "uniform"):
             raise ValueError("r3f: noise must be 'normal' or 'uniform'")
+        if dropout not in DROPOUT:
+            raise ValueError(f"r3f: dropout must be one of {DROPOUT}, got {dropout!r}")
         self.weight, self.sigma, self.noise, self.regression = weight, sigma, noise, regression
+        self.embed_fn, self.forward_fn = embed_fn, forward_from_embeddings
+        self.replay = DropoutReplay() if dropout == "shared" else None
 
     def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
-        p = _Perturbable(model, batch, outputs, self.regression)
+        p = _Perturbable(model, batch, outputs, self.regression, self.embed_fn, self.forward_fn, self.replay)
         if self.noise == "normal":
             delta = torch.randn(p.shape, device=p.mask.device) * self.sigma
         else:
