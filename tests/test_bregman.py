@@ -78,3 +78,13 @@ def test_non_momentum_variant_holds_the_iterate_for_s_steps(tiny):
             start = model.classifier.weight.detach().clone()
     with pytest.raises(ValueError, match="inner_steps"):
         Bregman(inner_steps=0)
+
+
+def test_state_dict_passes_on_a_loaded_teacher_before_first_use(tiny):
+    model, batch = tiny
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    reg = Bregman()
+    reg(model, batch, model(**inputs))
+    other = Bregman()
+    other.load_state_dict(reg.state_dict())
+    assert other.state_dict()["teacher"] is not None  # not lost when saved again before any forward

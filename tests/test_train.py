@@ -102,6 +102,18 @@ def test_regularizer_terms_reach_the_loss(glue, tiny_model, tmp_path):
     assert dist["reg"] < 0.2 * dist["plain"]
 
 
+def test_alike_term_names_are_both_kept_and_a_repeated_name_is_refused(glue, tiny_model, tmp_path):
+    gentune.finetune(**_args(glue, tiny_model, tmp_path / "two", max_steps=2, regularizer=["smart", "bregman"],
+                             regularizer_options={"bregman": {"mu": 2.0}}))
+    train, _ = _train_records(tmp_path / "two")
+    assert {"bregman", "bregman/bregman", "smart_adv"} <= set(train[-1])
+    assert train[-1]["bregman/bregman"] == pytest.approx(2 * train[-1]["bregman"], rel=1e-5)
+    assert train[-1]["loss"] == pytest.approx(
+        train[-1]["task"] + train[-1]["smart_adv"] + train[-1]["bregman"] + train[-1]["bregman/bregman"], rel=1e-5)
+    with pytest.raises(GentuneError, match="twice"):
+        gentune.finetune(**_args(glue, tiny_model, tmp_path / "dup", max_steps=1, regularizer=["l2sp", "l2sp"]))
+
+
 SLOW_CLI = """
 import sys, time
 from gentune import registry

@@ -186,6 +186,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     cfg.validate()
     task = get_task(cfg.task)
     reg_names = list(cfg.regularizer)
+    if len(set(reg_names)) < len(reg_names):
+        raise GentuneError(f"regularizer: a name is given twice in {reg_names} (options are per name)")
     for name in reg_names:
         registry.get("regularizer", name)  # unknown names fail before any work
     resolve_model_path(cfg.model)  # so does a model path that does not exist
@@ -283,8 +285,10 @@ def finetune(cfg: FinetuneConfig) -> dict:
                 result = objective(model, batch)
                 outputs = result["output"]
                 terms = {"task": result["loss"]}
-                for r in regs:
-                    terms.update(r(model, batch, outputs))
+                for name, r in zip(reg_names, regs):
+                    for key, value in r(model, batch, outputs).items():
+                        # two regularizers may name a term alike (smart and bregman): keep both, prefixed
+                        terms[f"{name}/{key}" if key in terms else key] = value
                 loss = sum(terms.values())
                 accelerator.backward(loss)
                 grad_norm = None

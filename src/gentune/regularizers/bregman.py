@@ -117,7 +117,9 @@ class Bregman:
         self.step += 1
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "teacher": None if self.teacher is None else self.teacher.state_dict()}
+        # a loaded teacher not yet applied (no forward since load_state_dict) is passed on as it is
+        teacher = self._pending if self.teacher is None else self.teacher.state_dict()
+        return {"step": self.step, "teacher": teacher}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]

@@ -1,0 +1,353 @@
+"""gentune regularizers inside a Hugging Face :class:`transformers.Trainer`.
+
+An existing Trainer script switches to a gentune regularizer (SMART here) by changing two lines::
+
+    from gentune.integrations import RegularizedTrainer  # line 1
+
+    trainer = RegularizedTrainer(regularizers=["smart"], model=model, args=args,  # line 2: was Trainer(
+                                 train_dataset=train_ds, eval_dataset=dev_ds, processing_class=tokenizer)
+    trainer.train()
+
+What the subclass adds to the Trainer, and nothing else:
+
+- :meth:`RegularizedTrainer.compute_loss` adds each regularizer's terms (``reg(model, batch, outputs)``) to the
+  parent's loss during training. Evaluation losses stay the plain task loss.
+- The mean of each term since the last log (``smart_adv``, ``bregman``, ``l2sp``, ...) is logged next to ``loss``.
+- ``after_step(model)`` runs once per optimizer step (not per micro-batch under gradient accumulation).
+- Regularizers built from names get ``total_steps`` (when they have that option and it was left at 0) from the
+  Trainer's ``max_steps`` at the start of every ``train()`` call.
+- Regularizer state (SMART's momentum teacher, L2-SP's anchor, step counters) is saved as
+  ``gentune_regularizers.pt`` in every ``checkpoint-N/`` folder and restored by
+  ``trainer.train(resume_from_checkpoint=...)`` (a path or ``True``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import types
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from .. import registry
+from ..errors import GentuneError
+
+logger = logging.getLogger(__name__)
+
+#: File name of the regularizer state inside each ``checkpoint-N/`` folder.
+REGULARIZER_STATE_NAME = "gentune_regularizers.pt"
+_FORMAT = 1
+# Attribute values _zero_total_steps never looks inside (a teacher model, tensors, classes, functions, modules).
+_NOT_PLAIN = (torch.nn.Module, torch.Tensor, type, types.FunctionType, types.MethodType, types.ModuleType)
+
+
+@dataclasses.dataclass
+class _Spec:
+    """One requested regularizer: a registry name with options, or an object built by the caller."""
+
+    name: str
+    options: dict | None = None  # None for an object built by the caller
+    obj: Any = None
+
+
+def _parse(regularizers) -> list[_Spec]:
+    """Normalise the ``regularizers`` argument to a list of specs (validation of names happens at build)."""
+    if regularizers is None:
+        return []
+    if isinstance(regularizers, str):
+        regularizers = [regularizers]
+    if isinstance(regularizers, Mapping):
+        items = list(regularizers.items())
+    else:
+        items = []
+        for item in regularizers:
+            if isinstance(item, str):
+                items.append((item, None))
+            elif isinstance(item, Mapping):  # {name: options} inside a list
+                items.extend(item.items())
+            elif callable(item):
+                items.append((None, item))
+            else:
+                raise GentuneError(f"regularizers: expected a name, a {{name: options}} dict or a regularizer "
+                                   f"object, got {item!r}")
+    specs = []
+    for name, value in items:
+        if name is None:  # an object built by the caller
+            specs.append(_Spec(getattr(value, "name", None) or type(value).__name__, obj=value))
+            continue
+        if not isinstance(name, str):
+            raise GentuneError(f"regularizers: names must be strings, got {name!r}")
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise GentuneError(f"regularizers: options of {name!r} must be a dict, got {type(value).__name__}")
+        specs.append(_Spec(name, options=dict(value)))
+    return specs
+
+
+def _has_option(name: str, option: str) -> bool:
+    config = registry.get("regularizer", name).config
+    return config is not None and option in {f.name for f in dataclasses.fields(config)}
+
+
+def _build(spec: _Spec, total_steps: int) -> Any:
+    """A fresh regularizer from a name spec; ``total_steps`` fills that option when it was left unset or 0."""
+    options = dict(spec.options)
+    if total_steps > 0 and not options.get("total_steps") and _has_option(spec.name, "total_steps"):
+        options["total_steps"] = total_steps
+    return registry.create("regularizer", spec.name, **options)  # GentuneError on unknown names and options
+
+
+def _zero_total_steps(obj: Any, depth: int = 2, seen: set | None = None) -> list[Any]:
+    """``obj`` and its plain sub-objects (e.g. ``Smart.bregman``) whose ``total_steps`` attribute is 0 or None."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    found = [obj] if getattr(obj, "total_steps", 1) in (0, None) else []
+    if depth > 0:
+        for value in getattr(obj, "__dict__", {}).values():
+            if hasattr(value, "__dict__") and not isinstance(value, _NOT_PLAIN):
+                found += _zero_total_steps(value, depth - 1, seen)
+    return found
+
+
+class RegularizerCallback(TrainerCallback):
+    """The :class:`RegularizedTrainer` events that need no private Trainer API.
+
+    ``on_train_begin`` (re)builds the regularizers for this run and restores a resumed checkpoint's state,
+    ``on_step_end`` calls ``after_step`` once per optimizer step, and ``on_save`` writes the regularizer state
+    into the new ``checkpoint-N/`` folder. Added by :class:`RegularizedTrainer` itself; do not add it twice.
+
+    Args:
+        trainer: The :class:`RegularizedTrainer` whose regularizers this callback drives.
+    """
+
+    def __init__(self, trainer: "RegularizedTrainer"):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._begin_regularizers(state.max_steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._after_optimizer_step()
+
+    def on_save(self, args, state, control, **kwargs):
+        self.trainer._save_regularizers_at_step(state.global_step)
+
+
+class RegularizedTrainer(Trainer):
+    """A :class:`transformers.Trainer` whose training loss also carries gentune regularizer terms.
+
+    Every Trainer argument works as before; ``regularizers`` is the only new one. The training loss is the
+    parent's :meth:`~transformers.Trainer.compute_loss` plus the sum of every regularizer's terms; evaluation
+    and prediction use the parent's loss unchanged.
+
+    Gradient accumulation: when the Trainer treats the parent's loss as already normalised over the whole
+    accumulated batch (``loss_is_scaled_for_ga``, by default when the model accepts ``num_items_in_batch``),
+    the terms, which are per-micro-batch means, are divided by the number of micro-batches of the step, so a
+    term weighs the same whatever ``gradient_accumulation_steps`` is.
+
+    Args:
+        *args: Passed to :class:`transformers.Trainer` (``model`` first).
+        regularizers: What to add to the loss. One of: a dict ``{name: options}`` (options a dict or ``None``);
+            a single name; a list whose items are registry names (``"smart"``), ``{name: options}`` dicts, or
+            regularizer objects already built (``gentune.create("regularizer", "l2sp", alpha=0.1)`` or any
+            callable ``reg(model, batch, outputs) -> dict[str, Tensor]``). ``None`` or empty: a plain Trainer.
+        **kwargs: Passed to :class:`transformers.Trainer`.
+
+    Raises:
+        GentuneError: An unknown regularizer name or option, or an item that is not a name, a dict or a callable.
+
+    Attributes:
+        regularizers: The regularizer objects in use, in the order given. Those built from names are rebuilt
+            at the start of every ``train()`` call (fresh state, ``total_steps`` filled in); objects passed in
+            are used as they are (a ``total_steps`` attribute left at 0 is set).
+        regularizer_names: One name per regularizer (the registry name, or the object's class name).
+    """
+
+    def __init__(self, *args, regularizers=None, **kwargs):
+        self._reg_specs = _parse(regularizers)
+        # Built now so unknown names and options fail before any work, and compute_loss works before train().
+        self.regularizers: list[Any] = [s.obj if s.obj is not None else _build(s, 0) for s in self._reg_specs]
+        self.regularizer_names: list[str] = [s.name for s in self._reg_specs]
+        self._auto_total_steps: list[Any] = []  # caller-built objects whose total_steps we set
+        self._term_sums: dict[str, torch.Tensor] = {}
+        self._term_counts: dict[str, int] = {}
+        self._resume_dir: str | None = None
+        self._reg_trial = None
+        super().__init__(*args, **kwargs)
+        self.add_callback(RegularizerCallback(self))
+
+    # ---- training entry point: remember where a resumed run comes from ----
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None,
+              **kwargs):
+        """:meth:`transformers.Trainer.train`, also restoring the regularizer state when resuming.
+
+        Args:
+            resume_from_checkpoint: As for the Trainer: a ``checkpoint-N`` path, or ``True`` for the last one
+                in ``args.output_dir``. Its ``gentune_regularizers.pt`` is loaded once training begins.
+            trial: As for the Trainer (hyperparameter search).
+            ignore_keys_for_eval: As for the Trainer.
+            **kwargs: Passed to :meth:`transformers.Trainer.train`.
+
+        Returns:
+            The Trainer's ``TrainOutput``.
+        """
+        if resume_from_checkpoint is True:
+            # Resolved the way the Trainer does it; if there is none, the Trainer raises its own error.
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
+        self._resume_dir = resume_from_checkpoint if isinstance(resume_from_checkpoint, (str, os.PathLike)) else None
+        self._reg_trial = trial
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                                 ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        finally:
+            self._resume_dir = None
+
+    # ---- the loss ----
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The parent's loss plus every regularizer term (training only).
+
+        Args:
+            model: The model to compute the loss for (possibly wrapped).
+            inputs: The batch, ``labels`` included; the regularizers see all of it.
+            return_outputs: Whether to return ``(loss, outputs)`` instead of ``loss``.
+            num_items_in_batch: Passed through to the parent unchanged.
+
+        Returns:
+            ``loss`` or ``(loss, outputs)``, as the parent returns them.
+        """
+        # A shallow copy: the parent pops "labels" when it computes the loss itself (label smoothing,
+        # compute_loss_func), and the regularizers should still see the whole batch.
+        parent_inputs = dict(inputs) if isinstance(inputs, Mapping) else inputs
+        loss, outputs = super().compute_loss(model, parent_inputs, return_outputs=True,
+                                             num_items_in_batch=num_items_in_batch)
+        # Evaluation runs under no_grad in eval mode: no regularizers there (SMART's ascent needs gradients).
+        if self.regularizers and model.training and torch.is_grad_enabled():
+            terms: dict[str, torch.Tensor] = {}
+            for reg in self.regularizers:
+                for name, term in reg(model, inputs, outputs).items():
+                    terms[name] = terms[name] + term if name in terms else term  # same name twice: both count
+            if terms:
+                for name, term in terms.items():
+                    self._record(name, term)
+                extra = sum(terms.values())
+                if self._parent_loss_is_scaled_for_ga(num_items_in_batch):
+                    extra = extra / getattr(self, "current_gradient_accumulation_steps", 1)
+                loss = loss + extra.to(loss.dtype)
+        return (loss, outputs) if return_outputs else loss
+
+    def _parent_loss_is_scaled_for_ga(self, num_items_in_batch) -> bool:
+        # The rule Trainer.training_step uses to decide whether it divides the loss by the micro-batch count.
+        if self.loss_is_scaled_for_ga is not None:
+            return bool(self.loss_is_scaled_for_ga)
+        return bool((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+                    or self.compute_loss_func is not None)
+
+    # ---- logging ----
+
+    def _record(self, name: str, term: torch.Tensor) -> None:
+        # Kept on the device: no synchronisation per micro-batch, one .item() per log.
+        value = term.detach().float()
+        self._term_sums[name] = self._term_sums[name] + value if name in self._term_sums else value
+        self._term_counts[name] = self._term_counts.get(name, 0) + 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """:meth:`transformers.Trainer.log`, with the mean of each regularizer term next to a training ``loss``.
+
+        The means are over the micro-batches since the previous training log, on this process.
+
+        Args:
+            logs: The values to log.
+            start_time: The start of training.
+        """
+        if "loss" in logs and self._term_sums:
+            for name, total in self._term_sums.items():
+                logs[name] = total.item() / self._term_counts[name]
+            self._term_sums, self._term_counts = {}, {}
+        super().log(logs, start_time)
+
+    # ---- callback targets ----
+
+    def _begin_regularizers(self, max_steps: int) -> None:
+        """Build this run's regularizers (``total_steps`` = ``max_steps``), then restore a resumed state."""
+        for i, spec in enumerate(self._reg_specs):
+            if spec.obj is None:
+                self.regularizers[i] = _build(spec, max_steps)
+            else:
+                for target in _zero_total_steps(spec.obj):
+                    if not any(target is t for t in self._auto_total_steps):
+                        self._auto_total_steps.append(target)
+        for target in self._auto_total_steps:
+            target.total_steps = max_steps
+        self._term_sums, self._term_counts = {}, {}
+        if self._resume_dir is not None:
+            self.load_regularizer_state(self._resume_dir)
+
+    def _after_optimizer_step(self) -> None:
+        for reg in self.regularizers:
+            if hasattr(reg, "after_step"):
+                reg.after_step(self.model_wrapped)
+
+    def _save_regularizers_at_step(self, step: int) -> None:
+        if self.args.save_only_model:  # such checkpoints cannot be resumed: no optimizer, no regularizer state
+            return
+        # The folder Trainer._save_checkpoint has just written; a hyperparameter-search trial puts it under a
+        # per-trial folder that only the (private) _get_output_dir knows.
+        run_dir = self.args.output_dir if self._reg_trial is None else self._get_output_dir(self._reg_trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        if not os.path.isdir(folder):
+            logger.warning("gentune: checkpoint folder %s not found; regularizer state not saved", folder)
+            return
+        self.save_regularizer_state(folder)
+
+    # ---- checkpoint files ----
+
+    def save_regularizer_state(self, folder: str | os.PathLike) -> None:
+        """Write every regularizer's ``state_dict()`` to ``folder/gentune_regularizers.pt`` (main process only).
+
+        Args:
+            folder: An existing directory, normally a ``checkpoint-N`` folder.
+        """
+        if not self.args.should_save:
+            return
+        states = [reg.state_dict() if hasattr(reg, "state_dict") else None for reg in self.regularizers]
+        blob = {"format": _FORMAT, "names": list(self.regularizer_names), "states": states}
+        path = os.path.join(folder, REGULARIZER_STATE_NAME)
+        torch.save(blob, path + ".tmp")
+        os.replace(path + ".tmp", path)  # never a half-written file under the final name
+
+    def load_regularizer_state(self, folder: str | os.PathLike) -> None:
+        """Restore every regularizer's state from ``folder/gentune_regularizers.pt``.
+
+        A checkpoint without the file (e.g. one written by a plain Trainer) starts the regularizers fresh,
+        with a warning when any of them has state.
+
+        Args:
+            folder: A ``checkpoint-N`` folder.
+
+        Raises:
+            GentuneError: The file holds other regularizers than this trainer's, or is not a gentune file.
+        """
+        path = os.path.join(folder, REGULARIZER_STATE_NAME)
+        if not os.path.isfile(path):
+            if any(hasattr(reg, "load_state_dict") for reg in self.regularizers):
+                logger.warning("gentune: %s has no %s; the regularizers start fresh", folder, REGULARIZER_STATE_NAME)
+            return
+        blob = torch.load(path, map_location=self.args.device, weights_only=True)
+        if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
+            raise GentuneError(f"{path}: not a gentune regularizer state file (format {_FORMAT})")
+        if blob["names"] != self.regularizer_names:
+            raise GentuneError(f"{path}: the checkpoint holds regularizers {blob['names']}, this trainer has "
+                               f"{self.regularizer_names}")
+        for reg, state in zip(self.regularizers, blob["states"]):
+            if state is not None and hasattr(reg, "load_state_dict"):
+                reg.load_state_dict(state)
