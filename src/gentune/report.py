@@ -27,7 +27,8 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 
 def plot_run(out: Path, main_metric: str) -> list[Path]:
-    """Write OUT/loss.png (training loss, raw and moving average) and OUT/dev.png (dev metric per eval)."""
+    """Write OUT/loss.png (training loss, raw and moving average; regularizer terms on a log scale beside it) and
+    OUT/dev.png (dev metric and loss per eval)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,13 +43,26 @@ def plot_run(out: Path, main_metric: str) -> list[Path]:
     evals = [r for r in records if r.get("type") == "eval"]
     written = []
     if train:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        # regularizer terms are orders of magnitude below the task loss: their own panel, log scale
+        terms = sorted({k for r in train for k in r} - {"type", "step", "epoch", "lr", "loss", "grad_norm", "task"})
+        fig, axes = plt.subplots(1, 2 if terms else 1, figsize=(11 if terms else 6, 3.5), squeeze=False)
+        ax = axes[0][0]
         steps = [r["step"] for r in train]
         loss = [r["loss"] for r in train]
         ax.plot(steps, loss, alpha=0.3, lw=0.8, label="loss")
         ax.plot(steps, _smooth(loss, max(1, len(loss) // 20)), lw=1.6, label="moving average")
         ax.set(xlabel="optimizer step", ylabel="training loss", title=f"{out.name}: training loss")
         ax.legend()
+        if terms:
+            ax = axes[0][1]
+            for name in terms:
+                pts = [(r["step"], r[name]) for r in train if name in r and r[name] > 0]
+                if pts:
+                    values = [v for _, v in pts]
+                    ax.plot([s for s, _ in pts], _smooth(values, max(1, len(values) // 20)), lw=1.4, label=name)
+            ax.set(xlabel="optimizer step", ylabel="term (moving average)", yscale="log",
+                   title="regularizer terms")
+            ax.legend()
         fig.tight_layout()
         fig.savefig(out / "loss.png", dpi=110)
         plt.close(fig)
