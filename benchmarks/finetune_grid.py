@@ -118,6 +118,66 @@ def majority_baseline(task: str) -> dict[str, float]:
     return compute(spec.metrics, np.full_like(labels, majority), labels)
 
 
+def _main(cell: dict) -> float:
+    s = cell["summary"]
+    return s["final_dev"][s["main_metric"]]
+
+
+def paired(cells: list[dict], method: str, task: str, baseline: str = "vanilla") -> tuple[float, float, int] | None:
+    """Mean and standard error (x100) of method - baseline on the final main metric, over the seeds both have."""
+    by = {(c["method"], c["seed"]): _main(c) for c in cells if c["task"] == task}
+    diffs = [by[(method, s)] - by[(baseline, s)] for (m, s) in by if m == method and (baseline, s) in by]
+    if not diffs:
+        return None
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return 100 * statistics.fmean(diffs), 100 * se, len(diffs)
+
+
+def comparison(cells: list[dict], methods: list[str]) -> list[str]:
+    """Per task: each method's final main metric and its paired difference to vanilla; the task average last."""
+    head = "| task | metric | vanilla | " + " | ".join(f"{m} | {m} - vanilla" for m in methods) + " |"
+    lines = [head, "|" + " --- |" * (3 + 2 * len(methods))]
+    avg = {m: [] for m in ["vanilla", *methods]}
+    avg_diff = {m: [] for m in methods}
+    for task in TASKS:
+        tc = [c for c in cells if c["task"] == task]
+        base = [_main(c) for c in tc if c["method"] == "vanilla"]
+        if not base:
+            continue
+        row = [task, tc[0]["summary"]["main_metric"], _fmt(base)]
+        avg["vanilla"].append(statistics.fmean(base))
+        for m in methods:
+            vals = [_main(c) for c in tc if c["method"] == m]
+            d = paired(cells, m, task)
+            row += [_fmt(vals) + (f" (n={len(vals)})" if vals and len(vals) != len(base) else ""),
+                    "-" if d is None else f"{d[0]:+.1f} ± {d[1]:.1f}"]
+            if vals and len(vals) == len(base):
+                avg[m].append(statistics.fmean(vals))
+                avg_diff[m].append(d)
+        lines.append("| " + " | ".join(row) + " |")
+    n = len(avg["vanilla"])
+    row = ["average", "", f"{100 * statistics.fmean(avg['vanilla']):.1f}" if n else "-"]
+    for m in methods:
+        if len(avg[m]) == n and n:
+            se = sum(d[1] ** 2 for d in avg_diff[m]) ** 0.5 / n
+            row += [f"{100 * statistics.fmean(avg[m]):.1f}",
+                    f"{statistics.fmean(d[0] for d in avg_diff[m]):+.1f} ± {se:.1f}"]
+        else:
+            row += ["(incomplete)", "-"]
+    lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def cost_section() -> list[str]:
+    path = ROOT / "benchmarks" / "results" / "smart_cost.json"
+    if not path.exists():
+        return []
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from smart_cost import render as render_cost
+
+    return ["", *render_cost(json.loads(path.read_text())).rstrip("\n").splitlines(), ""]
+
+
 def render() -> str:
     cells = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*/*.json"))]
     lines = [
@@ -139,6 +199,14 @@ def render() -> str:
         "",
     ]
     methods = sorted({c["method"] for c in cells}, key=lambda m: (m != "vanilla", m))
+    smart_arms = [m for m in ("smart", "smart-adv", "r3f") if m in methods]
+    if smart_arms:
+        lines += ["### SMART against vanilla and R3F", "",
+                  "Final dev main metric (x100), mean ± std over seeds, and the paired difference to vanilla (same",
+                  "seed, same data subsample), mean ± standard error over seeds. The average row is over tasks (its",
+                  "standard error combines the per-task ones). Same hyper-parameters as vanilla; each regularizer at",
+                  "its paper's defaults (not tuned), see the per-method tables below.", "",
+                  *comparison(cells, smart_arms), *NOTES.get("smart-comparison", []), ""]
     for method in methods:
         mc = [c for c in cells if c["method"] == method]
         seeds = sorted({c["seed"] for c in mc})
@@ -174,6 +242,7 @@ def render() -> str:
                   f"- grid: `python benchmarks/finetune_grid.py"
                   + ("" if method == "vanilla" else f" --name {method} ...") + "`",
                   f"- machine: {mc[0]['machine']}; dates: {', '.join(dates)}", ""]
+    lines += cost_section()
     return "\n".join(lines) + "\n"
 
 
