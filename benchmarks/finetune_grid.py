@@ -150,7 +150,7 @@ def comparison(cells: list[dict], methods: list[str]) -> list[str]:
             vals = [_main(c) for c in tc if c["method"] == m]
             d = paired(cells, m, task)
             row += [_fmt(vals) + (f" (n={len(vals)})" if vals and len(vals) != len(base) else ""),
-                    "-" if d is None else f"{d[0]:+.1f} ± {d[1]:.1f}"]
+                    "-" if d is None else f"{d[0]:+.1f} ± {d[1]:.1f}" if d[2] > 1 else f"{d[0]:+.1f} (one seed)"]
             if vals and len(vals) == len(base):
                 avg[m].append(statistics.fmean(vals))
                 avg_diff[m].append(d)
