@@ -298,3 +298,44 @@ def test_peft_lora_model(tiny_model_nodrop):
     grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert grads and all("lora_" in n or "classifier" in n for n in grads)
     assert any("lora_B" in n for n in grads)  # lora_A has zero gradient while B starts at 0
+
+
+def test_regression_uses_squared_error(tiny_model_nodrop):
+    """A one-output (STS-B) model: R_s, R3F and R_B use the squared error, R_s equal to its literal form."""
+    from gentune.data import get_task
+    from gentune.models.hf import load_for_task, load_tokenizer
+    from gentune.regularizers.bregman import Bregman
+
+    torch.manual_seed(0)
+    model = load_for_task(tiny_model_nodrop, get_task("stsb")).double()
+    tok = load_tokenizer(tiny_model_nodrop)
+    batch = dict(tok(["a man plays", "a dog runs fast"], ["a man is playing", "the cat sleeps"], padding=True,
+                     return_tensors="pt"))
+    batch["labels"] = torch.tensor([4.2, 0.4])
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    out = model(**inputs)
+    assert out.logits.shape == (2, 1)
+    sigma, eps, eta = 1e-2, 1e-2, 1e-1
+    torch.manual_seed(5)
+    got = SmartAdversarial(sigma=sigma, eps=eps, eta=eta)(model, batch, out)["smart_adv"]
+    torch.manual_seed(5)
+    mask = batch["attention_mask"].unsqueeze(-1)
+    e = model.bert.embeddings.word_embeddings(batch["input_ids"])
+
+    def f(delta):
+        return model(inputs_embeds=e + delta, attention_mask=batch["attention_mask"],
+                     token_type_ids=batch["token_type_ids"]).logits
+
+    delta = (torch.randn(*e.shape) * sigma * mask).double().requires_grad_(True)
+    (g,) = torch.autograd.grad(((f(delta) - out.logits.detach()) ** 2).mean(), delta)
+    delta = ((delta + eta * g / (g.abs().amax(-1, keepdim=True) + 1e-12)).clamp(-eps, eps) * mask).detach()
+    want = ((f(delta) - out.logits) ** 2).mean()
+    assert got.item() == pytest.approx(want.item(), rel=1e-6) and got.item() > 0
+    torch.manual_seed(6)
+    assert R3F(sigma=sigma)(model, batch, out)["r3f"].item() > 0
+    reg = Bregman(mu=1.0)
+    reg(model, batch, out)
+    with torch.no_grad():
+        model.classifier.bias.add_(0.5)
+    moved = model(**inputs)
+    assert reg(model, batch, moved)["bregman"].item() == pytest.approx(0.25, rel=1e-9)  # (0.5)^2, batch mean
