@@ -46,6 +46,10 @@ def test_finetune_input_errors(capsys, tmp_path, glue, tiny_model):
           "--dev", good], "lab.tsv:2: label 'contradiction' is not in the label set of rte"),
         (["--train", good, "--dev", good, "--set", "bogus=1"], "unknown config key 'bogus'"),
         (["--train", good, "--dev", good, "--regularizer", "nope"], "unknown regularizer 'nope'"),
+        (["--train", good, "--dev", good, "--regularizer", "smart", "--set", "smart.dropout=maybe"],
+         "regularizer 'smart': smart-adv: dropout must be one of"),
+        (["--train", good, "--dev", good, "--regularizer", "smart", "--set", "smart.epsilon=1"],
+         "--set smart.epsilon: regularizer 'smart' has no option 'epsilon'"),
         (["--train", good, "--dev", good, "--config", str(tmp_path / "none.yaml")], "none.yaml: no such config file"),
         (["--data-dir", str(tmp_path)], f"no data for task rte: tried --data-dir={tmp_path}"),
     ]

@@ -71,7 +71,10 @@ def create(kind: str, name: str, **kwargs: Any) -> Any:
                 f"unknown option {name}.{unknown[0]} for {kind} {name!r} (options: {', '.join(sorted(fields))})"
             )
         kwargs = dataclasses.asdict(entry.config(**kwargs))
-    return entry.factory(**kwargs)
+    try:
+        return entry.factory(**kwargs)
+    except ValueError as e:  # a bad option value (a factory validates its own arguments): a user error
+        raise GentuneError(f"{kind} {name!r}: {e}") from e
 
 
 def list_methods(kind: str) -> list[str]:
