@@ -22,7 +22,7 @@ def finetune(config=None, **kwargs) -> dict:
     ``OUT/summary.json``).
     """
     from .config import FinetuneConfig, apply_mapping
-    from .train import finetune as _finetune
+    from .finetuning import finetune as _finetune
 
     cfg = config if config is not None else FinetuneConfig()
     cfg = apply_mapping(cfg, kwargs, "finetune()")
@@ -31,7 +31,7 @@ def finetune(config=None, **kwargs) -> dict:
 
 def evaluate(checkpoint: str, task: str, data: str, batch_size: int = 64) -> dict:
     """Metrics of a fine-tuned checkpoint on any file of the task's formats."""
-    from .train import evaluate as _evaluate
+    from .finetuning import evaluate as _evaluate
 
     return _evaluate(checkpoint, task, data, batch_size=batch_size)
 

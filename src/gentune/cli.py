@@ -71,7 +71,7 @@ def _finetune_config(args):
 
 
 def _cmd_finetune(args) -> int:
-    from .train import finetune
+    from .finetuning import finetune
 
     cfg = _finetune_config(args)
     summary = finetune(cfg)
@@ -85,7 +85,7 @@ def _cmd_finetune(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from .train import evaluate
+    from .finetuning import evaluate
 
     print(json.dumps(evaluate(args.checkpoint, args.task, args.data, batch_size=args.batch_size)))
     return 0

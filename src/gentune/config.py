@@ -19,16 +19,11 @@ from .models.hf import DEFAULT_MODEL
 
 
 @dataclass
-class FinetuneConfig:
-    """Everything that defines a fine-tuning run. Field names equal the CLI flags (``--train-size`` ->
-    ``train_size``)."""
+class RunConfig:
+    """What every run of the training loop has: schedule, optimizer, checkpoints, regularizers. Field names equal
+    the CLI flags (``--batch-size`` -> ``batch_size``)."""
 
-    task: str = ""
     out: str = ""
-    data_dir: str | None = None
-    train: str | None = None
-    dev: str | None = None
-    model: str = DEFAULT_MODEL
     epochs: float = 3.0
     max_steps: int = 0  # > 0 overrides epochs
     batch_size: int = 16  # global batch per optimizer micro-step, split across processes
@@ -36,36 +31,35 @@ class FinetuneConfig:
     lr: float = 1e-4
     weight_decay: float = 0.01
     adam_eps: float = 1e-8
+    adam_beta2: float = 0.999
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0  # <= 0 disables clipping
     grad_accum: int = 1
-    max_length: int = 128
-    train_size: int | None = None
     seed: int = 42
     regularizer: list[str] = field(default_factory=list)
     regularizer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     eval_steps: int = 0  # > 0: also evaluate every N optimizer steps
     save_steps: int = 50  # resume checkpoint every N optimizer steps (and at each epoch end)
-    save_model: bool = True  # write the best model to OUT/best
+    save_model: bool = True  # write the best (fine-tuning) or final (pretraining) model
     keep_checkpoint: bool = False  # keep OUT/checkpoint (optimizer state) after a finished run
 
-    def validate(self) -> None:
-        checks = [
-            (bool(self.task), "task is required (--task)"),
+    def _checks(self) -> list[tuple[bool, str]]:
+        return [
             (bool(self.out), "out is required (--out)"),
             (self.epochs > 0 or self.max_steps > 0, "epochs must be positive (or set max_steps)"),
             (self.batch_size > 0, "batch_size must be positive"),
             (self.eval_batch_size > 0, "eval_batch_size must be positive"),
             (self.lr > 0, "lr must be positive"),
             (self.adam_eps > 0, "adam_eps must be positive"),
+            (0 < self.adam_beta2 < 1, "adam_beta2 must be in (0, 1)"),
             (self.grad_accum >= 1, "grad_accum must be at least 1"),
-            (self.max_length >= 8, "max_length must be at least 8"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
-            (self.train_size is None or self.train_size > 0, "train_size must be positive"),
             (self.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed_precision must be auto, no, bf16 or fp16"),
         ]
-        for ok, msg in checks:
+
+    def validate(self) -> None:
+        for ok, msg in self._checks():
             if not ok:
                 raise GentuneError(f"config: {msg}")
         for name in self.regularizer_options:
@@ -75,6 +69,85 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+IMAGE_TASK = "image-classification"
+
+
+@dataclass
+class FinetuneConfig(RunConfig):
+    """A fine-tuning run: a text task (GLUE family) or ``image-classification`` on an image folder."""
+
+    task: str = ""
+    data_dir: str | None = None
+    train: str | None = None
+    dev: str | None = None  # text: a dev file; images: a validation image folder/archive (else split from data)
+    model: str = DEFAULT_MODEL  # text: a HF model; images without init: a backbone name (vit-tiny-p4, ...)
+    max_length: int = 128
+    train_size: int | None = None
+    # image-classification
+    data: str | None = None  # an image folder <root>/<class>/<file>, or a .tar.gz of one
+    init: str | None = None  # a pretrained encoder directory (gentune pretrain OUT/encoder), or none
+    classes: list[str] | None = None  # a subset of the class folders, in this order (labels 0..k-1)
+    labels_per_class: int | None = None  # label budget: this many seeded training images per class
+    val_size: int = 5000  # images held out of data for validation (when no dev is given)
+    split_seed: int = 0  # the held-out split; fixed, so pretraining and fine-tuning hold out the same images
+    linear_probe: bool = False  # freeze the encoder, train the head only
+    head: str = "linear"  # linear | mlp
+    layer_decay: float = 1.0  # layer-wise lr decay (1: off)
+    augment: bool = True  # random resized crop and flip on training images
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        image = self.task == IMAGE_TASK
+        return [
+            (bool(self.task), "task is required (--task)"),
+            *super()._checks(),
+            (self.max_length >= 8, "max_length must be at least 8"),
+            (self.train_size is None or self.train_size > 0, "train_size must be positive"),
+            (not image or bool(self.data), "image-classification needs --data (an image folder or archive)"),
+            (self.labels_per_class is None or self.labels_per_class > 0, "labels_per_class must be positive"),
+            (self.val_size >= 0, "val_size must be >= 0"),
+            (self.head in ("linear", "mlp"), "head must be linear or mlp"),
+            (0 < self.layer_decay <= 1, "layer_decay must be in (0, 1]"),
+        ]
+
+
+@dataclass
+class PretrainConfig(RunConfig):
+    """An unsupervised pretraining run of an image encoder (``mae`` or ``context-encoder``)."""
+
+    objective: str = "mae"
+    objective_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    data: str = ""  # an image folder or archive; labels are ignored
+    model: str = ""  # backbone name; empty: vit-tiny-p4 for mae, conv-small for context-encoder
+    val_size: int = 5000  # held out (the same split as fine-tuning's), for the validation loss
+    split_seed: int = 0
+    augment: bool = True
+    crop_scale: float = 0.2  # random resized crop: smallest area fraction
+    epochs: float = 10.0
+    batch_size: int = 256
+    eval_batch_size: int = 256
+    lr: float = 1.5e-3
+    weight_decay: float = 0.05
+    adam_beta2: float = 0.95
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 0.0
+    save_steps: int = 200
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        return [
+            (bool(self.data), "data is required (--data: an image folder or archive)"),
+            *super()._checks(),
+            (self.val_size >= 0, "val_size must be >= 0"),
+            (0 < self.crop_scale <= 1, "crop_scale must be in (0, 1]"),
+        ]
+
+    def validate(self) -> None:
+        super().validate()
+        for name in self.objective_options:
+            if name != self.objective:
+                raise GentuneError(f"config: options given for objective {name!r}, but the objective is "
+                                   f"{self.objective!r}")
 
 
 def _coerce(value: str, like: Any, key: str):
@@ -96,7 +169,7 @@ def _coerce(value: str, like: Any, key: str):
     return parsed
 
 
-def apply_mapping(cfg: FinetuneConfig, data: dict, source: str) -> FinetuneConfig:
+def apply_mapping(cfg: RunConfig, data: dict, source: str) -> RunConfig:
     fields = {f.name for f in dataclasses.fields(cfg)}
     for key, value in data.items():
         if key not in fields:
@@ -107,7 +180,7 @@ def apply_mapping(cfg: FinetuneConfig, data: dict, source: str) -> FinetuneConfi
     return cfg
 
 
-def load_yaml(cfg: FinetuneConfig, path: str) -> FinetuneConfig:
+def load_yaml(cfg: RunConfig, path: str) -> RunConfig:
     p = Path(path)
     if not p.is_file():
         raise GentuneError(f"{p}: no such config file")
@@ -122,8 +195,8 @@ def load_yaml(cfg: FinetuneConfig, path: str) -> FinetuneConfig:
     return apply_mapping(cfg, data, str(p))
 
 
-def apply_overrides(cfg: FinetuneConfig, overrides: list[str]) -> FinetuneConfig:
-    """Apply ``key=value`` strings; ``name.option=value`` sets an option of regularizer ``name``."""
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``key=value`` strings; ``name.option=value`` sets an option of regularizer (or objective) ``name``."""
     from . import registry
 
     fields = {f.name: f for f in dataclasses.fields(cfg)}
@@ -133,27 +206,30 @@ def apply_overrides(cfg: FinetuneConfig, overrides: list[str]) -> FinetuneConfig
         key, value = item.split("=", 1)
         key = key.strip().replace("-", "_")
         parts = key.split(".")
-        if parts[0] == "regularizer_options":
+        if parts[0] in ("regularizer_options", "objective_options"):
             parts = parts[1:]
         if len(parts) == 1 and parts[0] in fields:
             like = getattr(cfg, parts[0])
             if like is None:  # an optional field: check against its annotation ("int | None" -> int)
-                like = {"int": 0, "float": 0.0}.get(str(fields[parts[0]].type).split(" ")[0], None)
+                base = str(fields[parts[0]].type).split(" ")[0]
+                like = [] if base.startswith("list") else {"int": 0, "float": 0.0}.get(base, None)
             setattr(cfg, parts[0], _coerce(value, like, key) if value.lower() not in ("null", "none", "") else None)
             continue
-        if len(parts) == 2 and parts[0] in registry.list_methods("regularizer"):
+        kinds = ["regularizer"] + (["objective"] if hasattr(cfg, "objective_options") else [])
+        kind = next((k for k in kinds if len(parts) == 2 and parts[0] in registry.list_methods(k)), None)
+        if kind:
             name, option = parts
-            entry = registry.get("regularizer", name)
+            entry = registry.get(kind, name)
             options = {f.name: f for f in dataclasses.fields(entry.config)} if entry.config else {}
             if option not in options:
-                raise GentuneError(f"--set {key}: regularizer {name!r} has no option {option!r} "
+                raise GentuneError(f"--set {key}: {kind} {name!r} has no option {option!r} "
                                    f"(options: {', '.join(options) or 'none'})")
             default = options[option].default
-            cfg.regularizer_options.setdefault(name, {})[option] = _coerce(value, default, key)
+            getattr(cfg, f"{kind}_options").setdefault(name, {})[option] = _coerce(value, default, key)
             continue
         raise GentuneError(f"--set {key}: unknown config key {key!r}")
     return cfg
 
 
-def dump_yaml(cfg: FinetuneConfig) -> str:
+def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

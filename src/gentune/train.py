@@ -1,7 +1,10 @@
-"""The one training loop (Hugging Face Accelerate): fine-tune a sequence classifier with any regularizers.
+"""The one training loop (Hugging Face Accelerate): any objective, with any regularizers.
 
-Read top to bottom: set up (data, model, optimizer, schedule) -> resume if OUT holds a checkpoint -> train,
-evaluating each epoch (and every ``eval_steps``), saving the best model and a resume checkpoint -> summary.
+A task module (:mod:`gentune.finetuning` for text and image classification, :mod:`gentune.pretraining` for
+unsupervised image pretraining) builds a :class:`Job`: the model, the objective, the data, how to evaluate and
+what to save. :func:`run` trains it. Read top to bottom: optimizer and schedule -> resume if OUT holds a
+checkpoint -> train, evaluating each epoch (and every ``eval_steps``), saving the best model and a resume
+checkpoint -> summary.
 
 The same code runs on one CPU, one GPU, or ``accelerate launch --num_processes N``. Batches are split across
 processes (``split_batches=True``): ``batch_size`` is the global batch, so N processes take the same optimizer
@@ -18,19 +21,16 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
 from . import registry
 from ._fs import recover_dir, swap_into, write_json_atomic, write_text_atomic
-from .config import FinetuneConfig, dump_yaml
-from .data import get_task, load_splits, read_file, stratified_subsample
+from .config import RunConfig, dump_yaml
 from .errors import GentuneError
-from .metrics import compute
-from .models.hf import load_checkpoint, load_for_task, load_tokenizer, resolve_model_path, save_checkpoint
-from .objectives.classification import Collator, classification_loss, predictions, tokenize
 from .report import read_log
 
 CHECKPOINT = "checkpoint"
@@ -79,34 +79,16 @@ def _mixed_precision(choice: str) -> str:
     return "no"
 
 
-def _optimizer(model, lr: float, weight_decay: float, eps: float):
-    # No weight decay on biases and normalisation weights (the BERT recipe).
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, eps=eps)
-
-
-def evaluate_model(model, dataloader, task, accelerator) -> dict[str, float]:
-    """Metrics of ``model`` on every example of ``dataloader`` (gathered across processes)."""
-    model.eval()
-    preds, labels, losses = [], [], []
-    with torch.no_grad():
-        for batch in dataloader:
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            logits = model(**inputs).logits
-            logits, gold = accelerator.gather_for_metrics((logits, batch["labels"]))
-            losses.append(classification_loss(logits, gold, task.is_regression).item() * len(gold))
-            preds.append(predictions(logits, task.is_regression).cpu())
-            labels.append(gold.cpu())
-    model.train()
-    p, y = torch.cat(preds).numpy(), torch.cat(labels).numpy()
-    out = compute(task.metrics, p, y)
-    out["loss"] = float(sum(losses) / len(y))
-    return out
+def _optimizer(model, lr: float, weight_decay: float, eps: float, beta2: float = 0.999, groups: list | None = None):
+    """AdamW; by default no weight decay on biases and normalisation weights (the BERT recipe)."""
+    if groups is None:
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, eps=eps, betas=(0.9, beta2))
 
 
 class _Log:
@@ -125,7 +107,7 @@ class _Log:
                 f.write(json.dumps(record) + "\n")
 
 
-def _check_out_dir(out: Path, cfg: FinetuneConfig) -> str:
+def _check_out_dir(out: Path, cfg: RunConfig) -> str:
     """'new', 'resume' or 'done'; a different config in the same OUT is an error, not a silent overwrite."""
     saved = out / "config.yaml"
     if not saved.exists():
@@ -134,9 +116,10 @@ def _check_out_dir(out: Path, cfg: FinetuneConfig) -> str:
 
     old = yaml.safe_load(saved.read_text()) or {}
     new = cfg.to_dict()
+    defaults = type(cfg)().to_dict()  # a key added to the config after the run was made has its default there
     # Keys that do not change the result may differ between the original command and its rerun.
     ignore = {"out", "save_steps", "keep_checkpoint", "eval_batch_size"}
-    diff = [k for k in new if k not in ignore and old.get(k) != new[k]]
+    diff = [k for k in new if k not in ignore and old.get(k, defaults[k]) != new[k]]
     if diff:
         k = diff[0]
         raise GentuneError(f"{out} holds a run with a different config ({k}: {old.get(k)!r} there, {new[k]!r} now); "
@@ -166,7 +149,7 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, leave=True)
 
 
-def _accelerator(cfg: FinetuneConfig, cpu: bool):
+def _accelerator(cfg: RunConfig, cpu: bool):
     from accelerate import Accelerator, DataLoaderConfiguration
 
     return Accelerator(
@@ -179,23 +162,66 @@ def _accelerator(cfg: FinetuneConfig, cpu: bool):
     )
 
 
-def finetune(cfg: FinetuneConfig) -> dict:
-    """Fine-tune ``cfg.model`` on ``cfg.task`` and return the run summary (also written to OUT/summary.json)."""
+@dataclass
+class Job:
+    """What a run trains, built by a task module; everything else comes from the :class:`RunConfig`.
+
+    Args:
+        model: the model to train (before ``accelerator.prepare``).
+        objective: ``objective(model, batch) -> {"loss": scalar, "output": ...}``.
+        train_set: an indexable dataset of training examples; ``collate`` makes a batch dict of tensors.
+        dev_set, dev_collate: the evaluation data, or None for no evaluation.
+        evaluate: ``evaluate(model, dev_dataloader, accelerator) -> metrics`` (gathered over processes).
+        main_metric: the metric that picks the best model; ``greater_is_better`` its direction.
+        save: ``save(unwrapped_model, directory, meta)`` writes a model directory; None: nothing is saved.
+        save_best: save the best model on ``main_metric`` to OUT/best (fine-tuning), else the final one to
+            OUT/``final_name`` (pretraining).
+        param_groups: optimizer parameter groups (e.g. layer-wise lr decay); None: the default decay split.
+        meta: written with saved models.
+        summary: extra summary.json fields.
+        on_end: ``on_end(unwrapped_model, out)`` on the main process after training (e.g. sample images).
+    """
+
+    model: torch.nn.Module
+    objective: Callable
+    train_set: Any
+    collate: Callable
+    dev_set: Any = None
+    dev_collate: Callable | None = None
+    evaluate: Callable | None = None
+    main_metric: str = "loss"
+    greater_is_better: bool = True
+    save: Callable | None = None
+    save_best: bool = True
+    final_name: str = "final"
+    param_groups: list | None = None
+    meta: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    on_end: Callable | None = None
+
+
+def check_regularizers(cfg: RunConfig) -> list[str]:
+    names = list(cfg.regularizer)
+    if len(set(names)) < len(names):
+        raise GentuneError(f"regularizer: a name is given twice in {names} (options are per name)")
+    for name in names:
+        registry.get("regularizer", name)  # unknown names fail before any work
+    return names
+
+
+def begin(cfg: RunConfig):
+    """Check the config and OUT; returns ``(accelerator, status)`` to train, or the summary of a finished run.
+
+    Seeds every RNG, so the job built next (model initialisation) depends only on ``cfg.seed``.
+    """
     from accelerate.utils import set_seed
 
     cfg.validate()
-    task = get_task(cfg.task)
-    reg_names = list(cfg.regularizer)
-    if len(set(reg_names)) < len(reg_names):
-        raise GentuneError(f"regularizer: a name is given twice in {reg_names} (options are per name)")
-    for name in reg_names:
-        registry.get("regularizer", name)  # unknown names fail before any work
-    resolve_model_path(cfg.model)  # so does a model path that does not exist
+    check_regularizers(cfg)
     out = Path(cfg.out)
     status = _check_out_dir(out, cfg)
     if status == "done":
         return json.loads((out / "summary.json").read_text())
-
     # Launched as several processes (torchrun / accelerate launch --multi_gpu) on a machine without CUDA:
     # accelerate only picks its gloo multi-CPU backend when told the run is on CPU.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -205,23 +231,27 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise GentuneError(f"mixed_precision={cfg.mixed_precision}: {str(e).splitlines()[0]}") from None
     if cfg.batch_size % accelerator.num_processes:
         raise GentuneError(f"batch_size {cfg.batch_size} is not divisible by {accelerator.num_processes} processes")
-    main = accelerator.is_main_process
     set_seed(cfg.seed)
+    return accelerator, status
 
-    train_ds, dev_ds = load_splits(task, cfg.data_dir, cfg.train, cfg.dev)
-    if cfg.train_size:
-        train_ds = stratified_subsample(train_ds, cfg.train_size, cfg.seed, task.is_regression)
-    tokenizer = load_tokenizer(cfg.model)
-    model = load_for_task(cfg.model, task)
-    objective = registry.create("objective", "sequence-classification", regression=task.is_regression)
 
-    train_tok = tokenize(train_ds, tokenizer, cfg.max_length, task.text_pair)
-    dev_tok = tokenize(dev_ds, tokenizer, cfg.max_length, task.text_pair)
-    collate = Collator(tokenizer, task.is_regression)
-    sampler = EpochSampler(len(train_tok), cfg.seed)
-    train_dl = torch.utils.data.DataLoader(train_tok, batch_size=cfg.batch_size, sampler=sampler,
-                                           collate_fn=collate, generator=torch.Generator())
-    dev_dl = torch.utils.data.DataLoader(dev_tok, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=collate)
+def _batch_len(batch: dict) -> int:
+    return len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
+
+
+def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
+    """Train ``job`` as ``cfg`` says, in OUT; returns the run summary (also written to OUT/summary.json)."""
+    out = Path(cfg.out)
+    main = accelerator.is_main_process
+    reg_names = list(cfg.regularizer)
+    model = job.model
+    sampler = EpochSampler(len(job.train_set), cfg.seed)
+    train_dl = torch.utils.data.DataLoader(job.train_set, batch_size=cfg.batch_size, sampler=sampler,
+                                           collate_fn=job.collate, generator=torch.Generator())
+    dev_dl = None
+    if job.dev_set is not None and job.evaluate is not None:
+        dev_dl = torch.utils.data.DataLoader(job.dev_set, batch_size=cfg.eval_batch_size, shuffle=False,
+                                             collate_fn=job.dev_collate or job.collate)
 
     steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
@@ -233,11 +263,14 @@ def finetune(cfg: FinetuneConfig) -> dict:
         if entry.config and "total_steps" in {f.name for f in dataclasses.fields(entry.config)}:
             options.setdefault("total_steps", total_steps)
         regs.append(registry.create("regularizer", name, **options))
-    optimizer = _optimizer(model, cfg.lr, cfg.weight_decay, cfg.adam_eps)
+    optimizer = _optimizer(model, cfg.lr, cfg.weight_decay, cfg.adam_eps, cfg.adam_beta2, job.param_groups)
     from transformers import get_linear_schedule_with_warmup
 
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    model, optimizer, train_dl, dev_dl = accelerator.prepare(model, optimizer, train_dl, dev_dl)
+    if dev_dl is not None:
+        model, optimizer, train_dl, dev_dl = accelerator.prepare(model, optimizer, train_dl, dev_dl)
+    else:
+        model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     accelerator.register_for_checkpointing(scheduler)
     for r in regs:
         if hasattr(r, "state_dict"):
@@ -253,22 +286,23 @@ def finetune(cfg: FinetuneConfig) -> dict:
         write_text_atomic(out / "config.yaml", dump_yaml(cfg))
     accelerator.wait_for_everyone()
     log = _Log(out / "metrics.jsonl", main, state.step if status == "resume" else -1)
+    sign = 1.0 if job.greater_is_better else -1.0
 
-    meta = {"task": task.name, "labels": list(task.labels) if task.labels else None,
-            "base_model": cfg.model, "max_length": cfg.max_length}
-
-    def run_eval() -> dict:
-        metrics = evaluate_model(model, dev_dl, task, accelerator)
+    def run_eval() -> dict | None:
+        if dev_dl is None:
+            return None
+        metrics = job.evaluate(model, dev_dl, accelerator)
+        model.train()
         state.last_eval_step = state.step
         log.write({"type": "eval", "step": state.step, "epoch": state.epoch, **metrics})
-        main_value = metrics[task.main_metric]
-        if state.best_metric is None or main_value > state.best_metric:
-            state.best_metric, state.best_step, state.best_dev = main_value, state.step, metrics
-            if cfg.save_model:
+        value = sign * metrics[job.main_metric]
+        if state.best_metric is None or value > state.best_metric:
+            state.best_metric, state.best_step, state.best_dev = value, state.step, metrics
+            if cfg.save_model and job.save is not None and job.save_best:
                 accelerator.wait_for_everyone()
                 if main:
-                    save_checkpoint(accelerator.unwrap_model(model), tokenizer, out / "best",
-                                    {**meta, "step": state.step, "dev": metrics})
+                    job.save(accelerator.unwrap_model(model), out / "best",
+                             {**job.meta, "step": state.step, "dev": metrics})
         return metrics
 
     bar = _progress(total_steps, state.step, main and sys.stderr.isatty())
@@ -282,7 +316,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         for batch in dl:
             t0 = time.perf_counter()
             with accelerator.accumulate(model):
-                result = objective(model, batch)
+                result = job.objective(model, batch)
                 outputs = result["output"]
                 terms = {"task": result["loss"]}
                 for name, r in zip(reg_names, regs):
@@ -297,7 +331,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                 optimizer.step()
                 optimizer.zero_grad()
             state.batch_in_epoch += 1
-            state.examples += len(batch["labels"]) * accelerator.num_processes
+            state.examples += _batch_len(batch) * accelerator.num_processes
             step_time += time.perf_counter() - t0
             if not accelerator.sync_gradients:
                 continue
@@ -319,7 +353,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
             if cfg.eval_steps > 0 and state.step % cfg.eval_steps == 0 and state.step < total_steps:
                 last_dev = run_eval()
             if last_dev:
-                postfix[task.main_metric] = f"{last_dev[task.main_metric]:.4f}"
+                postfix[job.main_metric] = f"{last_dev[job.main_metric]:.4f}"
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
             if state.step >= total_steps:
@@ -338,16 +372,15 @@ def finetune(cfg: FinetuneConfig) -> dict:
     bar.close()
     final_dev = run_eval() if state.last_eval_step != state.step else (last_dev or state.best_dev)
     summary = {
-        "task": task.name,
-        "model": cfg.model,
+        **job.summary,
         "seed": cfg.seed,
         "regularizers": reg_names,
-        "main_metric": task.main_metric,
+        "main_metric": job.main_metric,
         "best_dev": state.best_dev,
         "best_step": state.best_step,
         "final_dev": final_dev,
-        "train_examples": len(train_ds),
-        "dev_examples": len(dev_ds),
+        "train_examples": len(job.train_set),
+        "dev_examples": len(job.dev_set) if dev_dl is not None else 0,
         "train_steps": state.step,
         "epochs": state.step / steps_per_epoch,
         "train_seconds": state.train_seconds,
@@ -366,7 +399,12 @@ def finetune(cfg: FinetuneConfig) -> dict:
     if main:
         from .report import plot_run
 
-        plot_run(out, task.main_metric)
+        final = accelerator.unwrap_model(model)
+        if cfg.save_model and job.save is not None and not job.save_best:
+            job.save(final, out / job.final_name, {**job.meta, "step": state.step, "dev": final_dev})
+        if job.on_end is not None:
+            job.on_end(final, out)
+        plot_run(out, job.main_metric)
         write_json_atomic(out / "summary.json", summary)
         if not cfg.keep_checkpoint:
             for leftover in (CHECKPOINT, CHECKPOINT + ".old", CHECKPOINT + ".tmp"):
@@ -374,20 +412,3 @@ def finetune(cfg: FinetuneConfig) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
-
-
-def evaluate(checkpoint: str, task: str, data: str, batch_size: int = 64, max_length: int | None = None) -> dict:
-    """Metrics of a fine-tuned checkpoint on any file of ``task``'s formats (e.g. a GLUE TSV test file)."""
-    from accelerate import Accelerator
-
-    spec = get_task(task)
-    ds = read_file(spec, data)
-    model, meta = load_checkpoint(checkpoint, spec)
-    tokenizer = load_tokenizer(checkpoint)
-    accelerator = Accelerator()
-    tok = tokenize(ds, tokenizer, max_length or meta.get("max_length", 128), spec.text_pair)
-    dl = torch.utils.data.DataLoader(tok, batch_size=batch_size, shuffle=False,
-                                     collate_fn=Collator(tokenizer, spec.is_regression))
-    model, dl = accelerator.prepare(model, dl)
-    metrics = evaluate_model(model, dl, spec, accelerator)
-    return {"task": spec.name, "file": str(data), "examples": len(ds), **metrics}
