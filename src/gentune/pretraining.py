@@ -16,7 +16,7 @@ import torch
 
 from . import registry
 from .config import PretrainConfig
-from .data.images import EvalTransform, ImageCollator, ImageDataset, TrainTransform, unlabeled
+from .data.images import BatchAugment, EvalTransform, ImageCollator, ImageDataset, TrainTransform, keep_uint8, unlabeled
 from .errors import GentuneError
 from .models.vision import create_encoder, save_encoder
 from .train import Job, begin, run
@@ -114,7 +114,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
         model=model,
         objective=objective,
         train_set=ImageDataset(train),
-        collate=ImageCollator(augment),
+        collate=ImageCollator(keep_uint8),
+        augment=BatchAugment(augment),
         dev_set=ImageDataset(val) if val is not None else None,
         dev_collate=ImageCollator(evaluation),
         evaluate=validation_loss(objective),

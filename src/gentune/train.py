@@ -180,6 +180,9 @@ class Job:
         meta: written with saved models.
         summary: extra summary.json fields.
         on_end: ``on_end(unwrapped_model, out)`` on the main process after training (e.g. sample images).
+        augment: ``augment(batch) -> batch`` applied to each training batch on the device, just before the
+            objective. Random augmentations belong here, not in ``collate``: the data loader collates a batch
+            ahead, so collate-time randomness would not come back in step with a resumed checkpoint.
     """
 
     model: torch.nn.Module
@@ -198,6 +201,7 @@ class Job:
     meta: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     on_end: Callable | None = None
+    augment: Callable | None = None
 
 
 def check_regularizers(cfg: RunConfig) -> list[str]:
@@ -315,6 +319,8 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
         dl = accelerator.skip_first_batches(train_dl, state.batch_in_epoch) if state.batch_in_epoch else train_dl
         for batch in dl:
             t0 = time.perf_counter()
+            if job.augment is not None:
+                batch = job.augment(batch)
             with accelerator.accumulate(model):
                 result = job.objective(model, batch)
                 outputs = result["output"]

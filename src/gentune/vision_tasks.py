@@ -16,8 +16,8 @@ import torch
 from . import registry
 from ._fs import atomic_dir, recover_dir
 from .config import FinetuneConfig
-from .data.images import (EvalTransform, ImageCollator, ImageDataset, ImageSet, TrainTransform, labels_per_class,
-                          load_images, split)
+from .data.images import (BatchAugment, EvalTransform, ImageCollator, ImageDataset, ImageSet, TrainTransform,
+                          keep_uint8, labels_per_class, load_images, split)
 from .errors import GentuneError
 from .models.hf import DEFAULT_MODEL
 from .models.vision import ARCHITECTURES, create_encoder, load_encoder
@@ -157,7 +157,8 @@ def image_classification_job(cfg: FinetuneConfig):
         model=model,
         objective=registry.create("objective", "image-classification"),
         train_set=ImageDataset(train),
-        collate=ImageCollator(augment),
+        collate=ImageCollator(keep_uint8),
+        augment=BatchAugment(augment),
         dev_set=None if val is None else ImageDataset(val),
         dev_collate=ImageCollator(evaluation),
         evaluate=evaluate_classifier,

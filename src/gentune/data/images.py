@@ -594,6 +594,22 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.images[i], (-1 if self.labels is None else self.labels[i])
 
 
+def keep_uint8(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The identity transform: a collator that leaves the augmentation to the training step."""
+    return x
+
+
+class BatchAugment:
+    """``batch -> batch`` with ``transform`` applied to the uint8 ``pixel_values`` (on their device), drawing
+    from the global RNG: in a training loop this keeps augmentations in step with a resumed checkpoint."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, batch: dict) -> dict:
+        return {**batch, "pixel_values": self.transform(batch["pixel_values"])}
+
+
 class ImageCollator:
     """Stack uint8 images and transform the whole batch: ``{"pixel_values": (B, 3, H, W), "labels": (B,)}``.
 

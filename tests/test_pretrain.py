@@ -1,0 +1,201 @@
+"""Image pretraining and fine-tuning through the one loop and the CLI: pretrain -> fine-tune -> evaluate, resume,
+the shared held-out split, and one-line errors for bad image inputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+
+CLASSES = ["cat", "dog", "ship"]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """An image folder: 3 classes x 16 PNGs of 32x32, each class a different dominant colour plus noise."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("imgs") / "train"
+    rng = np.random.default_rng(0)
+    for ci, c in enumerate(CLASSES):
+        (root / c).mkdir(parents=True)
+        for i in range(16):
+            base = np.zeros((32, 32, 3))
+            base[..., ci] = 170
+            Image.fromarray((base + rng.normal(0, 35, (32, 32, 3))).clip(0, 255).astype(np.uint8)).save(
+                root / c / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+PRE = ["--model", "vit-micro-p4", "--batch-size", "8", "--set", "val_size=9", "--set", "eval_batch_size=16"]
+
+
+def test_pretrain_finetune_evaluate(images, tmp_path):
+    pre = tmp_path / "mae"
+    r = run_cli("pretrain", "--data", images, "--out", pre, "--max-steps", "4", *PRE, "--set", "eval_steps=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((pre / "summary.json").read_text())
+    assert summary["objective"] == "mae" and summary["train_steps"] == 4 and summary["train_examples"] == 39
+    assert summary["forward_flops_per_image"] > 0 and summary["final_dev"]["loss"] > 0
+    meta = json.loads((pre / "encoder" / "gentune.json").read_text())
+    assert meta["architecture"] == "vit" and meta["objective"] == "mae" and len(meta["mean"]) == 3
+    assert (pre / "reconstructions.png").is_file() and (pre / "loss.png").is_file()
+    evals = [json.loads(l) for l in (pre / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    assert [e["step"] for e in evals] == [2, 4]
+
+    ft = tmp_path / "ft"
+    r = run_cli("finetune", "--task", "image-classification", "--data", images, "--init", pre / "encoder",
+                "--out", ft, "--max-steps", "6", "--batch-size", "8", "--lr", "1e-3", "--set", "val_size=9",
+                "--classes", "ship,cat")
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((ft / "summary.json").read_text())
+    assert s["classes"] == ["ship", "cat"] and s["dev_examples"] == 6 and s["train_examples"] == 26
+    best = json.loads((ft / "best" / "gentune.json").read_text())
+    assert best["classes"] == ["ship", "cat"] and best["init"] == str(pre / "encoder")
+    # the checkpoint scores a folder of its classes exactly as during training (held-out images only here)
+    from gentune.vision_tasks import held_out_split, select_classes
+
+    _, val = held_out_split(str(images), None, 9, 0)
+    val = select_classes(val, ["ship", "cat"])
+    from PIL import Image
+
+    for c in ("ship", "cat"):
+        (tmp_path / "val" / c).mkdir(parents=True)
+    for i, (img, lab) in enumerate(zip(val.images, val.labels)):
+        Image.fromarray(img).save(tmp_path / "val" / ["ship", "cat"][lab] / f"{i}.png")
+    r = run_cli("evaluate", "--checkpoint", ft / "best", "--task", "image-classification", "--data", tmp_path / "val")
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    assert got["examples"] == 6 and got["accuracy"] == pytest.approx(s["best_dev"]["accuracy"])
+    assert got["loss"] == pytest.approx(s["best_dev"]["loss"], rel=1e-5)
+
+
+def test_context_encoder_and_linear_probe(images, tmp_path):
+    pre = tmp_path / "ce"
+    r = run_cli("pretrain", "--objective", "context-encoder", "--model", "conv-tiny", "--data", images, "--out", pre,
+                "--max-steps", "2", "--batch-size", "8", "--set", "val_size=9", "--set", "context-encoder.mask=blocks")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((pre / "encoder" / "gentune.json").read_text())["architecture"] == "conv"
+    ft = tmp_path / "probe"
+    r = run_cli("finetune", "--task", "image-classification", "--data", images, "--init", pre / "encoder",
+                "--out", ft, "--max-steps", "3", "--batch-size", "8", "--set", "val_size=9", "--linear-probe",
+                "--labels-per-class", "4")
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((ft / "summary.json").read_text())
+    assert s["train_examples"] == 12 and s["linear_probe"] is True
+    # a linear probe leaves the encoder as pretrained
+    from safetensors.torch import load_file
+
+    enc = load_file(str(pre / "encoder" / "model.safetensors"))
+    clf = load_file(str(ft / "best" / "model.safetensors"))
+    assert all(torch.equal(v, clf[f"encoder.{k}"]) for k, v in enc.items())
+
+
+def test_held_out_split_is_the_same_for_pretraining_and_every_class_subset(images):
+    from gentune.vision_tasks import held_out_split, select_classes
+
+    train, val = held_out_split(str(images), None, 9, 0)
+    assert len(val) == 9 and sorted(np.bincount(val.labels).tolist()) == [3, 3, 3]
+    _, again = held_out_split(str(images), None, 9, 0)
+    assert np.array_equal(val.images, again.images)
+    # the held-out images never reach training, whichever class subset is fine-tuned
+    seen = {img.tobytes() for img in train.images}
+    assert not any(img.tobytes() in seen for img in val.images)
+    sub = select_classes(val, ["dog"])
+    assert len(sub) == 3 and set(sub.labels.tolist()) == {0}
+
+
+SLOW = """
+import sys, time
+from gentune import registry
+from gentune.cli import main
+
+@registry.register("regularizer", "test-slow")
+class Slow:
+    '''Adds no loss; sleeps after each step so a test can kill the run part-way.'''
+    def __call__(self, model, batch, outputs):
+        return {}
+    def after_step(self, model):
+        time.sleep(0.3)
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_killed_pretraining_resumes_exactly(images, tmp_path):
+    """Masks and augmentations come from the RNG the checkpoint restores: a killed and resumed run has the
+    uninterrupted run's losses."""
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    args = ["pretrain", "--data", str(images), "--max-steps", "8", *PRE, "--regularizer", "test-slow",
+            "--set", "save_steps=2"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    subprocess.run([sys.executable, str(script), *args, "--out", str(full)], check=True, env=env,
+                   capture_output=True, timeout=300)
+    proc = subprocess.Popen([sys.executable, str(script), *args, "--out", str(part)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        log = part / "metrics.jsonl"
+        steps = [json.loads(l)["step"] for l in log.read_text().splitlines() if l.strip()] if log.exists() else []
+        if steps and max(steps) >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (part / "summary.json").exists()
+    subprocess.run([sys.executable, str(script), *args, "--out", str(part)], check=True, env=env,
+                   capture_output=True, timeout=300)
+
+    def losses(out):
+        return [(r["step"], r["loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                if r["type"] == "train"]
+
+    assert losses(part) == losses(full) and len(losses(full)) == 8
+
+
+def test_bad_image_inputs_are_one_line_errors(images, tmp_path):
+    import shutil
+
+    def one_line(r, needle):
+        assert r.returncode == 2, r.stderr[-2000:]
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+
+    bad = tmp_path / "bad"
+    shutil.copytree(images, bad)
+    (bad / "dog" / "broken.png").write_bytes(b"not a png")
+    ft = ["finetune", "--task", "image-classification", "--out", tmp_path / "o", "--max-steps", "1",
+          "--set", "val_size=9"]
+    one_line(run_cli(*ft, "--data", bad), "broken.png")
+    empty = tmp_path / "empty"
+    shutil.copytree(images, empty)
+    shutil.rmtree(empty / "cat")
+    (empty / "cat").mkdir()
+    one_line(run_cli(*ft, "--data", empty), "cat")
+    one_line(run_cli(*ft, "--data", images, "--classes", "cat,horse"), "'horse'")
+    one_line(run_cli("finetune", "--task", "image-classification", "--out", tmp_path / "o"), "needs --data")
+    one_line(run_cli(*ft, "--data", images, "--init", tmp_path / "nowhere"), "no such directory")
+    one_line(run_cli("pretrain", "--data", images, "--out", tmp_path / "p", "--model", "conv-tiny", "--set", "val_size=9"),
+             "mae needs a vision transformer")
+    one_line(run_cli("pretrain", "--data", images, "--out", tmp_path / "p2", "--objective", "sequence-classification"),
+             "not a pretraining objective")
+    one_line(run_cli("pretrain", "--data", images, "--out", tmp_path / "p3", "--set", "mae.ratio=0.5"),
+             "objective 'mae' has no option 'ratio'")
+    assert not (tmp_path / "o" / "summary.json").exists()
