@@ -178,6 +178,14 @@ def cost_section() -> list[str]:
     return ["", *render_cost(json.loads(path.read_text())).rstrip("\n").splitlines(), ""]
 
 
+def pretrain_section() -> list[str]:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from pretrain_grid import render as render_pretrain
+
+    text = render_pretrain()
+    return ["", *text.rstrip("\n").splitlines(), ""] if text else []
+
+
 def render() -> str:
     cells = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*/*.json"))]
     lines = [
@@ -243,6 +251,7 @@ def render() -> str:
                   + ("" if method == "vanilla" else f" --name {method} ...") + "`",
                   f"- machine: {mc[0]['machine']}; dates: {', '.join(dates)}", ""]
     lines += cost_section()
+    lines += pretrain_section()
     return "\n".join(lines) + "\n"
 
 

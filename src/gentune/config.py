@@ -40,6 +40,7 @@ class RunConfig:
     regularizer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     eval_steps: int = 0  # > 0: also evaluate every N optimizer steps
+    eval_every_epochs: int = 1  # evaluate at the end of every N-th epoch (0: never; the end of the run always)
     save_steps: int = 50  # resume checkpoint every N optimizer steps (and at each epoch end)
     save_model: bool = True  # write the best (fine-tuning) or final (pretraining) model
     keep_checkpoint: bool = False  # keep OUT/checkpoint (optimizer state) after a finished run
@@ -54,6 +55,7 @@ class RunConfig:
             (self.adam_eps > 0, "adam_eps must be positive"),
             (0 < self.adam_beta2 < 1, "adam_beta2 must be in (0, 1)"),
             (self.grad_accum >= 1, "grad_accum must be at least 1"),
+            (self.eval_every_epochs >= 0, "eval_every_epochs must be >= 0"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
             (self.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed_precision must be auto, no, bf16 or fp16"),
         ]

@@ -65,6 +65,7 @@ class TrainState:
     batch_in_epoch: int = 0  # micro-batches consumed in the current epoch
     examples: int = 0  # training examples processed (all processes)
     train_seconds: float = 0.0  # forward/backward/optimizer time only
+    loop_seconds: float = 0.0  # wall time of the training loop, evaluation and checkpoint saving excluded
     best_metric: float | None = None
     best_step: int = -1
     best_dev: dict | None = None
@@ -313,6 +314,15 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
     model.train()
     last_dev: dict | None = None
     step_time = 0.0
+    # Loop time minus step time is the loop's own overhead (data loading, logging): timed from here, with
+    # evaluation and checkpoint saving subtracted (they are not per-step costs).
+    mark = time.perf_counter()
+
+    def lap() -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        state.loop_seconds += now - mark
+        mark = now
     while state.step < total_steps:
         train_dl.set_epoch(state.epoch)  # accelerate re-applies its own epoch counter on iteration
         sampler.set_epoch(state.epoch)
@@ -357,7 +367,9 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
             log.write(record)
             postfix = {"loss": f"{record['loss']:.4f}"}
             if cfg.eval_steps > 0 and state.step % cfg.eval_steps == 0 and state.step < total_steps:
+                lap()
                 last_dev = run_eval()
+                mark = time.perf_counter()
             if last_dev:
                 postfix[job.main_metric] = f"{last_dev[job.main_metric]:.4f}"
             bar.set_postfix(postfix, refresh=False)
@@ -365,16 +377,23 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
             if state.step >= total_steps:
                 break
             if cfg.save_steps > 0 and state.step % cfg.save_steps == 0:
+                lap()
                 _save_resume_checkpoint(accelerator, out, state)
+                mark = time.perf_counter()
         else:
             state.epoch += 1
             state.batch_in_epoch = 0
             if state.step < total_steps:
-                if state.last_eval_step != state.step:  # eval_steps may have just evaluated this step
+                lap()
+                every = cfg.eval_every_epochs
+                # eval_steps may have just evaluated this step
+                if every > 0 and state.epoch % every == 0 and state.last_eval_step != state.step:
                     last_dev = run_eval()
                 _save_resume_checkpoint(accelerator, out, state)
+                mark = time.perf_counter()
             continue
         break
+    lap()
     bar.close()
     final_dev = run_eval() if state.last_eval_step != state.step else (last_dev or state.best_dev)
     summary = {
@@ -392,6 +411,9 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
         "train_seconds": state.train_seconds,
         "seconds_per_step": state.train_seconds / max(state.step, 1),
         "examples_per_second": state.examples / max(state.train_seconds, 1e-9),
+        "loop_seconds": state.loop_seconds,
+        # the loop's own share of its time (data loading, logging); step time is the rest
+        "loop_overhead": max(0.0, 1.0 - state.train_seconds / state.loop_seconds) if state.loop_seconds else None,
         "num_processes": accelerator.num_processes,
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
