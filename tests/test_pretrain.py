@@ -199,3 +199,17 @@ def test_bad_image_inputs_are_one_line_errors(images, tmp_path):
     one_line(run_cli("pretrain", "--data", images, "--out", tmp_path / "p3", "--set", "mae.ratio=0.5"),
              "objective 'mae' has no option 'ratio'")
     assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_python_api(images, tmp_path):
+    import gentune
+
+    s = gentune.pretrain(objective="mae", data=str(images), out=str(tmp_path / "p"), model="vit-micro-p4",
+                         max_steps=2, batch_size=8, val_size=9, objective_options={"mae": {"mask_ratio": 0.5}})
+    assert s["objective"] == "mae" and s["train_steps"] == 2
+    meta = json.loads((tmp_path / "p" / "encoder" / "gentune.json").read_text())
+    assert meta["objective_options"] == {"mask_ratio": 0.5}
+    s = gentune.finetune(task="image-classification", data=str(images), init=str(tmp_path / "p" / "encoder"),
+                         out=str(tmp_path / "f"), max_steps=2, batch_size=8, val_size=9, head="bn-linear")
+    got = gentune.evaluate(str(tmp_path / "f" / "best"), "image-classification", str(images))
+    assert got["examples"] == 48 and 0 <= got["accuracy"] <= 1 and s["train_steps"] == 2

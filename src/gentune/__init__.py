@@ -29,6 +29,18 @@ def finetune(config=None, **kwargs) -> dict:
     return _finetune(cfg)
 
 
+def pretrain(config=None, **kwargs) -> dict:
+    """Pretrain an image encoder (``objective="mae"`` or ``"context-encoder"``); keyword arguments are
+    :class:`gentune.config.PretrainConfig` fields, ``objective_options`` takes ``{name: {option: value}}``.
+    Returns the summary dict; the encoder is saved to ``OUT/encoder``."""
+    from .config import PretrainConfig, apply_mapping
+    from .pretraining import pretrain as _pretrain
+
+    cfg = config if config is not None else PretrainConfig()
+    cfg = apply_mapping(cfg, kwargs, "pretrain()")
+    return _pretrain(cfg)
+
+
 def evaluate(checkpoint: str, task: str, data: str, batch_size: int = 64) -> dict:
     """Metrics of a fine-tuned checkpoint on any file of the task's formats."""
     from .finetuning import evaluate as _evaluate
@@ -37,12 +49,12 @@ def evaluate(checkpoint: str, task: str, data: str, batch_size: int = 64) -> dic
 
 
 def __getattr__(name: str):
-    if name == "FinetuneConfig":
-        from .config import FinetuneConfig
+    if name in ("FinetuneConfig", "PretrainConfig"):
+        from . import config
 
-        return FinetuneConfig
+        return getattr(config, name)
     raise AttributeError(f"module 'gentune' has no attribute {name!r}")
 
 
-__all__ = ["FinetuneConfig", "GentuneError", "create", "evaluate", "finetune", "list_methods", "register",
-           "__version__"]
+__all__ = ["FinetuneConfig", "GentuneError", "PretrainConfig", "create", "evaluate", "finetune", "list_methods",
+           "pretrain", "register", "__version__"]

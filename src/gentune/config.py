@@ -95,7 +95,7 @@ class FinetuneConfig(RunConfig):
     val_size: int = 5000  # images held out of data for validation (when no dev is given)
     split_seed: int = 0  # the held-out split; fixed, so pretraining and fine-tuning hold out the same images
     linear_probe: bool = False  # freeze the encoder, train the head only
-    head: str = "linear"  # linear | mlp
+    head: str = "linear"  # linear | mlp | bn-linear (MAE's linear-probe head)
     layer_decay: float = 1.0  # layer-wise lr decay (1: off)
     augment: bool = True  # random resized crop and flip on training images
 
@@ -109,7 +109,7 @@ class FinetuneConfig(RunConfig):
             (not image or bool(self.data), "image-classification needs --data (an image folder or archive)"),
             (self.labels_per_class is None or self.labels_per_class > 0, "labels_per_class must be positive"),
             (self.val_size >= 0, "val_size must be >= 0"),
-            (self.head in ("linear", "mlp"), "head must be linear or mlp"),
+            (self.head in ("linear", "mlp", "bn-linear"), "head must be linear, mlp or bn-linear"),
             (0 < self.layer_decay <= 1, "layer_decay must be in (0, 1]"),
         ]
 
