@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -27,6 +26,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from _common import machine  # noqa: E402  (benchmarks/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "finetune"
@@ -45,18 +46,6 @@ NOTES = {
         "  where the regularizers of the later issues have room to help, and where seed variance is largest.",
     ],
 }
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} (torch CPU)"
 
 
 def run_cell(task: str, seed: int, method: str, args) -> Path:

@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import machine  # noqa: E402  (benchmarks/ is the script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pretrain"
 RUNS = ROOT / "runs" / "pretrain_grid"
@@ -86,8 +88,8 @@ def pretrain_cell(objective: str, args) -> Path:
     _run(cmd)
     summary = json.loads((out / "summary.json").read_text())
     _write(cell, {"objective": objective, "encoder": encoder, "command": "gentune " + shlex.join(cmd),
-                  "date": dt.date.today().isoformat(), "wall_seconds": time.time() - t0, "summary": summary,
-                  "matmul_gflops": matmul_gflops(), "evals": _evals(out)})
+                  "date": dt.date.today().isoformat(), "machine": machine(), "wall_seconds": time.time() - t0,
+                  "summary": summary, "matmul_gflops": matmul_gflops(), "evals": _evals(out)})
     return cell
 
 
@@ -106,8 +108,8 @@ def finetune_cell(task: str, arm: str, seed: int, args) -> Path:
     _run(cmd)
     summary = json.loads((out / "summary.json").read_text())
     _write(cell, {"task": task, "arm": arm, "seed": seed, "command": "gentune " + shlex.join(cmd),
-                  "date": dt.date.today().isoformat(), "wall_seconds": time.time() - t0, "summary": summary,
-                  "evals": _evals(out)})
+                  "date": dt.date.today().isoformat(), "machine": machine(), "wall_seconds": time.time() - t0,
+                  "summary": summary, "evals": _evals(out)})
     return cell
 
 
@@ -210,8 +212,8 @@ def render() -> str:
         plot = plot_curves(task, tc)
         if plot:
             lines += ["", f"![{task} fine-tuning curves](img/{plot.name})"]
-        lines += ["", f"- one cell: `{tc[0]['command']}`", f"- dates: {', '.join(sorted({c['date'] for c in tc}))}",
-                  ""]
+        lines += ["", f"- one cell: `{tc[0]['command']}`", f"- dates: {', '.join(sorted({c['date'] for c in tc}))}; "
+                  f"machine: {tc[0].get('machine', '-')}", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -67,6 +67,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from _common import machine  # noqa: E402  (benchmarks/ is the script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "smart_cost.json"
 DEFAULT_DEPS = ROOT / "runs" / "bench-deps"
@@ -471,18 +473,6 @@ def time_arms(args, arms: dict[str, Arm], batches: list[dict], device) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- reporting
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
 def _git() -> str | None:
