@@ -213,3 +213,37 @@ def test_python_api(images, tmp_path):
                          out=str(tmp_path / "f"), max_steps=2, batch_size=8, val_size=9, head="bn-linear")
     got = gentune.evaluate(str(tmp_path / "f" / "best"), "image-classification", str(images))
     assert got["examples"] == 48 and 0 <= got["accuracy"] <= 1 and s["train_steps"] == 2
+
+
+def test_review_cases(images, tmp_path):
+    """Image sizes other than 32, no validation split, and the errors that must come before any work."""
+    def one_line(r, needle):
+        assert r.returncode == 2, r.stderr[-2000:]
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+
+    # 16x16 images (resized): a ViT is built for them; a 32-pixel encoder is refused for them
+    pre = tmp_path / "p16"
+    r = run_cli("pretrain", "--data", images, "--out", pre, "--max-steps", "2", *PRE, "--set", "image_size=16")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((pre / "encoder" / "gentune.json").read_text())["config"]["image_size"] == 16
+    one_line(run_cli("finetune", "--task", "image-classification", "--data", images, "--init", pre / "encoder",
+                     "--out", tmp_path / "f32", "--max-steps", "1", "--set", "val_size=9"),
+             "pretrained on 16x16 images")
+    # no validation data: the final model is saved as best/
+    r = run_cli("finetune", "--task", "image-classification", "--data", images, "--init", pre / "encoder",
+                "--out", tmp_path / "noval", "--max-steps", "2", "--batch-size", "8", "--set", "val_size=0",
+                "--set", "image_size=16")
+    assert r.returncode == 0 and "no validation data" in r.stdout, r.stderr[-2000:]
+    assert (tmp_path / "noval" / "best" / "model.safetensors").is_file()
+    # options and regularizers that cannot work are one-line errors
+    ft = ["finetune", "--task", "image-classification", "--data", images, "--out", tmp_path / "x", "--max-steps", "1",
+          "--set", "val_size=9", "--model", "vit-micro-p4"]
+    one_line(run_cli(*ft, "--train-size", "10"), "train_size applies to text tasks only")
+    one_line(run_cli("finetune", "--task", "rte", "--out", tmp_path / "y", "--linear-probe"),
+             "linear_probe applies to image-classification tasks only")
+    one_line(run_cli(*ft, "--regularizer", "smart-adv"), "regularizer 'smart-adv' does not work with this model")
+    pt = ["pretrain", "--data", images, "--out", tmp_path / "z", "--max-steps", "1", *PRE]
+    one_line(run_cli(*pt, "--set", "mae.mask_ratio=0"), "mask_ratio must be in (0, 1)")
+    one_line(run_cli(*pt, "--set", "mae.decoder_heads=3"), "decoder_dim (128) must be a multiple")
+    one_line(run_cli(*pt, "--regularizer", "bregman"), "regularizer 'bregman' does not work with this model")

@@ -126,10 +126,11 @@ def _cmd_finetune(args) -> int:
     cfg = _finetune_config(args)
     summary = finetune(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        dev = summary["best_dev"] or {}
+        dev, final = summary["best_dev"] or {}, summary["final_dev"] or {}
         main = summary["main_metric"]
-        print(f"{summary['task']}: best dev {main} {dev.get(main, float('nan')):.4f} at step {summary['best_step']}, "
-              f"final {summary['final_dev'][main]:.4f}; {summary['train_steps']} steps in "
+        scores = (f"best dev {main} {dev.get(main, float('nan')):.4f} at step {summary['best_step']}, "
+                  f"final {final.get(main, float('nan')):.4f}") if final else "no validation data"
+        print(f"{summary['task']}: {scores}; {summary['train_steps']} steps in "
               f"{summary['train_seconds']:.0f}s -> {cfg.out}/summary.json")
     return 0
 

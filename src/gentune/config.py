@@ -8,6 +8,7 @@ Regularizer options live under their registered name: ``--set l2sp.alpha=0.1`` o
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,19 @@ class FinetuneConfig(RunConfig):
     head: str = "linear"  # linear | mlp | bn-linear (MAE's linear-probe head)
     layer_decay: float = 1.0  # layer-wise lr decay (1: off)
     augment: bool = True  # random resized crop and flip on training images
+    image_size: int | None = None  # resize every image to this size (default: the images' own, one size)
+
+    _TEXT_ONLY = {"data_dir": None, "train": None, "train_size": None}
+    _IMAGE_ONLY = {"data": None, "init": None, "classes": None, "labels_per_class": None, "linear_probe": False,
+                   "image_size": None}
 
     def _checks(self) -> list[tuple[bool, str]]:
         image = self.task == IMAGE_TASK
+        foreign = self._TEXT_ONLY if image else self._IMAGE_ONLY
+        for key, default in foreign.items():
+            if getattr(self, key) != default:
+                kind = "text" if image else "image-classification"
+                return [(False, f"{key} applies to {kind} tasks only, not to task {self.task!r}")]
         return [
             (bool(self.task), "task is required (--task)"),
             *super()._checks(),
@@ -126,6 +137,7 @@ class PretrainConfig(RunConfig):
     split_seed: int = 0
     augment: bool = True
     crop_scale: float = 0.2  # random resized crop: smallest area fraction
+    image_size: int | None = None  # resize every image to this size (default: the images' own, one size)
     epochs: float = 10.0
     batch_size: int = 256
     eval_batch_size: int = 256
@@ -178,6 +190,10 @@ def apply_mapping(cfg: RunConfig, data: dict, source: str) -> RunConfig:
             raise GentuneError(f"{source}: unknown config key {key!r}")
         if key == "regularizer" and isinstance(value, str):
             value = [value]
+        if isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, os.PathLike):
+            value = os.fspath(value)
         setattr(cfg, key, value)
     return cfg
 

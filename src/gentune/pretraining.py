@@ -18,9 +18,9 @@ from . import registry
 from .config import PretrainConfig
 from .data.images import BatchAugment, EvalTransform, ImageCollator, ImageDataset, TrainTransform, keep_uint8, unlabeled
 from .errors import GentuneError
-from .models.vision import create_encoder, save_encoder
+from .models.vision import save_encoder
 from .train import Job, begin, run
-from .vision_tasks import held_out_split, pixel_stats
+from .vision_tasks import encoder_for, held_out_split, pixel_stats
 
 DEFAULT_ENCODERS = {"mae": "vit-tiny-p4", "context-encoder": "conv-small"}
 SAMPLES = 8  # validation images in reconstructions.png
@@ -37,12 +37,13 @@ def validation_loss(objective, seed: int = 0):
                                                     else []):
             torch.manual_seed(seed + accelerator.process_index)
             for batch in dataloader:
-                n = len(batch["pixel_values"])
-                loss = objective(model, batch)["loss"].float()
-                loss, n = accelerator.gather_for_metrics((loss.reshape(1) * n, torch.tensor([n],
-                                                                                             device=loss.device)))
-                total += float(loss.sum())
-                count += int(n.sum())
+                result = objective(model, batch)
+                # the reconstruction part (the context encoder's adversarial terms are not a validation loss)
+                loss = result.get("reconstruction", result["loss"]).float()
+                # one value per image, so gather_for_metrics drops the duplicates padding the last batch
+                per_image = accelerator.gather_for_metrics(loss.reshape(1).expand(len(batch["pixel_values"])))
+                total += float(per_image.sum())
+                count += len(per_image)
         return {"loss": total / max(count, 1)}
 
     return evaluate
@@ -53,7 +54,7 @@ def save_reconstructions(objective, model, images: torch.Tensor, mean, std, path
     from PIL import Image
 
     model.eval()
-    g = torch.Generator(device=images.device).manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # masks are drawn on the CPU and moved to the images' device
     masked, recon = objective.reconstruct(model, images, generator=g)
     m = torch.tensor(mean, dtype=images.dtype).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=images.dtype).view(1, 3, 1, 1)
@@ -83,15 +84,19 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if isinstance(started, dict):
         return started
     accelerator, status = started
-    train, val = held_out_split(cfg.data, None, cfg.val_size, cfg.split_seed)
+    train, val = held_out_split(cfg.data, None, cfg.val_size, cfg.split_seed, cfg.image_size)
     train = unlabeled(train)
     val = unlabeled(val) if val is not None else None
     mean, std = pixel_stats(train.images)
     size = train.images.shape[1]
     objective = registry.create("objective", cfg.objective, **cfg.objective_options.get(cfg.objective, {}))
     name = cfg.model or DEFAULT_ENCODERS[cfg.objective]
-    encoder = create_encoder(name)
-    model = objective.build(encoder, image_size=size) if cfg.objective == "context-encoder" else objective.build(encoder)
+    encoder = encoder_for(name, size)
+    try:
+        model = objective.build(encoder, image_size=size) if cfg.objective == "context-encoder" \
+            else objective.build(encoder)
+    except ValueError as e:  # options that do not fit the encoder (decoder width and heads, ...)
+        raise GentuneError(f"{cfg.objective}: {e}") from None
     augment = TrainTransform(size=size, scale=(cfg.crop_scale, 1.0), mean=tuple(mean), std=tuple(std)) \
         if cfg.augment else EvalTransform(mean=tuple(mean), std=tuple(std))
     evaluation = EvalTransform(mean=tuple(mean), std=tuple(std))

@@ -113,6 +113,8 @@ def _check_out_dir(out: Path, cfg: RunConfig) -> str:
     saved = out / "config.yaml"
     if not saved.exists():
         return "new"
+    if not (out / "summary.json").exists() and recover_dir(out / CHECKPOINT) is None:
+        return "new"  # a run that failed before its first checkpoint: nothing to keep, start over
     import yaml
 
     old = yaml.safe_load(saved.read_text()) or {}
@@ -234,8 +236,9 @@ def begin(cfg: RunConfig):
         accelerator = _accelerator(cfg, multi_cpu)
     except ValueError as e:  # e.g. fp16 requested on a machine without a GPU
         raise GentuneError(f"mixed_precision={cfg.mixed_precision}: {str(e).splitlines()[0]}") from None
-    if cfg.batch_size % accelerator.num_processes:
-        raise GentuneError(f"batch_size {cfg.batch_size} is not divisible by {accelerator.num_processes} processes")
+    for key in ("batch_size", "eval_batch_size"):
+        if getattr(cfg, key) % accelerator.num_processes:
+            raise GentuneError(f"{key} {getattr(cfg, key)} is not divisible by {accelerator.num_processes} processes")
     set_seed(cfg.seed)
     return accelerator, status
 
@@ -281,6 +284,10 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
         if hasattr(r, "state_dict"):
             accelerator.register_for_checkpointing(r)
 
+    if accelerator.num_processes > 1:
+        # each process its own stream for dropout, noise, masks and augmentations (the weights are synchronised
+        # by DDP); a resume restores every process's stream from the checkpoint
+        torch.manual_seed(cfg.seed + 1_000_003 * accelerator.process_index)
     state = TrainState()
     if status == "resume":
         ckpt = recover_dir(out / CHECKPOINT)
@@ -299,7 +306,8 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
         metrics = job.evaluate(model, dev_dl, accelerator)
         model.train()
         state.last_eval_step = state.step
-        log.write({"type": "eval", "step": state.step, "epoch": state.epoch, **metrics})
+        # epochs trained (fractional for mid-epoch evaluations; the final one counts its last epoch)
+        log.write({"type": "eval", "step": state.step, "epoch": round(state.step / steps_per_epoch, 4), **metrics})
         value = sign * metrics[job.main_metric]
         if state.best_metric is None or value > state.best_metric:
             state.best_metric, state.best_step, state.best_dev = value, state.step, metrics
@@ -336,7 +344,14 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
                 outputs = result["output"]
                 terms = {"task": result["loss"]}
                 for name, r in zip(reg_names, regs):
-                    for key, value in r(model, batch, outputs).items():
+                    try:
+                        reg_terms = r(model, batch, outputs)
+                    except (AttributeError, KeyError, TypeError) as e:
+                        if state.step > 0:
+                            raise
+                        raise GentuneError(f"regularizer {name!r} does not work with this model "
+                                           f"({type(e).__name__}: {e})") from e
+                    for key, value in reg_terms.items():
                         # two regularizers may name a term alike (smart and bregman): keep both, prefixed
                         terms[f"{name}/{key}" if key in terms else key] = value
                 loss = sum(terms.values())
@@ -351,7 +366,7 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
             step_time += time.perf_counter() - t0
             if not accelerator.sync_gradients:
                 continue
-            lr = scheduler.get_last_lr()[0]  # the rate this step used
+            lr = max(scheduler.get_last_lr())  # the rate this step used (the top layer's, under layer decay)
             scheduler.step()
             for r in regs:
                 if hasattr(r, "after_step"):
@@ -428,8 +443,10 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
         from .report import plot_run
 
         final = accelerator.unwrap_model(model)
-        if cfg.save_model and job.save is not None and not job.save_best:
-            job.save(final, out / job.final_name, {**job.meta, "step": state.step, "dev": final_dev})
+        if cfg.save_model and job.save is not None and (not job.save_best or dev_dl is None):
+            # pretraining keeps its final model; so does fine-tuning without validation data (no best to pick)
+            name = job.final_name if not job.save_best else "best"
+            job.save(final, out / name, {**job.meta, "step": state.step, "dev": final_dev})
         if job.on_end is not None:
             job.on_end(final, out)
         plot_run(out, job.main_metric)

@@ -51,12 +51,13 @@ def align_classes(ds: ImageSet, classes: list[str], owner: str) -> ImageSet:
     return ImageSet(ds.images, remap[ds.labels], list(classes), ds.source)
 
 
-def held_out_split(data: str, dev: str | None, val_size: int, split_seed: int) -> tuple[ImageSet, ImageSet | None]:
+def held_out_split(data: str, dev: str | None, val_size: int, split_seed: int,
+                   image_size: int | None = None) -> tuple[ImageSet, ImageSet | None]:
     """(train, validation): the images of ``dev`` when given (classes matched by name), else ``val_size`` images
     of ``data`` held out with ``split_seed`` (stratified); no validation when ``val_size`` is 0."""
-    ds = load_images(data)
+    ds = load_images(data, image_size=image_size)
     if dev:
-        return ds, align_classes(load_images(dev), ds.classes, data)
+        return ds, align_classes(load_images(dev, image_size=ds.images.shape[1]), ds.classes, data)
     if val_size <= 0:
         return ds, None
     return split(ds, val_size, split_seed)
@@ -123,12 +124,41 @@ def evaluate_classifier(model, dataloader, accelerator) -> dict[str, float]:
     return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}
 
 
+def encoder_for(name: str, image_size: int):
+    """A fresh named encoder for square images of ``image_size`` (ViTs are built for one size)."""
+    from .models.vision import VIT_SIZES
+
+    if name in VIT_SIZES:
+        return create_encoder(name, image_size=image_size)
+    encoder = create_encoder(name)
+    if image_size % encoder.reduction:
+        raise GentuneError(f"encoder {name!r} needs images whose size is a multiple of {encoder.reduction}, "
+                           f"got {image_size} (set image_size)")
+    return encoder
+
+
+def check_encoder_fits(encoder, meta: dict, path: str, image_size: int, cfg) -> None:
+    """The encoder was built for these images, and (same data) never saw the validation images."""
+    import sys
+
+    built = (meta.get("config") or {}).get("image_size")
+    if built is not None and built != image_size:
+        raise GentuneError(f"{path}: the encoder was pretrained on {built}x{built} images, the data are "
+                           f"{image_size}x{image_size} (set image_size={built})")
+    same = meta.get("data") and Path(str(meta["data"])).resolve() == Path(str(cfg.data)).resolve()
+    if same and not cfg.dev and (meta.get("split_seed"), meta.get("val_size")) != (cfg.split_seed, cfg.val_size):
+        print(f"warning: {path} was pretrained holding out val_size={meta.get('val_size')} with split_seed="
+              f"{meta.get('split_seed')}; this run validates on val_size={cfg.val_size}, split_seed={cfg.split_seed}"
+              ": the encoder may have seen validation images", file=sys.stderr)
+
+
 def image_classification_job(cfg: FinetuneConfig):
     """The :class:`gentune.train.Job` of ``gentune finetune --task image-classification``."""
     from .objectives.image_classification import ImageClassifier, param_groups
     from .train import Job
 
-    train, val = held_out_split(cfg.data, cfg.dev, cfg.val_size, cfg.split_seed)
+    train, val = held_out_split(cfg.data, cfg.dev, cfg.val_size, cfg.split_seed, cfg.image_size)
+    size = train.images.shape[1]
     if cfg.classes:
         train = select_classes(train, cfg.classes)
         val = select_classes(val, cfg.classes) if val is not None else None
@@ -136,17 +166,17 @@ def image_classification_job(cfg: FinetuneConfig):
         train = labels_per_class(train, cfg.labels_per_class, cfg.seed)
     if cfg.init and cfg.init.lower() != "none":
         encoder, enc_meta = load_encoder(cfg.init)
+        check_encoder_fits(encoder, enc_meta, cfg.init, size, cfg)
         mean, std = enc_meta.get("mean"), enc_meta.get("std")
         source = cfg.init
     else:
         name = DEFAULT_ENCODER if cfg.model == DEFAULT_MODEL else cfg.model
-        encoder = create_encoder(name)
+        encoder = encoder_for(name, size)
         mean, std = pixel_stats(train.images)
         source = f"scratch:{name}"
     if mean is None:
         mean, std = pixel_stats(train.images)
     model = ImageClassifier(encoder, len(train.classes), head=cfg.head, linear_probe=cfg.linear_probe)
-    size = train.images.shape[1]
     augment = TrainTransform(size=size, scale=(0.5, 1.0), mean=tuple(mean), std=tuple(std)) if cfg.augment \
         else EvalTransform(mean=tuple(mean), std=tuple(std))
     evaluation = EvalTransform(mean=tuple(mean), std=tuple(std))

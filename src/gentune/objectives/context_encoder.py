@@ -187,6 +187,10 @@ class ContextEncoder:
             raise ValueError(f"context-encoder: mask must be one of {MASKS}, got {mask!r}")
         if not 0.0 < ratio < 1.0:
             raise ValueError(f"context-encoder: ratio must be in (0, 1), got {ratio}")
+        if size is not None and size < 1:
+            raise ValueError(f"context-encoder: size must be positive, got {size}")
+        if overlap < 0 or overlap_weight < 0 or adv_weight < 0:
+            raise ValueError("context-encoder: overlap, overlap_weight and adv_weight must be >= 0")
         self.mask, self.size, self.ratio, self.overlap = mask, size, ratio, overlap
         self.overlap_weight, self.adv_weight, self.generator = overlap_weight, adv_weight, generator
 
@@ -195,6 +199,8 @@ class ContextEncoder:
         adversarial term is on."""
         if not isinstance(encoder, ConvEncoder):
             raise GentuneError(f"context-encoder needs a conv encoder (conv-*), got {type(encoder).__name__}")
+        if self.size is not None and self.size >= image_size:
+            raise GentuneError(f"context-encoder: size {self.size} must be smaller than the images ({image_size})")
         disc = Discriminator(in_chans=encoder.in_chans, image_size=image_size) if self.adv_weight > 0 else None
         return ContextEncoderModel(encoder, ConvDecoder(encoder.widths, encoder.in_chans), disc, image_size)
 

@@ -138,8 +138,13 @@ class MAE:
 
     def __init__(self, mask_ratio: float = 0.75, norm_pix_loss: bool = True, decoder_dim: int = 128,
                  decoder_depth: int = 2, decoder_heads: int = 4, generator: torch.Generator | None = None):
-        if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mae: mask_ratio must be in [0, 1), got {mask_ratio}")
+        if not 0.0 < mask_ratio < 1.0:  # 0 removes nothing: no patch to score, a 0/0 loss
+            raise ValueError(f"mae: mask_ratio must be in (0, 1), got {mask_ratio}")
+        if decoder_dim % 4 or decoder_dim % decoder_heads:
+            raise ValueError(f"mae: decoder_dim ({decoder_dim}) must be a multiple of 4 (sin-cos positions) and of "
+                             f"decoder_heads ({decoder_heads})")
+        if decoder_depth < 1:
+            raise ValueError(f"mae: decoder_depth must be at least 1, got {decoder_depth}")
         self.mask_ratio, self.norm_pix_loss, self.generator = mask_ratio, norm_pix_loss, generator
         self.decoder = {"decoder_dim": decoder_dim, "decoder_depth": decoder_depth, "decoder_heads": decoder_heads}
 
