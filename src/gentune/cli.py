@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--lr", type=float, help="peak learning rate (default 1.5e-3)")
     pt.add_argument("--seed", type=int)
     pt.add_argument("--regularizer", action="extend", nargs="+", metavar="NAME", help="regularizer(s) to add")
+    pt.add_argument("--radreg-data", metavar="PATH", help="unlabeled downstream images for RadReg (adds --regularizer "
+                                                          "radreg)")
     pt.add_argument("--config", help="YAML file of config keys (flags and --set override it)")
     pt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override any config key, or an objective/regularizer option as NAME.OPTION=VALUE")
@@ -111,6 +113,10 @@ def _cmd_pretrain(args) -> int:
 
     cfg = _config(PretrainConfig, args, ("objective", "data", "out", "model", "epochs", "max_steps", "batch_size",
                                          "lr", "seed", "regularizer"))
+    if args.radreg_data:
+        if "radreg" not in cfg.regularizer:
+            cfg.regularizer = [*cfg.regularizer, "radreg"]
+        cfg.regularizer_options.setdefault("radreg", {})["data"] = args.radreg_data
     summary = pretrain(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         dev = summary["final_dev"] or {}

@@ -135,6 +135,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                  "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
                  "forward_flops_per_image": flops},
         on_end=on_end,
+        reg_defaults={"mean": list(mean), "std": list(std), "image_size": size},
     )
     return run(cfg, job, accelerator, status)
 

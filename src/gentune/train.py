@@ -183,6 +183,8 @@ class Job:
         meta: written with saved models.
         summary: extra summary.json fields.
         on_end: ``on_end(unwrapped_model, out)`` on the main process after training (e.g. sample images).
+        reg_defaults: option values for the regularizers that declare them and were not given (the pixel
+            normalisation a regularizer needs to feed its own images to the encoder).
         augment: ``augment(batch) -> batch`` applied to each training batch on the device, just before the
             objective. Random augmentations belong here, not in ``collate``: the data loader collates a batch
             ahead, so collate-time randomness would not come back in step with a resumed checkpoint.
@@ -205,6 +207,7 @@ class Job:
     summary: dict = field(default_factory=dict)
     on_end: Callable | None = None
     augment: Callable | None = None
+    reg_defaults: dict = field(default_factory=dict)
 
 
 def check_regularizers(cfg: RunConfig) -> list[str]:
@@ -268,8 +271,10 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
         options = dict(cfg.regularizer_options.get(name, {}))
         entry = registry.get("regularizer", name)
         # Config at the edge: a regularizer whose schedule needs the run length declares a total_steps option.
-        if entry.config and "total_steps" in {f.name for f in dataclasses.fields(entry.config)}:
-            options.setdefault("total_steps", total_steps)
+        fields = {f.name for f in dataclasses.fields(entry.config)} if entry.config else set()
+        for key, value in {"total_steps": total_steps, **job.reg_defaults}.items():
+            if key in fields and options.get(key) in (None, 0):
+                options[key] = value
         regs.append(registry.create("regularizer", name, **options))
     optimizer = _optimizer(model, cfg.lr, cfg.weight_decay, cfg.adam_eps, cfg.adam_beta2, job.param_groups)
     from transformers import get_linear_schedule_with_warmup
@@ -379,6 +384,9 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
                       **{k: float(v.detach()) for k, v in terms.items()}, "loss": float(loss.detach())}
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
+            for r in regs:  # values a regularizer reports beside its loss terms (e.g. an unweighted estimate)
+                if hasattr(r, "log"):
+                    record.update(r.log())
             log.write(record)
             postfix = {"loss": f"{record['loss']:.4f}"}
             if cfg.eval_steps > 0 and state.step % cfg.eval_steps == 0 and state.step < total_steps:

@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from . import bregman, l2sp, smart  # noqa: F401  (registers)
+from . import bregman, l2sp, radreg, smart  # noqa: F401  (registers)
 
 
 @runtime_checkable

@@ -1,0 +1,234 @@
+"""RadReg: Rademacher representation regularization during pretraining (Deng, Hong, Zhou, Mahdavi, "On the
+Generalization Ability of Unsupervised Pretraining", AISTATS 2024).
+
+Pretraining minimises L_pre(h, g) + lambda * R_hat(h), with the representation-induced Rademacher complexity of
+the downstream head class F on n unlabeled downstream inputs
+
+    R_hat(h) = E_sigma [ sup_{f in F} (1/n) sum_i sigma_i f(h~(x_i)) ],     sigma_i uniform in {-1, +1},
+
+estimated with m sign vectors per step. h~ is the representation with its scale taken out (``normalize``, on by
+default): h~_i = h_i / sqrt((1/n) sum_j ||h_j||^2). R_hat of h~ does not change when h is multiplied by any c > 0,
+so the penalty cannot be met by shrinking the features (which a decoder would undo at no cost).
+
+- Linear heads, ||theta||_2 <= B: sup_theta (1/n) sum_i sigma_i theta^T h~_i = (B/n) ||sum_i sigma_i h~_i||_2,
+  a closed form, differentiable in h.
+- Two-layer MLP heads f(z) = w2^T relu(W1 z) with ||W1||_F <= B and ||w2||_2 <= B: m head copies, each step T
+  projected gradient-ascent steps on (1/n) sum_i sigma_ij f_j(h~_i) - (mu/2) ||theta_j||^2, warm-started from the
+  previous step (stochastic gradient descent-ascent); the encoder then gets the gradient of
+  lambda * (1/m) sum_j (1/n) sum_i sigma_ij f_j(h~_i) at the current heads.
+
+The downstream images are their own stream (``data``), cycled with the regularizer's own generator and saved in
+its state, so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..registry import register
+from ._common import unwrap, widen
+
+HEADS = ("linear", "mlp", "linear-ascent")  # linear-ascent: linear heads by ascent, to check it against the closed form
+
+
+def rademacher_signs(m: int, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """(m, n) independent uniform signs in {-1, +1} (float32)."""
+    bits = torch.randint(0, 2, (m, n), generator=generator)
+    return (bits * 2 - 1).float().to(device)
+
+
+def normalize_scale(h: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """h / sqrt(mean_i ||h_i||^2): the batch's root-mean-square norm becomes 1, directions are unchanged.
+
+    Args:
+        h: (n, d) representations.
+    """
+    return h / (h.pow(2).sum(-1).mean() + eps).sqrt()
+
+
+def linear_complexity(h: torch.Tensor, signs: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
+    """(1/m) sum_j (B/n) ||sum_i sigma_ji h_i||_2: the closed-form sup over linear heads with ||theta||_2 <= B.
+
+    Args:
+        h: (n, d) representations.
+        signs: (m, n) Rademacher signs.
+    """
+    h = widen(h)
+    return (bound / h.shape[0]) * (signs.to(h.dtype) @ h).norm(dim=-1).mean()
+
+
+class LinearHeads(torch.nn.Module):
+    """m linear heads theta_j (||theta_j||_2 <= bound), for the ascent path; the closed form is what training uses."""
+
+    def __init__(self, m: int, dim: int, bound: float, generator: torch.Generator | None = None):
+        super().__init__()
+        self.bound = bound
+        theta = torch.randn(m, dim, generator=generator)
+        self.theta = torch.nn.Parameter(theta * (0.5 * bound / theta.norm(dim=1, keepdim=True)))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (m, n)."""
+        return self.theta.to(h.dtype) @ h.T
+
+    @torch.no_grad()
+    def project(self) -> None:
+        norm = self.theta.norm(dim=1, keepdim=True)
+        self.theta.mul_((self.bound / norm.clamp(min=1e-12)).clamp(max=1.0))
+
+
+class MLPHeads(torch.nn.Module):
+    """m two-layer ReLU heads d -> hidden -> 1 evaluated in one batched call; weights projected onto norm balls."""
+
+    def __init__(self, m: int, dim: int, hidden: int, bound: float, generator: torch.Generator | None = None):
+        super().__init__()
+        self.bound = bound
+        w1 = torch.randn(m, hidden, dim, generator=generator)
+        w2 = torch.randn(m, hidden, generator=generator)
+        self.w1 = torch.nn.Parameter(w1 * (0.5 * bound / w1[0].norm()))
+        self.w2 = torch.nn.Parameter(w2 * (0.5 * bound / w2[0].norm()))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (m, n): every head on every representation."""
+        hidden = torch.relu(torch.einsum("mkd,nd->mnk", self.w1.to(h.dtype), h))
+        return torch.einsum("mnk,mk->mn", hidden, self.w2.to(h.dtype))
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """Each head's W1 onto the Frobenius ball and w2 onto the l2 ball of radius ``bound``."""
+        for w, dims in ((self.w1, (1, 2)), (self.w2, (1,))):
+            norm = w.pow(2).sum(dims, keepdim=True).sqrt()
+            w.mul_((self.bound / norm.clamp(min=1e-12)).clamp(max=1.0))
+
+
+def head_objective(heads: torch.nn.Module, h: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """(1/m) sum_j (1/n) sum_i sigma_ji f_j(h_i)."""
+    return (signs.to(h.dtype) * heads(h)).mean()
+
+
+def ascent(heads: torch.nn.Module, h: torch.Tensor, signs: torch.Tensor, steps: int, lr: float, mu: float) -> None:
+    """T projected gradient-ascent steps of the heads on head_objective - (mu/2) ||theta||^2 (``h`` detached)."""
+    h = h.detach()
+    for _ in range(steps):
+        params = list(heads.parameters())
+        # the sum over heads: each head's ascent step does not depend on how many heads there are
+        value = signs.shape[0] * head_objective(heads, h, signs) - 0.5 * mu * sum(p.pow(2).sum() for p in params)
+        grads = torch.autograd.grad(value, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.add_(g, alpha=lr)
+        heads.project()
+
+
+@dataclass
+class RadRegConfig:
+    weight: float = 0.1  # lambda
+    data: str = ""  # unlabeled downstream images (folder or archive); required
+    head: str = "linear"  # linear (closed form) | mlp (ascent) | linear-ascent
+    samples: int = 4  # m, sign vectors per step
+    batch_size: int = 32  # n, downstream images per step
+    bound: float = 1.0  # B
+    normalize: bool = True  # take the representation's scale out (see the module docstring)
+    hidden: int = 64  # mlp heads
+    ascent_steps: int = 1  # T
+    ascent_lr: float = 0.5
+    mu: float = 0.0  # the heads' ridge term in the ascent
+    seed: int = 0
+    image_size: int | None = None  # filled in by the pretraining job (the pretraining images' size)
+    mean: list[float] | None = None  # filled in by the pretraining job (its pixel normalisation)
+    std: list[float] | None = None
+
+
+@register("regularizer", "radreg", RadRegConfig)
+class RadReg:
+    """RadReg: penalise the representation-induced Rademacher complexity on unlabeled downstream data
+    (Deng, Hong, Zhou, Mahdavi, AISTATS 2024).
+
+    The model must expose the encoder as ``model.encoder`` with ``forward_features`` (the pretraining models do),
+    or ``forward_features`` itself. ``images`` (a uint8 (N, H, W, 3) array or tensor) may replace ``data``.
+    """
+
+    def __init__(self, weight: float = 0.1, data: str = "", head: str = "linear", samples: int = 4,
+                 batch_size: int = 32, bound: float = 1.0, normalize: bool = True, hidden: int = 64,
+                 ascent_steps: int = 1, ascent_lr: float = 0.5, mu: float = 0.0, seed: int = 0,
+                 image_size: int | None = None, mean: list[float] | None = None, std: list[float] | None = None,
+                 images=None):
+        if head not in HEADS:
+            raise ValueError(f"radreg: head must be one of {HEADS}, got {head!r}")
+        if not data and images is None:
+            raise ValueError("radreg: data is required (--set radreg.data=PATH: the downstream images, unlabeled)")
+        if samples < 1 or batch_size < 2 or bound <= 0 or ascent_steps < 0:
+            raise ValueError("radreg: samples >= 1, batch_size >= 2, bound > 0 and ascent_steps >= 0")
+        self.weight, self.data, self.head, self.m, self.n = weight, data, head, samples, batch_size
+        self.bound, self.normalize, self.hidden = bound, normalize, hidden
+        self.steps, self.lr, self.mu = ascent_steps, ascent_lr, mu
+        self.image_size, self.mean, self.std = image_size, mean, std
+        self.generator = torch.Generator().manual_seed(seed)  # downstream batches and signs
+        self.seed = seed
+        self._images = None if images is None else torch.as_tensor(images)
+        self._order: torch.Tensor | None = None  # the current pass over the downstream images
+        self._pos = 0
+        self.heads: MLPHeads | None = None
+        self._pending: dict | None = None
+        self.last: float | None = None  # the unweighted estimate of the last step, for the log
+
+    def _batch(self, device) -> torch.Tensor:
+        if self._images is None:
+            from ..data.images import load_images
+
+            self._images = torch.from_numpy(load_images(self.data, image_size=self.image_size).images)
+        picked = []
+        while sum(len(p) for p in picked) < self.n:  # cycle: a fresh permutation after every pass
+            if self._order is None or self._pos >= len(self._order):
+                self._order, self._pos = torch.randperm(len(self._images), generator=self.generator), 0
+            take = self._order[self._pos:self._pos + self.n - sum(len(p) for p in picked)]
+            picked.append(take)
+            self._pos += len(take)
+        x = self._images[torch.cat(picked)].to(device).permute(0, 3, 1, 2).float() / 255.0
+        if self.mean is not None:
+            mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+            x = (x - mean) / torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        return x
+
+    def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
+        inner = unwrap(model)
+        encoder = getattr(inner, "encoder", inner)
+        device = next(encoder.parameters()).device
+        h = widen(encoder.forward_features(self._batch(device)))
+        if self.normalize:
+            h = normalize_scale(h)
+        signs = rademacher_signs(self.m, self.n, self.generator, device)
+        if self.head == "linear":
+            estimate = linear_complexity(h, signs, self.bound)
+        else:
+            if self.heads is None:
+                # initialised from their own generator: a restored run (heads loaded lazily) draws the same signs
+                init = torch.Generator().manual_seed(self.seed + 1)
+                self.heads = (MLPHeads(self.m, h.shape[-1], self.hidden, self.bound, init)
+                              if self.head == "mlp" else LinearHeads(self.m, h.shape[-1], self.bound, init))
+                self.heads = self.heads.to(device)
+                if self._pending is not None:
+                    self.heads.load_state_dict(self._pending)
+                    self._pending = None
+            ascent(self.heads, h, signs, self.steps, self.lr, self.mu)
+            estimate = head_objective(self.heads, h, signs)
+        self.last = float(estimate.detach())
+        return {"radreg": self.weight * estimate}
+
+    def log(self) -> dict[str, float]:
+        """Extra values for the training log: the unweighted complexity estimate."""
+        return {} if self.last is None else {"radreg_complexity": self.last}
+
+    def state_dict(self) -> dict:
+        # a copy: the ascent updates the heads in place after the state is taken
+        heads = self._pending if self.heads is None else {k: v.clone() for k, v in self.heads.state_dict().items()}
+        return {"generator": self.generator.get_state(), "heads": heads, "order": self._order, "pos": self._pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._order, self._pos = state["order"], state["pos"]
+        if self.heads is not None and state["heads"] is not None:
+            self.heads.load_state_dict(state["heads"])
+        else:
+            self._pending = state["heads"]

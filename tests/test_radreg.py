@@ -1,0 +1,151 @@
+"""RadReg: the closed form against exhaustive enumeration and brute-force maximisation, the ascent against the
+closed form, finite differences, scale invariance, and two pretraining steps through the loop."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gentune.regularizers.radreg import (LinearHeads, MLPHeads, RadReg, ascent, head_objective, linear_complexity,
+                                         normalize_scale, rademacher_signs)
+
+
+def all_signs(n: int) -> torch.Tensor:
+    return torch.tensor(list(itertools.product([-1.0, 1.0], repeat=n)), dtype=torch.float64)
+
+
+def test_closed_form_equals_exhaustive_enumeration_and_brute_force_sup():
+    torch.manual_seed(0)
+    n, d, bound = 6, 3, 2.0
+    h = torch.randn(n, d, dtype=torch.float64)
+    signs = all_signs(n)  # all 2^6 sign vectors: the expectation exactly
+    want = np.mean([bound / n * np.linalg.norm((s.numpy()[:, None] * h.numpy()).sum(0)) for s in signs])
+    assert linear_complexity(h, signs, bound).item() == pytest.approx(want, rel=1e-12)
+    # the sup over the ball, by brute force over 20,000 directions, approaches the closed form from below
+    theta = torch.randn(20000, d, dtype=torch.float64)
+    theta = bound * theta / theta.norm(dim=1, keepdim=True)
+    for s in signs[:8]:
+        brute = ((theta @ h.T) * s).mean(1).max().item()
+        closed = linear_complexity(h, s[None], bound).item()
+        assert brute <= closed + 1e-12 and brute == pytest.approx(closed, rel=2e-3)
+
+
+def test_ascent_on_linear_heads_converges_to_the_closed_form():
+    torch.manual_seed(1)
+    n, d, m = 16, 5, 4
+    h = torch.randn(n, d)
+    signs = rademacher_signs(m, n, torch.Generator().manual_seed(0))
+    heads = LinearHeads(m, d, 1.0, torch.Generator().manual_seed(1))
+    ascent(heads, h, signs, steps=200, lr=1.0, mu=0.0)
+    assert head_objective(heads, h, signs).item() == pytest.approx(linear_complexity(h, signs).item(), rel=1e-4)
+    assert torch.all(heads.theta.norm(dim=1) <= 1.0 + 1e-6)
+
+
+def test_mlp_heads_stay_in_the_ball_and_ascent_increases_the_objective():
+    torch.manual_seed(2)
+    h = torch.randn(12, 6)
+    signs = rademacher_signs(3, 12, torch.Generator().manual_seed(0))
+    heads = MLPHeads(3, 6, 8, 1.0, torch.Generator().manual_seed(1))
+    before = head_objective(heads, h, signs).item()
+    ascent(heads, h, signs, steps=20, lr=0.5, mu=0.0)
+    assert head_objective(heads, h, signs).item() > before
+    assert torch.all(heads.w1.pow(2).sum((1, 2)).sqrt() <= 1 + 1e-6)
+    assert torch.all(heads.w2.norm(dim=1) <= 1 + 1e-6)
+
+
+def test_gradients_by_finite_differences():
+    torch.manual_seed(3)
+    h = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    signs = all_signs(5)[:7]
+    assert torch.autograd.gradcheck(lambda x: linear_complexity(normalize_scale(x), signs, 1.5), (h,))
+    heads = MLPHeads(2, 4, 3, 1.0, torch.Generator().manual_seed(0)).double()
+    assert torch.autograd.gradcheck(lambda x: head_objective(heads, normalize_scale(x), signs[:2]), (h,))
+
+
+def test_the_penalty_cannot_be_met_by_shrinking_the_features():
+    """With the scale taken out, R(c h) = R(h) for every c > 0; without it, R shrinks with c."""
+    torch.manual_seed(4)
+    h = torch.randn(32, 16)
+    signs = rademacher_signs(4, 32, torch.Generator().manual_seed(0))
+    base = linear_complexity(normalize_scale(h), signs).item()
+    for c in (1e-3, 0.1, 10.0):
+        assert linear_complexity(normalize_scale(c * h), signs).item() == pytest.approx(base, rel=1e-5)
+        assert linear_complexity(c * h, signs).item() == pytest.approx(c * linear_complexity(h, signs).item(),
+                                                                        rel=1e-5)
+    # with unit RMS norm, E_sigma ||sum sigma h~||^2 = n, so the estimate is at most B / sqrt(n) (Jensen)
+    exact = linear_complexity(normalize_scale(h[:10]).double(), all_signs(10)).item()
+    assert exact <= 1 / np.sqrt(10) + 1e-9
+
+
+class Encoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3 * 4 * 4, 8)
+
+    def forward_features(self, x):
+        return self.lin(x.flatten(1))
+
+
+class Pretraining(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = Encoder()
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_hook_streams_downstream_images_and_resumes_exactly(head):
+    torch.manual_seed(5)
+    images = torch.randint(0, 256, (10, 4, 4, 3), dtype=torch.uint8)
+    model = Pretraining()
+    kw = dict(images=images, head=head, batch_size=4, samples=3, mean=[0.5] * 3, std=[0.25] * 3, weight=2.0)
+    reg = RadReg(**kw)
+    first = [reg(model, {}, None)["radreg"] for _ in range(2)]
+    assert reg.log()["radreg_complexity"] == pytest.approx(first[-1].item() / 2.0)
+    first[-1].backward()
+    assert model.encoder.lin.weight.grad.abs().sum() > 0
+    state = reg.state_dict()
+    after = [reg(model, {}, None)["radreg"].item() for _ in range(3)]  # crosses the end of a pass (10 images)
+    again = RadReg(**kw)
+    again.load_state_dict(state)
+    if head == "mlp":  # heads restored lazily on the first call, as a teacher is
+        assert again.heads is None
+    assert [again(model, {}, None)["radreg"].item() for _ in range(3)] == pytest.approx(after, rel=1e-6)
+
+
+def test_errors():
+    from gentune import registry
+    from gentune.errors import GentuneError
+
+    with pytest.raises(GentuneError, match="data is required"):
+        registry.create("regularizer", "radreg")
+    with pytest.raises(GentuneError, match="head must be one of"):
+        registry.create("regularizer", "radreg", data="x", head="rbf")
+
+
+def test_two_pretraining_steps_through_the_loop(tmp_path, monkeypatch):
+    """gentune pretrain --radreg-data: the term and the unweighted estimate are logged every step."""
+    from PIL import Image
+
+    from conftest import run_cli
+
+    monkeypatch.setenv("GENTUNE_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for root, classes in ((tmp_path / "pre", ["a", "b"]), (tmp_path / "down", ["c"])):
+        for c in classes:
+            (root / c).mkdir(parents=True)
+            for i in range(8):
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    out = tmp_path / "run"
+    r = run_cli("pretrain", "--data", tmp_path / "pre", "--out", out, "--model", "vit-micro-p4", "--max-steps", "2",
+                "--batch-size", "4", "--set", "val_size=4", "--radreg-data", tmp_path / "down",
+                "--set", "radreg.batch_size=4", "--set", "radreg.weight=0.5", env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    train = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    assert len(train) == 2
+    for rec in train:
+        assert rec["radreg"] == pytest.approx(0.5 * rec["radreg_complexity"], rel=1e-5)
+        assert rec["loss"] == pytest.approx(rec["task"] + rec["radreg"], rel=1e-5)
+    cfg = (out / "config.yaml").read_text()
+    assert "radreg" in cfg and "data:" in cfg
