@@ -170,9 +170,12 @@ def cost_section() -> list[str]:
 def pretrain_section() -> list[str]:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from pretrain_grid import render as render_pretrain
+    from radreg_grid import render as render_radreg
 
-    text = render_pretrain()
-    return ["", *text.rstrip("\n").splitlines(), ""] if text else []
+    lines = []
+    for text in (render_pretrain(), render_radreg()):
+        lines += ["", *text.rstrip("\n").splitlines(), ""] if text else []
+    return lines
 
 
 def render() -> str:

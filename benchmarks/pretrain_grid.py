@@ -75,13 +75,13 @@ def _evals(out: Path) -> list[dict]:
     return [r for r in map(json.loads, lines) if r.get("type") == "eval"]
 
 
-def pretrain_cell(objective: str, args) -> Path:
-    cell = RESULTS / "pretrain" / f"{objective}.json"
+def run_pretrain(name: str, objective: str, encoder: str, flags: list[str], args, results: Path, runs: Path) -> Path:
+    """One pretraining run as a cell: results/pretrain/NAME.json, the run in runs/pretrain/NAME (resumable)."""
+    cell = results / "pretrain" / f"{name}.json"
     if cell.exists():
-        print(f"[skip] pretrain {objective}")
+        print(f"[skip] pretrain {name}")
         return cell
-    encoder, flags = PRETRAIN[objective]
-    out = RUNS / "pretrain" / objective
+    out = runs / "pretrain" / name
     cmd = ["pretrain", "--objective", objective, "--model", encoder, "--data", args.data,
            "--out", str(out.relative_to(ROOT)), *flags, *args.pretrain_extra]
     t0 = time.time()
@@ -93,17 +93,17 @@ def pretrain_cell(objective: str, args) -> Path:
     return cell
 
 
-def finetune_cell(task: str, arm: str, seed: int, args) -> Path:
-    cell = RESULTS / "finetune" / task / f"{arm}_seed{seed}.json"
+def run_finetune(task: str, arm: str, seed: int, init: Path | None, encoder: str, args, results: Path,
+                 runs: Path, extra: tuple[str, ...] = ()) -> Path:
+    """One fine-tuning cell: results/finetune/TASK/ARM_seedS.json (``init`` None: from scratch)."""
+    cell = results / "finetune" / task / f"{arm}_seed{seed}.json"
     if cell.exists():
         print(f"[skip] {task} {arm} seed {seed}")
         return cell
-    objective, encoder = ARMS[arm]
-    init = ["--init", str((RUNS / "pretrain" / objective / "encoder").relative_to(ROOT))] if objective else \
-        ["--init", "none", "--model", encoder]
-    out = RUNS / "finetune" / task / arm / f"seed{seed}"
-    cmd = ["finetune", "--task", "image-classification", "--data", args.data, *init, *TASKS[task],
-           "--out", str(out.relative_to(ROOT)), "--seed", str(seed), *FINETUNE, *args.finetune_extra]
+    start = ["--init", str(init.relative_to(ROOT))] if init else ["--init", "none", "--model", encoder]
+    out = runs / "finetune" / task / arm / f"seed{seed}"
+    cmd = ["finetune", "--task", "image-classification", "--data", args.data, *start, *TASKS[task],
+           "--out", str(out.relative_to(ROOT)), "--seed", str(seed), *FINETUNE, *extra, *args.finetune_extra]
     t0 = time.time()
     _run(cmd)
     summary = json.loads((out / "summary.json").read_text())
@@ -111,6 +111,17 @@ def finetune_cell(task: str, arm: str, seed: int, args) -> Path:
                   "date": dt.date.today().isoformat(), "machine": machine(), "wall_seconds": time.time() - t0,
                   "summary": summary, "evals": _evals(out)})
     return cell
+
+
+def pretrain_cell(objective: str, args) -> Path:
+    encoder, flags = PRETRAIN[objective]
+    return run_pretrain(objective, objective, encoder, flags, args, RESULTS, RUNS)
+
+
+def finetune_cell(task: str, arm: str, seed: int, args) -> Path:
+    objective, encoder = ARMS[arm]
+    init = RUNS / "pretrain" / objective / "encoder" if objective else None
+    return run_finetune(task, arm, seed, init, encoder, args, RESULTS, RUNS)
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
@@ -133,7 +144,8 @@ def _fmt(values: list[float]) -> str:
     return f"{m:.1f} ± {s:.1f}"
 
 
-def plot_curves(task: str, cells: list[dict]) -> Path | None:
+def plot_curves(task: str, cells: list[dict], arms: dict | None = None) -> Path | None:
+    """One line per arm (mean over seeds), pretrained arms solid, scratch dashed; ``arms`` defaults to ARMS."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,14 +153,15 @@ def plot_curves(task: str, cells: list[dict]) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     drawn = False
-    for i, arm in enumerate(ARMS):
+    arms = ARMS if arms is None else arms
+    for i, arm in enumerate(arms):
         runs = [c["evals"] for c in cells if c["arm"] == arm]
         if not runs:
             continue
         epochs = sorted({e["epoch"] for r in runs for e in r})
         mean = [statistics.fmean(e["accuracy"] for r in runs for e in r if e["epoch"] == ep) for ep in epochs]
         ax.plot(epochs, [100 * m for m in mean], marker="o", ms=3, color=f"C{i}",
-                ls="-" if ARMS[arm][0] else "--", label=f"{arm} ({len(runs)} seeds)")
+                ls="-" if arms[arm][0] else "--", label=f"{arm} ({len(runs)} seeds)")
         drawn = True
     if not drawn:
         plt.close(fig)
