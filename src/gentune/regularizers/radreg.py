@@ -127,7 +127,7 @@ class RadRegConfig:
     data: str = ""  # unlabeled downstream images (folder or archive); required
     head: str = "linear"  # linear (closed form) | mlp (ascent) | linear-ascent
     samples: int = 4  # m, sign vectors per step
-    batch_size: int = 32  # n, downstream images per step
+    batch_size: int = 16  # n, downstream images per step (a full encoder pass each: the main cost)
     bound: float = 1.0  # B
     normalize: bool = True  # take the representation's scale out (see the module docstring)
     hidden: int = 64  # mlp heads
@@ -150,7 +150,7 @@ class RadReg:
     """
 
     def __init__(self, weight: float = 0.1, data: str = "", head: str = "linear", samples: int = 4,
-                 batch_size: int = 32, bound: float = 1.0, normalize: bool = True, hidden: int = 64,
+                 batch_size: int = 16, bound: float = 1.0, normalize: bool = True, hidden: int = 64,
                  ascent_steps: int = 1, ascent_lr: float = 0.5, mu: float = 0.0, seed: int = 0,
                  image_size: int | None = None, mean: list[float] | None = None, std: list[float] | None = None,
                  images=None):
