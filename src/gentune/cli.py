@@ -1,4 +1,4 @@
-"""The ``gentune`` command line: ``finetune``, ``pretrain``, ``evaluate``, ``list``.
+"""The ``gentune`` command line: ``finetune``, ``pretrain``, ``evaluate``, ``diagnose``, ``list``.
 
 User errors print one line ``error: ...`` on stderr and exit with status 2 (a traceback only with --debug).
 """
@@ -77,6 +77,22 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override any config key, or an objective/regularizer option as NAME.OPTION=VALUE")
 
+    dg = sub.add_parser("diagnose", help="generalization diagnostics of checkpoints (JSON and an HTML report)",
+                        description="Representation-induced Rademacher complexity (with intervals, the bound and "
+                                    "its curve over n), heterogeneity to pretraining data, and the generalization "
+                                    "gap of fine-tuned checkpoints; writes OUT/diagnostics.json and OUT/report.html.")
+    dg.add_argument("--checkpoint", action="append", required=True, metavar="DIR",
+                    help="a Hugging Face model or run best/, a gentune image encoder or classifier (repeatable)")
+    dg.add_argument("--task", required=True, help="a text task, or image-classification")
+    dg.add_argument("--data", required=True, help="downstream data: a file of the task's formats, or an image folder")
+    dg.add_argument("--pretrain-data", help="pretraining-distribution data, for heterogeneity")
+    dg.add_argument("--out", required=True, help="output directory")
+    dg.add_argument("--max-examples", type=int, default=2000, help="examples drawn from each data set (seeded)")
+    dg.add_argument("--n-sigma", type=int, default=200, help="sign vectors of the Monte Carlo estimate")
+    dg.add_argument("--bound", type=float, default=1.0, help="the heads' norm bound B")
+    dg.add_argument("--no-mlp", action="store_true", help="skip the MLP-head estimate (the slow one)")
+    dg.add_argument("--seed", type=int, default=0)
+
     ev = sub.add_parser("evaluate", help="metrics of a fine-tuned checkpoint on a data file (JSON on stdout)")
     ev.add_argument("--checkpoint", required=True, help="a run's best/ directory (or any save_pretrained dir)")
     ev.add_argument("--task", required=True)
@@ -141,6 +157,19 @@ def _cmd_finetune(args) -> int:
     return 0
 
 
+def _cmd_diagnose(args) -> int:
+    from .diagnose import diagnose
+
+    res = diagnose(args.checkpoint, args.task, args.data, args.out, args.pretrain_data, args.max_examples,
+                   args.n_sigma, args.bound, not args.no_mlp, args.seed)
+    for row in res["checkpoints"]:
+        lin = row["complexity"]["linear"]
+        print(f"{row['checkpoint']}: R_linear {lin['estimate']:.4f} [{lin['ci_low']:.4f}, {lin['ci_high']:.4f}], "
+              f"bound {lin['bound']:.4f}")
+    print(f"-> {args.out}/diagnostics.json, {args.out}/report.html")
+    return 0
+
+
 def _cmd_evaluate(args) -> int:
     from .finetuning import evaluate
 
@@ -174,7 +203,8 @@ def _cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    commands = {"finetune": _cmd_finetune, "pretrain": _cmd_pretrain, "evaluate": _cmd_evaluate, "list": _cmd_list}
+    commands = {"finetune": _cmd_finetune, "pretrain": _cmd_pretrain, "evaluate": _cmd_evaluate,
+                "diagnose": _cmd_diagnose, "list": _cmd_list}
     try:
         return commands[args.command](args)
     except GentuneError as e:

@@ -1,0 +1,297 @@
+"""``gentune diagnose``: the seed paper's quantities for one or more checkpoints, as numbers and a report.
+
+For every checkpoint the representation h(x) a downstream head sees is extracted once on the downstream data
+(and on pretraining-distribution data when given) and cached; then :mod:`gentune.diagnostics` computes the
+representation-induced Rademacher complexity (linear and MLP heads, with Monte Carlo intervals and the textbook
+bound, and its curve over n), the heterogeneity between the two feature distributions, and, for a fine-tuned
+checkpoint whose run directory is known, its generalization gap (training vs held-out metrics, recomputed).
+Writes OUT/diagnostics.json and a self-contained OUT/report.html.
+
+Checkpoints: a Hugging Face model (name or directory; a fine-tuned ``best/`` too), a gentune image encoder
+(``gentune pretrain`` OUT/encoder) or a gentune image classifier (``best/`` of an image fine-tuning run).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._fs import write_json_atomic, write_text_atomic
+from .config import IMAGE_TASK
+from .errors import GentuneError
+
+FEATURES = "features"
+
+
+@dataclass
+class Representation:
+    """How to get h(x) from a checkpoint: ``fn(batch) -> (B, d)``; ``kind`` is "text" or "image"."""
+
+    name: str
+    kind: str
+    fn: object
+    meta: dict
+    tokenizer: object = None
+
+
+def load_representation(checkpoint: str) -> Representation:
+    """The representation of a text (Hugging Face) or image (gentune) checkpoint; errors name the path."""
+    path = Path(checkpoint)
+    meta_file = path / "gentune.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    if meta.get("architecture") in ("vit", "conv"):
+        if "classes" in meta:  # an image classifier: its encoder is what the head sees
+            from .vision_tasks import load_classifier
+
+            model, meta = load_classifier(checkpoint)
+            encoder = model.encoder
+        else:
+            from .models.vision import load_encoder
+
+            encoder, meta = load_encoder(checkpoint)
+        encoder.eval()
+        return Representation(str(checkpoint), "image", encoder.forward_features, meta)
+    from transformers import AutoModel
+
+    from .models.hf import _quiet_transformers, load_tokenizer, resolve_model_path
+
+    name = resolve_model_path(checkpoint)
+    if not (Path(name) / "config.json").is_file() and path.exists():
+        raise GentuneError(f"{checkpoint}: not a checkpoint (no gentune.json of an image model, no config.json)")
+    try:
+        with _quiet_transformers():
+            model = AutoModel.from_pretrained(name)
+    except OSError as e:
+        raise GentuneError(f"{checkpoint}: cannot load a model ({str(e).splitlines()[0]})") from None
+    model.eval()
+
+    def features(batch: dict) -> torch.Tensor:
+        out = model(**{k: v for k, v in batch.items() if k != "labels"})
+        # what a sequence classifier's head reads: the pooler output where the model has one, else [CLS]
+        pooled = getattr(out, "pooler_output", None)
+        return pooled if pooled is not None else out.last_hidden_state[:, 0]
+
+    return Representation(str(checkpoint), "text", features, meta, load_tokenizer(name))
+
+
+def _batches_text(rep: Representation, task: str, data: str, limit: int, seed: int):
+    from .data import get_task, read_file
+    from .objectives.classification import Collator, tokenize
+
+    spec = get_task(task)
+    ds = read_file(spec, data)
+    if len(ds) > limit:
+        ds = ds.select(np.random.default_rng(seed).choice(len(ds), limit, replace=False).tolist())
+    tok = tokenize(ds, rep.tokenizer, 128, spec.text_pair)
+    dl = torch.utils.data.DataLoader(tok, batch_size=64, collate_fn=Collator(rep.tokenizer, spec.is_regression))
+    return dl, np.asarray(ds["label"])
+
+
+def _batches_image(rep: Representation, data: str, limit: int, seed: int):
+    from .data.images import EvalTransform, ImageCollator, ImageDataset, load_images
+
+    size = (rep.meta.get("config") or rep.meta.get("encoder_config") or {}).get("image_size")
+    ds = load_images(data, image_size=size)
+    if len(ds) > limit:
+        ds = ds.select(np.sort(np.random.default_rng(seed).choice(len(ds), limit, replace=False)))
+    mean, std = rep.meta.get("mean"), rep.meta.get("std")
+    if mean is None:
+        from .vision_tasks import pixel_stats
+
+        mean, std = pixel_stats(ds.images)
+    dl = torch.utils.data.DataLoader(ImageDataset(ds), batch_size=256,
+                                     collate_fn=ImageCollator(EvalTransform(tuple(mean), tuple(std))))
+    return dl, ds.labels
+
+
+def extract(rep: Representation, task: str, data: str, cache: Path, limit: int = 2000, seed: int = 0):
+    """(features (n, d) float32, labels (n,)) of ``data``, cached under ``cache`` by checkpoint, data and limit."""
+    key = hashlib.sha256(json.dumps([str(Path(rep.name).resolve()) if Path(rep.name).exists() else rep.name,
+                                     str(Path(data).resolve()), task, limit, seed]).encode()).hexdigest()[:16]
+    file = cache / f"{key}.npz"
+    if file.is_file():
+        z = np.load(file)
+        return z["features"], z["labels"]
+    dl, labels = (_batches_image(rep, data, limit, seed) if rep.kind == "image"
+                  else _batches_text(rep, task, data, limit, seed))
+    feats = []
+    with torch.no_grad():
+        for batch in dl:
+            x = batch["pixel_values"] if rep.kind == "image" else batch
+            feats.append(rep.fn(x).float().cpu())
+    features = torch.cat(feats).numpy()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(".tmp.npz")
+    np.savez(tmp, features=features, labels=np.asarray(labels if labels is not None else []))
+    tmp.replace(file)
+    return features, labels
+
+
+def run_gap(checkpoint: str) -> dict | None:
+    """Training vs held-out metrics of a fine-tuned checkpoint, recomputed from its run's config.yaml (the
+    parent of ``best/``); None when the checkpoint is not part of a gentune fine-tuning run."""
+    import yaml
+
+    from .config import FinetuneConfig, apply_mapping
+    from .diagnostics import generalization_gap
+
+    run = Path(checkpoint).parent
+    if Path(checkpoint).name != "best" or not (run / "config.yaml").is_file():
+        return None
+    cfg = apply_mapping(FinetuneConfig(), yaml.safe_load((run / "config.yaml").read_text()), str(run))
+    if cfg.task == IMAGE_TASK:
+        from accelerate import Accelerator
+
+        from .data.images import EvalTransform, ImageCollator, ImageDataset, labels_per_class
+        from .vision_tasks import evaluate_classifier, held_out_split, load_classifier, select_classes
+
+        model, meta = load_classifier(checkpoint)
+        train, val = held_out_split(cfg.data, cfg.dev, cfg.val_size, cfg.split_seed, cfg.image_size)
+        if val is None:
+            return None
+        if cfg.classes:
+            train, val = select_classes(train, cfg.classes), select_classes(val, cfg.classes)
+        if cfg.labels_per_class:
+            train = labels_per_class(train, cfg.labels_per_class, cfg.seed)
+        collate = ImageCollator(EvalTransform(tuple(meta["mean"]), tuple(meta["std"])))
+        acc = Accelerator(cpu=not torch.cuda.is_available())
+        scores = [evaluate_classifier(model, torch.utils.data.DataLoader(ImageDataset(d), batch_size=256,
+                                                                        collate_fn=collate), acc)
+                  for d in (train, val)]
+    else:
+        from accelerate import Accelerator
+
+        from .data import get_task, load_splits, stratified_subsample
+        from .finetuning import evaluate_model
+        from .models.hf import load_checkpoint, load_tokenizer
+        from .objectives.classification import Collator, tokenize
+
+        spec = get_task(cfg.task)
+        model, _ = load_checkpoint(checkpoint, spec)
+        tokenizer = load_tokenizer(checkpoint)
+        train, dev = load_splits(spec, cfg.data_dir, cfg.train, cfg.dev)
+        if cfg.train_size:
+            train = stratified_subsample(train, cfg.train_size, cfg.seed, spec.is_regression)
+        acc = Accelerator(cpu=not torch.cuda.is_available())
+        collate = Collator(tokenizer, spec.is_regression)
+        scores = [evaluate_model(model, torch.utils.data.DataLoader(tokenize(d, tokenizer, cfg.max_length,
+                                                                             spec.text_pair), batch_size=64,
+                                                                    collate_fn=collate), spec, acc)
+                  for d in (train, dev)]
+    return {"train": scores[0], "heldout": scores[1], **generalization_gap(scores[0], scores[1])}
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def report_html(results: dict, projections: dict) -> str:
+    """A self-contained HTML page: the ranking table, complexity curves with intervals, 2-D projections."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(results["checkpoints"], key=lambda r: r["complexity"]["linear"]["estimate"])
+    cols = ["checkpoint", "R (linear)", "95% CI", "bound", "R (mlp)", "MMD²", "p", "domain acc.", "gap"]
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    body = []
+    for r in rows:
+        lin, mlp = r["complexity"]["linear"], r["complexity"].get("mlp") or {}
+        het, gap = r.get("heterogeneity") or {}, r.get("gap") or {}
+        gap_key = next((k for k in gap if k.endswith("_gap") and k != "loss_gap"), "loss_gap")
+        cells = [html.escape(r["checkpoint"]), f"{lin['estimate']:.4f}", f"[{lin['ci_low']:.4f}, {lin['ci_high']:.4f}]",
+                 f"{lin['bound']:.4f}", f"{mlp['estimate']:.4f}" if mlp else "-",
+                 f"{het['mmd2']:.4f}" if het else "-", f"{het['p_value']:.3f}" if het else "-",
+                 f"{het['domain_accuracy']:.3f}" if het else "-",
+                 f"{gap_key.removesuffix('_gap')} {gap[gap_key]:+.4f}" if gap else "-"]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    figs = []
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, r in enumerate(rows):
+        curve = r["complexity"]["curve"]
+        n = [c["n"] for c in curve]
+        ax.plot(n, [c["estimate"] for c in curve], marker="o", ms=3, color=f"C{i}", label=Path(r["checkpoint"]).name
+                or r["checkpoint"])
+        ax.fill_between(n, [c["ci_low"] for c in curve], [c["ci_high"] for c in curve], color=f"C{i}", alpha=0.2)
+        ax.plot(n, [c["bound"] for c in curve], ls=":", color=f"C{i}")
+    ax.set(xscale="log", yscale="log", xlabel="n (downstream examples)", ylabel="Rademacher complexity (linear)",
+           title="complexity vs n (dotted: the bound)")
+    ax.legend(fontsize=7)
+    figs.append(_png(fig))
+    for name, (xy, labels, domain) in projections.items():
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+        axes[0].scatter(xy[:, 0], xy[:, 1], c=labels, s=5, cmap="tab10")
+        axes[0].set_title(f"{Path(name).name or name}: by label")
+        axes[1].scatter(xy[:, 0], xy[:, 1], c=domain, s=5, cmap="coolwarm")
+        axes[1].set_title("by domain (blue: downstream, red: pretraining)")
+        figs.append(_png(fig))
+    imgs = "".join(f'<p><img src="{src}"></p>' for src in figs)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>gentune diagnose</title><style>"
+            "body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>"
+            f"<h1>gentune diagnose</h1><p>task {html.escape(results['task'])}, data "
+            f"{html.escape(results['data'])}; n = {results['n']} downstream examples; checkpoints ranked by "
+            f"the linear-head complexity (lowest first).</p><table><tr>{head}</tr>{''.join(body)}</table>"
+            f"{imgs}</body></html>")
+
+
+def diagnose(checkpoints: list[str], task: str, data: str, out: str, pretrain_data: str | None = None,
+             max_examples: int = 2000, n_sigma: int = 200, bound: float = 1.0, mlp: bool = True,
+             seed: int = 0) -> dict:
+    """Every diagnostic for every checkpoint; writes OUT/diagnostics.json and OUT/report.html."""
+    from sklearn.decomposition import PCA
+
+    from .diagnostics import complexity_curve, heterogeneity, rademacher_complexity
+
+    if not checkpoints:
+        raise GentuneError("diagnose: give at least one --checkpoint")
+    if not Path(data).exists():
+        raise GentuneError(f"{data}: no such file or folder")
+    outdir = Path(out)
+    cache = outdir / FEATURES
+    results = {"task": task, "data": str(data), "pretrain_data": pretrain_data, "n": None, "checkpoints": []}
+    projections = {}
+    for ckpt in checkpoints:
+        rep = load_representation(ckpt)
+        if (rep.kind == "image") != (task == IMAGE_TASK):
+            raise GentuneError(f"{ckpt}: a {rep.kind} checkpoint cannot be diagnosed on task {task!r}")
+        feats, labels = extract(rep, task, data, cache, max_examples, seed)
+        results["n"] = len(feats)
+        complexity = {"linear": rademacher_complexity(feats, "linear", bound, n_sigma, seed),
+                      "curve": complexity_curve(feats, seed=seed, head="linear", bound=bound, n_sigma=n_sigma)}
+        if mlp:
+            complexity["mlp"] = rademacher_complexity(feats[:512], "mlp", bound, min(n_sigma, 32), seed)
+        row = {"checkpoint": ckpt, "kind": rep.kind, "dim": int(feats.shape[1]), "complexity": complexity,
+               "mean_norm": float(np.linalg.norm(feats, axis=1).mean())}
+        domain = np.zeros(len(feats))
+        both = feats
+        if pretrain_data:
+            other, _ = extract(rep, task, pretrain_data, cache, max_examples, seed)
+            row["heterogeneity"] = heterogeneity(feats, other, seed=seed)
+            both = np.concatenate([feats, other])
+            domain = np.concatenate([domain, np.ones(len(other))])
+            labels = np.concatenate([np.asarray(labels, dtype=float), np.full(len(other), np.nan)])
+        row["gap"] = run_gap(ckpt)
+        results["checkpoints"].append(row)
+        projections[ckpt] = (PCA(2, random_state=seed).fit_transform(both), labels, domain)
+    outdir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(outdir / "diagnostics.json", results)
+    write_text_atomic(outdir / "report.html", report_html(results, projections))
+    return results
+
+
+__all__ = ["diagnose", "extract", "load_representation", "report_html", "run_gap"]

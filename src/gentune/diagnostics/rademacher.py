@@ -1,0 +1,176 @@
+"""Representation-induced Rademacher complexity of a head class on fixed downstream features (Deng, Hong, Zhou,
+Mahdavi, "On the Generalization Ability of Unsupervised Pretraining", AISTATS 2024).
+
+For features h_1..h_n (the pretrained encoder on n downstream inputs) and a head class F,
+
+    R_hat(F o h) = E_sigma [ sup_{f in F} (1/n) sum_i sigma_i f(h_i) ],     sigma_i uniform in {-1, +1}.
+
+The sup per sign vector reuses RadReg's pieces (``gentune.regularizers.radreg``): the closed form
+``linear_complexity`` for linear heads, ``MLPHeads`` + ``ascent`` for two-layer ReLU heads. The expectation over
+sigma is a Monte Carlo mean (with a normal 95% interval), or exact by enumerating all 2^n sign vectors.
+
+Bounds returned next to the estimate (both hold for every sign vector's expectation, not only on average):
+
+- linear, ||theta||_2 <= B: E_sigma (B/n) ||sum_i sigma_i h_i|| <= (B/n) sqrt(sum_i ||h_i||^2) (Jensen), with
+  equality for orthogonal features of equal norm.
+- MLP f(z) = w2^T relu(W1 z), ||W1||_F <= B, ||w2||_2 <= B: 2 B^2 sqrt(sum_i ||h_i||^2) / n. Derivation: write
+  the rows of W1 as ||w_k|| u_k; relu is positively homogeneous, so sum_i sigma_i f(h_i) = sum_k w2_k ||w_k|| S(u_k)
+  with S(u) = sum_i sigma_i relu(u^T h_i), and Cauchy-Schwarz gives sup_F = B^2 sup_{||u||<=1} |S(u)| (attained by
+  one hidden unit, so any width >= 1 has the same complexity). E sup |S| <= E sup S + E sup (-S) = 2 E sup S
+  (S(0) = 0 and sigma is symmetric), and Talagrand's contraction lemma (relu is 1-Lipschitz) gives
+  E sup_u S(u) <= E sup_{||u||<=1} sum_i sigma_i u^T h_i = E ||sum_i sigma_i h_i|| <= sqrt(sum_i ||h_i||^2).
+  The factor 2 is the price of the absolute value; the contraction-based bound usually quoted without it
+  (B^2 sqrt(sum ||h_i||^2)/n) is the same bound up to this factor 2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..errors import GentuneError
+from ..regularizers.radreg import MLPHeads, ascent, linear_complexity, normalize_scale, rademacher_signs
+
+HEADS = ("linear", "mlp")
+MAX_EXHAUSTIVE = 16  # 2^16 = 65,536 sign vectors
+_Z95 = 1.959963984540054  # the standard normal 0.975 quantile
+_CHUNK = 1 << 22  # heads x samples x hidden units per batched ascent: ~32 MB of float64 activations
+
+
+def as_features(x, name: str = "features") -> torch.Tensor:
+    """A numpy array or torch tensor of shape (n, d) as a detached float64 CPU tensor; user errors raised."""
+    try:
+        t = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float64))
+    except (TypeError, ValueError) as e:
+        raise GentuneError(f"{name}: not a numeric array ({e})") from None
+    t = t.to(torch.float64)
+    if t.ndim != 2:
+        raise GentuneError(f"{name}: expected an (n, d) array of features, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise GentuneError(f"{name}: contains NaN or infinite values")
+    return t
+
+
+def all_signs(n: int) -> torch.Tensor:
+    """(2^n, n) float64: every sign vector in {-1, +1}^n, once."""
+    codes = torch.arange(2 ** n).unsqueeze(1)
+    return (((codes >> torch.arange(n)) & 1) * 2 - 1).to(torch.float64)
+
+
+def linear_values(h: torch.Tensor, signs: torch.Tensor, bound: float) -> torch.Tensor:
+    """(m,) the closed-form sup over linear heads for each sign vector: ``linear_complexity`` row by row."""
+    return torch.vmap(lambda s: linear_complexity(h, s.unsqueeze(0), bound))(signs)
+
+
+def mlp_values(h: torch.Tensor, signs: torch.Tensor, bound: float, hidden: int, steps: int, lr: float,
+               restarts: int, generator: torch.Generator) -> torch.Tensor:
+    """(m,) lower estimates of sup_f (1/n) sum_i sigma_i f(h_i) over two-layer ReLU heads, one per sign vector.
+
+    Fresh heads (``restarts`` per sign vector) run ``steps`` projected ascent steps; the best head counts, and
+    never less than 0 (the zero head is in the class). A lower estimate: the ascent may stop short of the sup.
+    """
+    n = h.shape[0]
+    per_chunk = max(1, _CHUNK // (n * hidden * restarts))
+    out = []
+    for start in range(0, signs.shape[0], per_chunk):
+        s = signs[start:start + per_chunk].repeat(restarts, 1)  # restart r of sign vector j at row r * m + j
+        heads = MLPHeads(s.shape[0], h.shape[1], hidden, bound, generator).double()
+        ascent(heads, h, s, steps, lr, mu=0.0)
+        with torch.no_grad():
+            value = (s * heads(h)).mean(1).view(restarts, -1).amax(0)
+        out.append(value.clamp(min=0.0))
+    return torch.cat(out)
+
+
+def rademacher_complexity(features, head: str = "linear", bound: float = 1.0, n_sigma: int = 200, seed: int = 0,
+                          normalize: bool = False, hidden: int = 64, ascent_steps: int = 200,
+                          ascent_lr: float = 0.5, exhaustive: bool = False, restarts: int = 1) -> dict:
+    """Representation-induced Rademacher complexity (Deng, Hong, Zhou, Mahdavi, AISTATS 2024) of norm-bounded
+    heads on fixed features.
+
+    Args:
+        features: (n, d) array or tensor, the representations of n downstream inputs.
+        head: "linear" (||theta||_2 <= bound; exact sup per sign vector) or "mlp" (w2^T relu(W1 z) with
+            ||W1||_F <= bound and ||w2||_2 <= bound; the sup by projected ascent, so a lower estimate of it).
+        bound: B, the heads' norm bound.
+        n_sigma: Monte Carlo sign vectors (at least 2); ignored when ``exhaustive``.
+        seed: seeds the signs and the MLP heads' initialisation.
+        normalize: divide the features by their root-mean-square norm first (``normalize_scale``), as RadReg does.
+        hidden, ascent_steps, ascent_lr, restarts: the MLP heads' width, ascent steps, step size and random
+            restarts per sign vector. Cost ~ n_sigma * restarts * ascent_steps * n * hidden * d.
+        exhaustive: average over all 2^n sign vectors (n <= 16) instead of sampling: the exact expectation for
+            linear heads; std_error is then 0.
+
+    Returns:
+        {"estimate", "std_error", "ci_low", "ci_high" (95% normal interval), "bound" (see the module docstring),
+        "n", "head", "n_sigma" (sign vectors used), "exhaustive"}.
+    """
+    if head not in HEADS:
+        raise GentuneError(f"rademacher_complexity: head must be one of {HEADS}, got {head!r}")
+    if not bound > 0:
+        raise GentuneError(f"rademacher_complexity: bound must be > 0, got {bound}")
+    h = as_features(features)
+    n = h.shape[0]
+    if n < 2:
+        raise GentuneError(f"rademacher_complexity: need at least 2 feature vectors, got {n}")
+    if normalize:
+        h = normalize_scale(h)
+    if exhaustive:
+        if n > MAX_EXHAUSTIVE:
+            raise GentuneError(f"rademacher_complexity: exhaustive enumeration needs n <= {MAX_EXHAUSTIVE} "
+                               f"(2^n sign vectors), got n = {n}; sample sign vectors with n_sigma instead")
+        signs = all_signs(n)
+    else:
+        if n_sigma < 2:
+            raise GentuneError(f"rademacher_complexity: n_sigma must be >= 2 (for a standard error), got {n_sigma}")
+        signs = rademacher_signs(n_sigma, n, torch.Generator().manual_seed(seed)).to(torch.float64)
+    if head == "linear":
+        values = linear_values(h, signs, bound)
+        upper = bound * math.sqrt(float(h.pow(2).sum())) / n
+    else:
+        if hidden < 1 or ascent_steps < 0 or restarts < 1:
+            raise GentuneError("rademacher_complexity: hidden >= 1, ascent_steps >= 0 and restarts >= 1 needed")
+        values = mlp_values(h, signs, bound, hidden, ascent_steps, ascent_lr, restarts,
+                            torch.Generator().manual_seed(seed))
+        upper = 2.0 * bound ** 2 * math.sqrt(float(h.pow(2).sum())) / n
+    estimate = float(values.mean())
+    std_error = 0.0 if exhaustive else float(values.std(unbiased=True)) / math.sqrt(len(values))
+    return {"estimate": estimate, "std_error": std_error, "ci_low": estimate - _Z95 * std_error,
+            "ci_high": estimate + _Z95 * std_error, "bound": upper, "n": n, "head": head,
+            "n_sigma": int(signs.shape[0]), "exhaustive": bool(exhaustive)}
+
+
+def default_sizes(total: int, start: int = 8) -> list[int]:
+    """8, 16, 32, ... below ``total``, then ``total`` (or just ``total`` when it is below 8)."""
+    sizes, n = [], start
+    while n < total:
+        sizes.append(n)
+        n *= 2
+    return sizes + [total]
+
+
+def complexity_curve(features, sizes=None, seed: int = 0, **kw) -> list[dict]:
+    """Rademacher complexity against the number of downstream samples (Deng, Hong, Zhou, Mahdavi, AISTATS 2024).
+
+    Subsamples are nested (the first n of one seeded permutation), so the curve moves only with n, not with a
+    fresh draw at every size.
+
+    Args:
+        features: (N, d) array or tensor.
+        sizes: sample sizes n (each 2 <= n <= N); default ``default_sizes(N)``: 8, 16, ..., N.
+        seed: seeds the permutation and every ``rademacher_complexity`` call.
+        **kw: passed on to ``rademacher_complexity`` (head, bound, n_sigma, normalize, ...).
+
+    Returns:
+        One ``rademacher_complexity`` dict per size, in the order of ``sizes``.
+    """
+    h = as_features(features)
+    total = h.shape[0]
+    sizes = default_sizes(total) if sizes is None else [int(s) for s in sizes]
+    bad = [s for s in sizes if not 2 <= s <= total]
+    if bad:
+        raise GentuneError(f"complexity_curve: sizes must lie in [2, {total}] (the number of features), got {bad}")
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(total))
+    return [rademacher_complexity(h[order[:s]], seed=seed, **kw) for s in sizes]

@@ -1,0 +1,85 @@
+"""`gentune diagnose` on tiny real checkpoints: an image encoder and its fine-tuned classifier (with the gap
+recomputed from the run), a text model; the JSON, the HTML report, the feature cache and bad inputs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("diag")
+    rng = np.random.default_rng(0)
+    for name, shift in (("down", 0), ("pre", 60)):
+        for ci, c in enumerate(["cat", "dog"]):
+            (root / name / c).mkdir(parents=True)
+            for i in range(12):
+                base = np.full((16, 16, 3), 90 + shift)
+                base[..., ci] += 60
+                img = (base + rng.normal(0, 25, (16, 16, 3))).clip(0, 255).astype(np.uint8)
+                Image.fromarray(img).save(root / name / c / f"{i}.png")
+    return root
+
+
+def test_image_checkpoints_json_report_gap_and_cache(folders, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENTUNE_CACHE", str(tmp_path / "cache"))
+    env = {"OMP_NUM_THREADS": "1"}
+    pre, ft = tmp_path / "pre", tmp_path / "ft"
+    assert run_cli("pretrain", "--data", folders / "pre", "--out", pre, "--model", "vit-micro-p4", "--max-steps",
+                   "2", "--batch-size", "8", "--set", "val_size=4", env=env).returncode == 0
+    r = run_cli("finetune", "--task", "image-classification", "--data", folders / "down", "--init", pre / "encoder",
+                "--out", ft, "--max-steps", "3", "--batch-size", "8", "--set", "val_size=6", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "diag"
+    args = ["diagnose", "--checkpoint", pre / "encoder", "--checkpoint", ft / "best", "--task",
+            "image-classification", "--data", folders / "down", "--pretrain-data", folders / "pre", "--out", out,
+            "--n-sigma", "50"]
+    r = run_cli(*args, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "diagnostics.json").read_text())
+    assert res["n"] == 24 and [c["checkpoint"] for c in res["checkpoints"]] == [str(pre / "encoder"), str(ft / "best")]
+    for row in res["checkpoints"]:
+        lin = row["complexity"]["linear"]
+        assert 0 < lin["estimate"] <= lin["bound"] and lin["ci_low"] <= lin["estimate"] <= lin["ci_high"]
+        assert row["complexity"]["curve"][-1]["n"] == 24 and row["heterogeneity"]["mmd2"] > 0
+    enc, clf = res["checkpoints"]
+    assert enc["gap"] is None  # an encoder has no fine-tuning run to recompute
+    summary = json.loads((ft / "summary.json").read_text())
+    assert clf["gap"]["heldout"]["accuracy"] == pytest.approx(summary["final_dev"]["accuracy"])
+    assert clf["gap"]["train"]["loss"] > 0 and "loss_gap" in clf["gap"]
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") == 3
+    # features are cached: a second run reads them instead of recomputing
+    cached = sorted((out / "features").glob("*.npz"))
+    assert len(cached) == 4
+    stamp = [p.stat().st_mtime_ns for p in cached]
+    assert run_cli(*args, env=env).returncode == 0
+    assert [p.stat().st_mtime_ns for p in cached] == stamp
+
+
+def test_text_checkpoint_and_errors(glue, tiny_model, tmp_path):
+    data = glue / "k-shot/SST-2/16-13/train.tsv"
+    out = tmp_path / "t"
+    r = run_cli("diagnose", "--checkpoint", tiny_model, "--task", "sst2", "--data", data, "--out", out,
+                "--n-sigma", "30", "--no-mlp", env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads((out / "diagnostics.json").read_text())["checkpoints"][0]
+    assert row["kind"] == "text" and row["dim"] == 32 and "mlp" not in row["complexity"]
+
+    def one_line(r, needle):
+        assert r.returncode == 2, r.stderr[-2000:]
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], lines
+
+    one_line(run_cli("diagnose", "--checkpoint", tiny_model, "--task", "image-classification", "--data", data,
+                     "--out", out), "a text checkpoint cannot be diagnosed on task 'image-classification'")
+    one_line(run_cli("diagnose", "--checkpoint", tmp_path / "nothing", "--task", "sst2", "--data", data,
+                     "--out", out), "nothing")
+    one_line(run_cli("diagnose", "--checkpoint", tiny_model, "--task", "sst2", "--data", tmp_path / "no.tsv",
+                     "--out", out), "no.tsv: no such file")
