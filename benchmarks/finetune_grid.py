@@ -170,10 +170,11 @@ def cost_section() -> list[str]:
 def pretrain_section() -> list[str]:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from pretrain_grid import render as render_pretrain
+    from diagnostics_study import render as render_study
     from radreg_grid import render as render_radreg
 
     lines = []
-    for text in (render_pretrain(), render_radreg()):
+    for text in (render_pretrain(), render_radreg(), render_study()):
         lines += ["", *text.rstrip("\n").splitlines(), ""] if text else []
     return lines
 
