@@ -189,6 +189,12 @@ def run_gap(checkpoint: str) -> dict | None:
     return {"train": scores[0], "heldout": scores[1], **generalization_gap(scores[0], scores[1])}
 
 
+def _short(checkpoint: str) -> str:
+    """The last two path parts (runs/x/best -> x/best), or a model name as it is."""
+    parts = Path(checkpoint).parts
+    return "/".join(parts[-2:]) if len(parts) > 1 else checkpoint
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -224,8 +230,7 @@ def report_html(results: dict, projections: dict) -> str:
     for i, r in enumerate(rows):
         curve = r["complexity"]["curve"]
         n = [c["n"] for c in curve]
-        ax.plot(n, [c["estimate"] for c in curve], marker="o", ms=3, color=f"C{i}", label=Path(r["checkpoint"]).name
-                or r["checkpoint"])
+        ax.plot(n, [c["estimate"] for c in curve], marker="o", ms=3, color=f"C{i}", label=_short(r["checkpoint"]))
         ax.fill_between(n, [c["ci_low"] for c in curve], [c["ci_high"] for c in curve], color=f"C{i}", alpha=0.2)
         ax.plot(n, [c["bound"] for c in curve], ls=":", color=f"C{i}")
     ax.set(xscale="log", yscale="log", xlabel="n (downstream examples)", ylabel="Rademacher complexity (linear)",
@@ -234,10 +239,11 @@ def report_html(results: dict, projections: dict) -> str:
     figs.append(_png(fig))
     for name, (xy, labels, domain) in projections.items():
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-        axes[0].scatter(xy[:, 0], xy[:, 1], c=labels, s=5, cmap="tab10")
-        axes[0].set_title(f"{Path(name).name or name}: by label")
-        axes[1].scatter(xy[:, 0], xy[:, 1], c=domain, s=5, cmap="coolwarm")
+        axes[0].scatter(xy[:, 0], xy[:, 1], c=labels, s=5, cmap="tab10")  # pretraining points: no label, not drawn
+        axes[0].set_title(f"{_short(name)}: downstream, by label")
+        axes[1].scatter(xy[:, 0], xy[:, 1], c=domain, s=5, cmap="coolwarm", vmin=0, vmax=1)
         axes[1].set_title("by domain (blue: downstream, red: pretraining)")
+        axes[0].set(xlim=axes[1].get_xlim(), ylim=axes[1].get_ylim())  # one projection, the same frame
         figs.append(_png(fig))
     imgs = "".join(f'<p><img src="{src}"></p>' for src in figs)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>gentune diagnose</title><style>"
