@@ -114,6 +114,23 @@ def test_hook_streams_downstream_images_and_resumes_exactly(head):
     assert [again(model, {}, None)["radreg"].item() for _ in range(3)] == pytest.approx(after, rel=1e-6)
 
 
+def test_ascent_heads_in_the_hook_track_the_pool_closed_form():
+    """linear-ascent through the hook (fixed model): the logged estimate converges to the closed form with the
+    heads' fixed per-image signs, i.e. the pool's sup for those sign vectors."""
+    torch.manual_seed(6)
+    images = torch.randint(0, 256, (8, 4, 4, 3), dtype=torch.uint8)
+    model = Pretraining()
+    reg = RadReg(images=images, head="linear-ascent", batch_size=8, samples=3, mean=[0.5] * 3, std=[0.25] * 3,
+                 weight=1.0, ascent_steps=5)
+    for _ in range(60):
+        reg(model, {}, None)
+    x, idx = reg._batch(torch.device("cpu"))
+    with torch.no_grad():
+        h = normalize_scale(model.encoder.forward_features(x))
+    closed = linear_complexity(h, reg._pool_signs[:, idx]).item()
+    assert reg.log()["radreg_complexity"] == pytest.approx(closed, rel=1e-3)
+
+
 def test_errors():
     from gentune import registry
     from gentune.errors import GentuneError

@@ -107,8 +107,13 @@ def head_objective(heads: torch.nn.Module, h: torch.Tensor, signs: torch.Tensor)
     return (signs.to(h.dtype) * heads(h)).mean()
 
 
-def ascent(heads: torch.nn.Module, h: torch.Tensor, signs: torch.Tensor, steps: int, lr: float, mu: float) -> None:
-    """T projected gradient-ascent steps of the heads on head_objective - (mu/2) ||theta||^2 (``h`` detached)."""
+def ascent(heads: torch.nn.Module, h: torch.Tensor, signs: torch.Tensor, steps: int, lr: float, mu: float,
+           normalized: bool = False) -> None:
+    """T projected gradient-ascent steps of the heads on head_objective - (mu/2) ||theta||^2 (``h`` detached).
+
+    ``normalized``: each head's step on each weight is ``lr * bound`` long in the gradient's direction, whatever
+    the gradient's size (on normalised features it is about 1/sqrt(n): plain steps would barely move).
+    """
     h = h.detach()
     for _ in range(steps):
         params = list(heads.parameters())
@@ -117,7 +122,11 @@ def ascent(heads: torch.nn.Module, h: torch.Tensor, signs: torch.Tensor, steps: 
         grads = torch.autograd.grad(value, params)
         with torch.no_grad():
             for p, g in zip(params, grads):
-                p.add_(g, alpha=lr)
+                if normalized:  # per head: the norm over all but the first (head) dimension
+                    norm = g.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *([1] * (g.ndim - 1)))
+                    p.add_(g / norm, alpha=lr * heads.bound)
+                else:
+                    p.add_(g, alpha=lr)
         heads.project()
 
 
@@ -132,7 +141,7 @@ class RadRegConfig:
     normalize: bool = True  # take the representation's scale out (see the module docstring)
     hidden: int = 64  # mlp heads
     ascent_steps: int = 1  # T
-    ascent_lr: float = 0.5
+    ascent_lr: float = 0.2  # normalised steps: lr * bound long
     mu: float = 0.0  # the heads' ridge term in the ascent
     seed: int = 0
     image_size: int | None = None  # filled in by the pretraining job (the pretraining images' size)
@@ -151,7 +160,7 @@ class RadReg:
 
     def __init__(self, weight: float = 0.1, data: str = "", head: str = "linear", samples: int = 4,
                  batch_size: int = 16, bound: float = 1.0, normalize: bool = True, hidden: int = 64,
-                 ascent_steps: int = 1, ascent_lr: float = 0.5, mu: float = 0.0, seed: int = 0,
+                 ascent_steps: int = 1, ascent_lr: float = 0.2, mu: float = 0.0, seed: int = 0,
                  image_size: int | None = None, mean: list[float] | None = None, std: list[float] | None = None,
                  images=None):
         if head not in HEADS:
@@ -169,11 +178,13 @@ class RadReg:
         self._images = None if images is None else torch.as_tensor(images)
         self._order: torch.Tensor | None = None  # the current pass over the downstream images
         self._pos = 0
+        self._pool_signs: torch.Tensor | None = None  # (m, N): ascent heads' fixed sign per downstream image
         self.heads: MLPHeads | None = None
         self._pending: dict | None = None
         self.last: float | None = None  # the unweighted estimate of the last step, for the log
 
-    def _batch(self, device) -> torch.Tensor:
+    def _batch(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalised images (n, 3, H, W), their indices in the downstream pool)."""
         if self._images is None:
             from ..data.images import load_images
 
@@ -185,23 +196,31 @@ class RadReg:
             take = self._order[self._pos:self._pos + self.n - sum(len(p) for p in picked)]
             picked.append(take)
             self._pos += len(take)
-        x = self._images[torch.cat(picked)].to(device).permute(0, 3, 1, 2).float() / 255.0
+        idx = torch.cat(picked)
+        x = self._images[idx].to(device).permute(0, 3, 1, 2).float() / 255.0
         if self.mean is not None:
             mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
             x = (x - mean) / torch.tensor(self.std, device=device).view(1, 3, 1, 1)
-        return x
+        return x, idx
 
     def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
         inner = unwrap(model)
         encoder = getattr(inner, "encoder", inner)
         device = next(encoder.parameters()).device
-        h = widen(encoder.forward_features(self._batch(device)))
+        x, idx = self._batch(device)
+        h = widen(encoder.forward_features(x))
         if self.normalize:
             h = normalize_scale(h)
-        signs = rademacher_signs(self.m, self.n, self.generator, device)
-        if self.head == "linear":
-            estimate = linear_complexity(h, signs, self.bound)
+        if self.head == "linear":  # the closed form: fresh signs every step
+            estimate = linear_complexity(h, rademacher_signs(self.m, self.n, self.generator, device), self.bound)
         else:
+            # Ascent heads need a target that holds still while they track it: each head j keeps one sign per
+            # downstream image (drawn once from the seed), so it ascends (1/N) sum_pool sigma_ji f_j(h~_i) through
+            # minibatches (stochastic gradient descent-ascent on the pool's complexity with m sign vectors).
+            if self._pool_signs is None:
+                self._pool_signs = rademacher_signs(self.m, len(self._images),
+                                                    torch.Generator().manual_seed(self.seed + 2))
+            signs = self._pool_signs[:, idx].to(device)
             if self.heads is None:
                 # initialised from their own generator: a restored run (heads loaded lazily) draws the same signs
                 init = torch.Generator().manual_seed(self.seed + 1)
@@ -211,7 +230,7 @@ class RadReg:
                 if self._pending is not None:
                     self.heads.load_state_dict(self._pending)
                     self._pending = None
-            ascent(self.heads, h, signs, self.steps, self.lr, self.mu)
+            ascent(self.heads, h, signs, self.steps, self.lr, self.mu, normalized=True)
             estimate = head_objective(self.heads, h, signs)
         self.last = float(estimate.detach())
         return {"radreg": self.weight * estimate}
