@@ -162,6 +162,7 @@ def main() -> int:
     p.add_argument("--render", action="store_true")
     args = p.parse_args()
     args.pretrain_extra, args.finetune_extra = [], []
+    args.data = str((ROOT / args.data).resolve()) if not Path(args.data).is_absolute() else args.data
     if not args.render:
         make_missing(args)
         for name, info in checkpoints().items():

@@ -68,15 +68,17 @@ def load_representation(checkpoint: str) -> Representation:
         raise GentuneError(f"{checkpoint}: not a checkpoint (no gentune.json of an image model, no config.json)")
     try:
         with _quiet_transformers():
-            model = AutoModel.from_pretrained(name)
+            model, info = AutoModel.from_pretrained(name, output_loading_info=True)
     except OSError as e:
         raise GentuneError(f"{checkpoint}: cannot load a model ({str(e).splitlines()[0]})") from None
     model.eval()
+    # A pooler the checkpoint does not hold (RoBERTa-family classifiers have none) would be random: use [CLS].
+    trained_pooler = not any(k.startswith("pooler.") for k in info.get("missing_keys", []))
 
     def features(batch: dict) -> torch.Tensor:
         out = model(**{k: v for k, v in batch.items() if k != "labels"})
-        # what a sequence classifier's head reads: the pooler output where the model has one, else [CLS]
-        pooled = getattr(out, "pooler_output", None)
+        # what a BERT-style classifier's head reads: the (trained) pooler output, else the [CLS] state
+        pooled = getattr(out, "pooler_output", None) if trained_pooler else None
         return pooled if pooled is not None else out.last_hidden_state[:, 0]
 
     return Representation(str(checkpoint), "text", features, meta, load_tokenizer(name))
@@ -98,7 +100,8 @@ def _batches_text(rep: Representation, task: str, data: str, limit: int, seed: i
 def _batches_image(rep: Representation, data: str, limit: int, seed: int):
     from .data.images import EvalTransform, ImageCollator, ImageDataset, load_images
 
-    size = (rep.meta.get("config") or rep.meta.get("encoder_config") or {}).get("image_size")
+    size = (rep.meta.get("config") or rep.meta.get("encoder_config") or {}).get("image_size") \
+        or rep.meta.get("image_size")  # conv encoders: the size they were trained on
     ds = load_images(data, image_size=size)
     if len(ds) > limit:
         ds = ds.select(np.sort(np.random.default_rng(seed).choice(len(ds), limit, replace=False)))
@@ -114,8 +117,13 @@ def _batches_image(rep: Representation, data: str, limit: int, seed: int):
 
 def extract(rep: Representation, task: str, data: str, cache: Path, limit: int = 2000, seed: int = 0):
     """(features (n, d) float32, labels (n,)) of ``data``, cached under ``cache`` by checkpoint, data and limit."""
+    def stamp(path: Path) -> list:  # a retrained checkpoint or changed data gets a new key
+        files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file()) if path.exists() else []
+        return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files[:10000]]
+
     key = hashlib.sha256(json.dumps([str(Path(rep.name).resolve()) if Path(rep.name).exists() else rep.name,
-                                     str(Path(data).resolve()), task, limit, seed]).encode()).hexdigest()[:16]
+                                     stamp(Path(rep.name)), str(Path(data).resolve()), stamp(Path(data)), task,
+                                     limit, seed]).encode()).hexdigest()[:16]
     file = cache / f"{key}.npz"
     if file.is_file():
         z = np.load(file)
@@ -212,18 +220,22 @@ def report_html(results: dict, projections: dict) -> str:
     import matplotlib.pyplot as plt
 
     rows = sorted(results["checkpoints"], key=lambda r: r["complexity"]["linear"]["estimate"])
-    cols = ["checkpoint", "R (linear)", "95% CI", "bound", "R (mlp)", "MMD²", "p", "domain acc.", "gap"]
+    cols = ["checkpoint", "R (linear)", "95% CI", "bound", "R (linear, scale-free)", "R (mlp)", "MMD²", "p",
+            "domain acc.", "gap"]
     head = "".join(f"<th>{c}</th>" for c in cols)
     body = []
     for r in rows:
         lin, mlp = r["complexity"]["linear"], r["complexity"].get("mlp") or {}
         het, gap = r.get("heterogeneity") or {}, r.get("gap") or {}
         gap_key = next((k for k in gap if k.endswith("_gap") and k != "loss_gap"), "loss_gap")
+        norm = r["complexity"].get("linear_normalized") or {}
         cells = [html.escape(r["checkpoint"]), f"{lin['estimate']:.4f}", f"[{lin['ci_low']:.4f}, {lin['ci_high']:.4f}]",
-                 f"{lin['bound']:.4f}", f"{mlp['estimate']:.4f}" if mlp else "-",
+                 f"{lin['bound']:.4f}", f"{norm['estimate']:.4f}" if norm else "-",
+                 f"{mlp['estimate']:.4f}" if mlp else "-",
                  f"{het['mmd2']:.4f}" if het else "-", f"{het['p_value']:.3f}" if het else "-",
                  f"{het['domain_accuracy']:.3f}" if het else "-",
-                 f"{gap_key.removesuffix('_gap')} {gap[gap_key]:+.4f}" if gap else "-"]
+                 (f"{gap_key.removesuffix('_gap')} {gap[gap_key]:+.4f}" if gap_key in gap
+                  else html.escape(gap.get("error", "-"))) if gap else "-"]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     figs = []
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -278,9 +290,13 @@ def diagnose(checkpoints: list[str], task: str, data: str, out: str, pretrain_da
         feats, labels = extract(rep, task, data, cache, max_examples, seed)
         results["n"] = len(feats)
         complexity = {"linear": rademacher_complexity(feats, "linear", bound, n_sigma, seed),
+                      # scale taken out (what RadReg penalises): comparable across models of different feature norms
+                      "linear_normalized": rademacher_complexity(feats, "linear", bound, n_sigma, seed,
+                                                                 normalize=True),
                       "curve": complexity_curve(feats, seed=seed, head="linear", bound=bound, n_sigma=n_sigma)}
-        if mlp:
-            complexity["mlp"] = rademacher_complexity(feats[:512], "mlp", bound, min(n_sigma, 32), seed)
+        if mlp:  # the slow one, on a seeded sample (images are stored class by class)
+            pick = np.random.default_rng(seed).permutation(len(feats))[:512]
+            complexity["mlp"] = rademacher_complexity(feats[pick], "mlp", bound, min(n_sigma, 32), seed)
         row = {"checkpoint": ckpt, "kind": rep.kind, "dim": int(feats.shape[1]), "complexity": complexity,
                "mean_norm": float(np.linalg.norm(feats, axis=1).mean())}
         domain = np.zeros(len(feats))
@@ -291,7 +307,10 @@ def diagnose(checkpoints: list[str], task: str, data: str, out: str, pretrain_da
             both = np.concatenate([feats, other])
             domain = np.concatenate([domain, np.ones(len(other))])
             labels = np.concatenate([np.asarray(labels, dtype=float), np.full(len(other), np.nan)])
-        row["gap"] = run_gap(ckpt)
+        try:
+            row["gap"] = run_gap(ckpt)
+        except GentuneError as e:  # e.g. the run's data not found from here: keep every other number
+            row["gap"] = {"error": str(e)}
         results["checkpoints"].append(row)
         projections[ckpt] = (PCA(2, random_state=seed).fit_transform(both), labels, domain)
     outdir.mkdir(parents=True, exist_ok=True)

@@ -195,6 +195,7 @@ def image_classification_job(cfg: FinetuneConfig):
         main_metric="accuracy",
         save=save_classifier,
         param_groups=param_groups(model, cfg.lr, cfg.weight_decay, cfg.layer_decay),
+        reg_defaults={"mean": list(mean), "std": list(std), "image_size": size},
         meta=meta,
         summary={"task": "image-classification", "model": source, "classes": list(train.classes),
                  "labels_per_class": cfg.labels_per_class, "linear_probe": cfg.linear_probe},

@@ -9,10 +9,10 @@ The sup per sign vector reuses RadReg's pieces (``gentune.regularizers.radreg``)
 ``linear_complexity`` for linear heads, ``MLPHeads`` + ``ascent`` for two-layer ReLU heads. The expectation over
 sigma is a Monte Carlo mean (with a normal 95% interval), or exact by enumerating all 2^n sign vectors.
 
-Bounds returned next to the estimate (both hold for every sign vector's expectation, not only on average):
+Bounds returned next to the estimate (bounds on the expectation over sigma, not on every sign vector):
 
 - linear, ||theta||_2 <= B: E_sigma (B/n) ||sum_i sigma_i h_i|| <= (B/n) sqrt(sum_i ||h_i||^2) (Jensen), with
-  equality for orthogonal features of equal norm.
+  equality for orthogonal features.
 - MLP f(z) = w2^T relu(W1 z), ||W1||_F <= B, ||w2||_2 <= B: 2 B^2 sqrt(sum_i ||h_i||^2) / n. Derivation: write
   the rows of W1 as ||w_k|| u_k; relu is positively homogeneous, so sum_i sigma_i f(h_i) = sum_k w2_k ||w_k|| S(u_k)
   with S(u) = sum_i sigma_i relu(u^T h_i), and Cauchy-Schwarz gives sup_F = B^2 sup_{||u||<=1} |S(u)| (attained by

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import GentuneError
 from ..registry import register
 from ._common import unwrap, widen
 
@@ -187,6 +188,10 @@ class RadReg:
         """(normalised images (n, 3, H, W), their indices in the downstream pool)."""
         if self._images is None:
             from ..data.images import load_images
+
+            if self.mean is None:
+                raise GentuneError("radreg: no pixel normalisation (mean, std) for its images: use it in gentune "
+                                   "pretrain or image fine-tuning, or set radreg.mean and radreg.std")
 
             self._images = torch.from_numpy(load_images(self.data, image_size=self.image_size).images)
         picked = []
