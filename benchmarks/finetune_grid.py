@@ -158,13 +158,22 @@ def comparison(cells: list[dict], methods: list[str]) -> list[str]:
 
 
 def cost_section() -> list[str]:
-    path = ROOT / "benchmarks" / "results" / "smart_cost.json"
-    if not path.exists():
+    """Every benchmarks/results/smart_cost*.json (CPU, and GPU runs in fp32 / bf16), the CPU one first."""
+    paths = sorted((ROOT / "benchmarks" / "results").glob("smart_cost*.json"), key=lambda p: (p.stem != "smart_cost",
+                                                                                                 p.stem))
+    if not paths:
         return []
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from smart_cost import render as render_cost
 
-    return ["", *render_cost(json.loads(path.read_text())).rstrip("\n").splitlines(), ""]
+    lines = []
+    for i, path in enumerate(paths):
+        text = render_cost(json.loads(path.read_text())).rstrip("\n").splitlines()
+        if i:  # one section header for all of them
+            text = [f"### {path.stem.replace('smart_cost_', '').replace('_', ' ')}" if l.startswith("## ") else l
+                    for l in text]
+        lines += ["", *text, ""]
+    return lines + NOTES.get("smart-cost", [])
 
 
 def pretrain_section() -> list[str]:

@@ -266,7 +266,12 @@ def load_model(args, device):
     from gentune.models.hf import load_for_task
 
     torch.manual_seed(args.seed)
-    model = load_for_task(args.model, get_task("sst2"))
+    if getattr(args, "random_init", False):  # the architecture alone (config.json): timing needs no weights
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(args.model, num_labels=2))
+    else:
+        model = load_for_task(args.model, get_task("sst2"))
     return model.to(device).train()
 
 
@@ -278,14 +283,19 @@ def make_batches(args, n: int) -> list[dict]:
     from gentune.data import get_task, load_splits
     from gentune.models.hf import load_tokenizer
 
-    task = get_task("sst2")
-    train, _ = load_splits(task, args.data_dir)
     need = n * args.batch_size
-    idx = np.random.default_rng(args.seed).choice(len(train), size=need, replace=need > len(train))
-    rows = train.select(idx.tolist())
-    enc = load_tokenizer(args.model)(list(rows["text_a"]), padding="max_length", truncation=True,
-                                     max_length=args.length, return_tensors="pt")
-    labels = torch.tensor(list(rows["label"]), dtype=torch.long)
+    rng = np.random.default_rng(args.seed)
+    if getattr(args, "sentences", None):  # one sentence a line (no datasets library needed), random labels
+        lines = [l.strip() for l in Path(args.sentences).read_text().splitlines() if l.strip()]
+        texts = [lines[i] for i in rng.choice(len(lines), size=need, replace=need > len(lines))]
+        labels = torch.tensor(rng.integers(0, 2, need), dtype=torch.long)
+    else:
+        train, _ = load_splits(get_task("sst2"), args.data_dir)
+        idx = rng.choice(len(train), size=need, replace=need > len(train))
+        rows = train.select(idx.tolist())
+        texts, labels = list(rows["text_a"]), torch.tensor(list(rows["label"]), dtype=torch.long)
+    enc = load_tokenizer(args.model)(texts, padding="max_length", truncation=True, max_length=args.length,
+                                     return_tensors="pt")
     b = args.batch_size
     return [{**{k: v[i * b:(i + 1) * b] for k, v in enc.items()}, "labels": labels[i * b:(i + 1) * b]}
             for i in range(n)]
@@ -383,6 +393,8 @@ def measure_memory(args, arms: list[str], batches: list[dict]) -> dict[str, dict
                    "--smart-pytorch-weight", str(args.smart_pytorch_weight), "--threads", str(args.threads)]
             if args.bf16:
                 cmd.append("--bf16")
+            if args.random_init:
+                cmd.append("--random-init")
             print(f"[mem ] {name}", file=sys.stderr, flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True)
             lines = [l for l in proc.stdout.splitlines() if l.startswith(MEMORY_TAG)]
@@ -605,6 +617,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-memory", action="store_true", help="skip the memory pass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=MODEL)
+    p.add_argument("--random-init", action="store_true",
+                   help="build the model from its config.json with random weights (timing needs no weights)")
+    p.add_argument("--sentences", help="a text file, one sentence a line, instead of SST-2 through --data-dir")
     p.add_argument("--data-dir", default=os.environ.get("GENTUNE_DATA", str(DEFAULT_DATA)))
     p.add_argument("--deps-dir", default=str(DEFAULT_DEPS), help="where smart-pytorch is pip-installed")
     p.add_argument("--smart-pytorch-weight", type=float, default=1.0, help="task loss + WEIGHT * SMARTLoss")
