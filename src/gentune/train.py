@@ -350,7 +350,10 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
                 terms = {"task": result["loss"]}
                 for name, r in zip(reg_names, regs):
                     try:
-                        reg_terms = r(model, batch, outputs)
+                        # under mixed precision, forwards a regularizer runs itself outside the prepared model's
+                        # own forward (RadReg's encoder pass, a teacher) get the same autocast
+                        with accelerator.autocast():
+                            reg_terms = r(model, batch, outputs)
                     except (AttributeError, KeyError, TypeError) as e:
                         if state.step > 0:
                             raise
