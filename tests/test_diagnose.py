@@ -66,11 +66,14 @@ def test_image_checkpoints_json_report_gap_and_cache(folders, tmp_path, monkeypa
 def test_text_checkpoint_and_errors(glue, tiny_model, tmp_path):
     data = glue / "k-shot/SST-2/16-13/train.tsv"
     out = tmp_path / "t"
+    other = tmp_path / "other.txt"  # plain text, one sentence a line, unlabelled: the "pretraining" side
+    other.write_text("\n".join(f"sentence number {i} about the stock market" for i in range(20)) + "\n")
     r = run_cli("diagnose", "--checkpoint", tiny_model, "--task", "sst2", "--data", data, "--out", out,
-                "--n-sigma", "30", "--no-mlp", env={"OMP_NUM_THREADS": "1"})
+                "--n-sigma", "30", "--no-mlp", "--pretrain-data", other, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     row = json.loads((out / "diagnostics.json").read_text())["checkpoints"][0]
     assert row["kind"] == "text" and row["dim"] == 32 and "mlp" not in row["complexity"]
+    assert row["heterogeneity"]["domain_accuracy"] > 0.5
 
     def one_line(r, needle):
         assert r.returncode == 2, r.stderr[-2000:]

@@ -89,12 +89,21 @@ def _batches_text(rep: Representation, task: str, data: str, limit: int, seed: i
     from .objectives.classification import Collator, tokenize
 
     spec = get_task(task)
-    ds = read_file(spec, data)
+    if Path(data).suffix.lower() == ".txt":  # plain text, one example a line, no labels (e.g. pretraining text)
+        import datasets
+
+        lines = [l.strip() for l in Path(data).read_text().splitlines() if l.strip()]
+        if not lines:
+            raise GentuneError(f"{data}: no text lines")
+        ds = datasets.Dataset.from_dict({"text_a": lines, "text_b": [None] * len(lines), "label": [0] * len(lines)})
+        pair, labelled = False, False
+    else:
+        ds, pair, labelled = read_file(spec, data), spec.text_pair, True
     if len(ds) > limit:
         ds = ds.select(np.random.default_rng(seed).choice(len(ds), limit, replace=False).tolist())
-    tok = tokenize(ds, rep.tokenizer, 128, spec.text_pair)
+    tok = tokenize(ds, rep.tokenizer, 128, pair)
     dl = torch.utils.data.DataLoader(tok, batch_size=64, collate_fn=Collator(rep.tokenizer, spec.is_regression))
-    return dl, np.asarray(ds["label"])
+    return dl, (np.asarray(ds["label"], dtype=float) if labelled else np.full(len(ds), np.nan))
 
 
 def _batches_image(rep: Representation, data: str, limit: int, seed: int):
