@@ -62,3 +62,21 @@ def test_validate():
     bad = apply_mapping(FinetuneConfig(), {"task": "rte", "out": "x", "regularizer_options": {"l2sp": {}}}, "t")
     with pytest.raises(GentuneError, match="not in regularizer"):
         bad.validate()
+
+
+def test_every_recipe_loads_and_validates():
+    """configs/**.yaml: known keys, valid values, and a first line that is the command that runs it."""
+    from pathlib import Path
+
+    from gentune.config import PretrainConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    recipes = sorted(root.rglob("*.yaml"))
+    assert len(recipes) >= 4
+    for path in recipes:
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# gentune ") and f"--config configs/{path.relative_to(root)}" in first, path
+        cls = PretrainConfig if path.parent.name == "pretrain" else FinetuneConfig
+        cfg = load_yaml(cls(), str(path))
+        cfg.out = "runs/x"
+        cfg.validate()
