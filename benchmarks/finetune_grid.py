@@ -140,7 +140,7 @@ def comparison(cells: list[dict], methods: list[str]) -> list[str]:
             d = paired(cells, m, task)
             row += [_fmt(vals) + (f" (n={len(vals)})" if vals and len(vals) != len(base) else ""),
                     "-" if d is None else f"{d[0]:+.1f} ± {d[1]:.1f}" if d[2] > 1 else f"{d[0]:+.1f} (one seed)"]
-            if vals and len(vals) == len(base):
+            if vals and d is not None:
                 avg[m].append(statistics.fmean(vals))
                 avg_diff[m].append(d)
         lines.append("| " + " | ".join(row) + " |")
@@ -148,11 +148,13 @@ def comparison(cells: list[dict], methods: list[str]) -> list[str]:
     row = ["average", "", f"{100 * statistics.fmean(avg['vanilla']):.1f}" if n else "-"]
     for m in methods:
         if len(avg[m]) == n and n:
-            se = sum(d[1] ** 2 for d in avg_diff[m]) ** 0.5 / n
-            row += [f"{100 * statistics.fmean(avg[m]):.1f}",
+            seeds = min(d[2] for d in avg_diff[m])
+            se = sum(d[1] ** 2 for d in avg_diff[m]) ** 0.5 / n if seeds > 1 else float("nan")
+            partial = f" ({seeds} seeds so far)" if seeds < 5 else ""
+            row += [f"{100 * statistics.fmean(avg[m]):.1f}{partial}",
                     f"{statistics.fmean(d[0] for d in avg_diff[m]):+.1f} ± {se:.1f}"]
         else:
-            row += ["(incomplete)", "-"]
+            row += ["(not every task yet)", "-"]
     lines.append("| " + " | ".join(row) + " |")
     return lines
 
