@@ -152,8 +152,9 @@ class RadRegConfig:
 
 @register("regularizer", "radreg", RadRegConfig)
 class RadReg:
-    """RadReg: penalise the representation-induced Rademacher complexity on unlabeled downstream data
-    (Deng, Hong, Zhou, Mahdavi, AISTATS 2024).
+    """RadReg: penalise the Rademacher complexity of downstream heads during pretraining (Deng et al., AISTATS 2024).
+
+    The complexity is the representation-induced one, on a stream of unlabeled downstream images.
 
     The model must expose the encoder as ``model.encoder`` with ``forward_features`` (the pretraining models do),
     or ``forward_features`` itself. ``images`` (a uint8 (N, H, W, 3) array or tensor) may replace ``data``.
