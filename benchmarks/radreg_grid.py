@@ -104,8 +104,11 @@ def tune(args) -> dict:
 def overhead(args, steps: int = 12) -> dict:
     """RadReg's extra pretraining step time: MAE steps with and without it, alternating, in one process."""
     path = RESULTS / "overhead.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    choice_path = RESULTS / "choice.json"
+    choice = json.loads(choice_path.read_text()) if choice_path.exists() else {"weight": 0.1, "head": "mlp"}
+    choice = {"weight": choice["weight"], "head": choice["head"]}
+    if path.exists() and json.loads(path.read_text()).get("radreg") == choice:
+        return json.loads(path.read_text())  # measured with the chosen settings already
     import torch
 
     from gentune import registry
@@ -114,8 +117,6 @@ def overhead(args, steps: int = 12) -> dict:
     from gentune.regularizers.radreg import RadReg
     from gentune.vision_tasks import held_out_split, pixel_stats
 
-    choice = json.loads((RESULTS / "choice.json").read_text()) if (RESULTS / "choice.json").exists() else \
-        {"weight": 0.1, "head": "mlp"}
     train, _ = held_out_split(args.data, None, 5000, 0)
     mean, std = pixel_stats(train.images)
     transform = TrainTransform(32, (0.2, 1.0), mean=tuple(mean), std=tuple(std))
