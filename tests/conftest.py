@@ -75,3 +75,28 @@ def tiny(tiny_model_nodrop):
     batch = dict(tok(["a fine film", "dull , slow and far too long"], padding=True, return_tensors="pt"))
     batch["labels"] = torch.tensor([1, 0])
     return model, batch
+
+
+# A CLI with a regularizer that adds nothing and sleeps after each step, so a test can kill a run part-way.
+SLOW_CLI = '''
+import sys, time
+from gentune import registry
+from gentune.cli import main
+
+@registry.register("regularizer", "test-slow")
+class Slow:
+    """Adds no loss; sleeps after each step so a test can kill the run part-way."""
+    def __call__(self, model, batch, outputs):
+        return {}
+    def after_step(self, model):
+        time.sleep(0.3)
+
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def one_line_error(r, needle: str) -> None:
+    """The CLI's user-error contract on a CompletedProcess: exit 2 and one line ``error: ...`` naming ``needle``."""
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +75,9 @@ def test_text_checkpoint_and_errors(glue, tiny_model, tmp_path):
     assert row["kind"] == "text" and row["dim"] == 32 and "mlp" not in row["complexity"]
     assert row["heterogeneity"]["domain_accuracy"] > 0.5
 
-    def one_line(r, needle):
-        assert r.returncode == 2, r.stderr[-2000:]
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and needle in lines[0], lines
-
-    one_line(run_cli("diagnose", "--checkpoint", tiny_model, "--task", "image-classification", "--data", data,
+    one_line_error(run_cli("diagnose", "--checkpoint", tiny_model, "--task", "image-classification", "--data", data,
                      "--out", out), "a text checkpoint cannot be diagnosed on task 'image-classification'")
-    one_line(run_cli("diagnose", "--checkpoint", tmp_path / "nothing", "--task", "sst2", "--data", data,
+    one_line_error(run_cli("diagnose", "--checkpoint", tmp_path / "nothing", "--task", "sst2", "--data", data,
                      "--out", out), "nothing")
-    one_line(run_cli("diagnose", "--checkpoint", tiny_model, "--task", "sst2", "--data", tmp_path / "no.tsv",
+    one_line_error(run_cli("diagnose", "--checkpoint", tiny_model, "--task", "sst2", "--data", tmp_path / "no.tsv",
                      "--out", out), "no.tsv: no such file")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, SLOW_CLI, one_line_error, run_cli
 
 CLASSES = ["cat", "dog", "ship"]
 
@@ -119,29 +119,12 @@ def test_held_out_split_is_the_same_for_pretraining_and_every_class_subset(image
     assert len(sub) == 3 and set(sub.labels.tolist()) == {0}
 
 
-SLOW = """
-import sys, time
-from gentune import registry
-from gentune.cli import main
-
-@registry.register("regularizer", "test-slow")
-class Slow:
-    '''Adds no loss; sleeps after each step so a test can kill the run part-way.'''
-    def __call__(self, model, batch, outputs):
-        return {}
-    def after_step(self, model):
-        time.sleep(0.3)
-
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 @pytest.mark.slow
 def test_killed_pretraining_resumes_exactly(images, tmp_path):
     """Masks and augmentations come from the RNG the checkpoint restores: a killed and resumed run has the
     uninterrupted run's losses."""
     script = tmp_path / "slow.py"
-    script.write_text(SLOW)
+    script.write_text(SLOW_CLI)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     args = ["pretrain", "--data", str(images), "--max-steps", "8", *PRE, "--regularizer", "test-slow",
             "--set", "save_steps=2"]
@@ -173,30 +156,25 @@ def test_killed_pretraining_resumes_exactly(images, tmp_path):
 def test_bad_image_inputs_are_one_line_errors(images, tmp_path):
     import shutil
 
-    def one_line(r, needle):
-        assert r.returncode == 2, r.stderr[-2000:]
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
-
     bad = tmp_path / "bad"
     shutil.copytree(images, bad)
     (bad / "dog" / "broken.png").write_bytes(b"not a png")
     ft = ["finetune", "--task", "image-classification", "--out", tmp_path / "o", "--max-steps", "1",
           "--set", "val_size=9"]
-    one_line(run_cli(*ft, "--data", bad), "broken.png")
+    one_line_error(run_cli(*ft, "--data", bad), "broken.png")
     empty = tmp_path / "empty"
     shutil.copytree(images, empty)
     shutil.rmtree(empty / "cat")
     (empty / "cat").mkdir()
-    one_line(run_cli(*ft, "--data", empty), "cat")
-    one_line(run_cli(*ft, "--data", images, "--classes", "cat,horse"), "'horse'")
-    one_line(run_cli("finetune", "--task", "image-classification", "--out", tmp_path / "o"), "needs --data")
-    one_line(run_cli(*ft, "--data", images, "--init", tmp_path / "nowhere"), "no such directory")
-    one_line(run_cli("pretrain", "--data", images, "--out", tmp_path / "p", "--model", "conv-tiny", "--set", "val_size=9"),
+    one_line_error(run_cli(*ft, "--data", empty), "cat")
+    one_line_error(run_cli(*ft, "--data", images, "--classes", "cat,horse"), "'horse'")
+    one_line_error(run_cli("finetune", "--task", "image-classification", "--out", tmp_path / "o"), "needs --data")
+    one_line_error(run_cli(*ft, "--data", images, "--init", tmp_path / "nowhere"), "no such directory")
+    one_line_error(run_cli("pretrain", "--data", images, "--out", tmp_path / "p", "--model", "conv-tiny", "--set", "val_size=9"),
              "mae needs a vision transformer")
-    one_line(run_cli("pretrain", "--data", images, "--out", tmp_path / "p2", "--objective", "sequence-classification"),
+    one_line_error(run_cli("pretrain", "--data", images, "--out", tmp_path / "p2", "--objective", "sequence-classification"),
              "not a pretraining objective")
-    one_line(run_cli("pretrain", "--data", images, "--out", tmp_path / "p3", "--set", "mae.ratio=0.5"),
+    one_line_error(run_cli("pretrain", "--data", images, "--out", tmp_path / "p3", "--set", "mae.ratio=0.5"),
              "objective 'mae' has no option 'ratio'")
     assert not (tmp_path / "o" / "summary.json").exists()
 
@@ -217,17 +195,12 @@ def test_python_api(images, tmp_path):
 
 def test_review_cases(images, tmp_path):
     """Image sizes other than 32, no validation split, and the errors that must come before any work."""
-    def one_line(r, needle):
-        assert r.returncode == 2, r.stderr[-2000:]
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
-
     # 16x16 images (resized): a ViT is built for them; a 32-pixel encoder is refused for them
     pre = tmp_path / "p16"
     r = run_cli("pretrain", "--data", images, "--out", pre, "--max-steps", "2", *PRE, "--set", "image_size=16")
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((pre / "encoder" / "gentune.json").read_text())["config"]["image_size"] == 16
-    one_line(run_cli("finetune", "--task", "image-classification", "--data", images, "--init", pre / "encoder",
+    one_line_error(run_cli("finetune", "--task", "image-classification", "--data", images, "--init", pre / "encoder",
                      "--out", tmp_path / "f32", "--max-steps", "1", "--set", "val_size=9"),
              "pretrained on 16x16 images")
     # no validation data: the final model is saved as best/
@@ -239,11 +212,11 @@ def test_review_cases(images, tmp_path):
     # options and regularizers that cannot work are one-line errors
     ft = ["finetune", "--task", "image-classification", "--data", images, "--out", tmp_path / "x", "--max-steps", "1",
           "--set", "val_size=9", "--model", "vit-micro-p4"]
-    one_line(run_cli(*ft, "--train-size", "10"), "train_size applies to text tasks only")
-    one_line(run_cli("finetune", "--task", "rte", "--out", tmp_path / "y", "--linear-probe"),
+    one_line_error(run_cli(*ft, "--train-size", "10"), "train_size applies to text tasks only")
+    one_line_error(run_cli("finetune", "--task", "rte", "--out", tmp_path / "y", "--linear-probe"),
              "linear_probe applies to image-classification tasks only")
-    one_line(run_cli(*ft, "--regularizer", "smart-adv"), "regularizer 'smart-adv' does not work with this model")
+    one_line_error(run_cli(*ft, "--regularizer", "smart-adv"), "regularizer 'smart-adv' does not work with this model")
     pt = ["pretrain", "--data", images, "--out", tmp_path / "z", "--max-steps", "1", *PRE]
-    one_line(run_cli(*pt, "--set", "mae.mask_ratio=0"), "mask_ratio must be in (0, 1)")
-    one_line(run_cli(*pt, "--set", "mae.decoder_heads=3"), "decoder_dim (128) must be a multiple")
-    one_line(run_cli(*pt, "--regularizer", "bregman"), "regularizer 'bregman' does not work with this model")
+    one_line_error(run_cli(*pt, "--set", "mae.mask_ratio=0"), "mask_ratio must be in (0, 1)")
+    one_line_error(run_cli(*pt, "--set", "mae.decoder_heads=3"), "decoder_dim (128) must be a multiple")
+    one_line_error(run_cli(*pt, "--regularizer", "bregman"), "regularizer 'bregman' does not work with this model")

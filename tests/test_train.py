@@ -15,7 +15,7 @@ import yaml
 import gentune
 from gentune.errors import GentuneError
 
-from conftest import ROOT
+from conftest import ROOT, SLOW_CLI
 
 
 def _kshot(glue, task_dir, split):
@@ -112,23 +112,6 @@ def test_alike_term_names_are_both_kept_and_a_repeated_name_is_refused(glue, tin
         train[-1]["task"] + train[-1]["smart_adv"] + train[-1]["bregman"] + train[-1]["bregman/bregman"], rel=1e-5)
     with pytest.raises(GentuneError, match="twice"):
         gentune.finetune(**_args(glue, tiny_model, tmp_path / "dup", max_steps=1, regularizer=["l2sp", "l2sp"]))
-
-
-SLOW_CLI = """
-import sys, time
-from gentune import registry
-from gentune.cli import main
-
-@registry.register("regularizer", "test-slow")
-class Slow:
-    '''Adds no loss; sleeps after each step so a test can kill the run part-way.'''
-    def __call__(self, model, batch, outputs):
-        return {}
-    def after_step(self, model):
-        time.sleep(0.4)
-
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def _cli_args(glue, tiny, out, regs=()):

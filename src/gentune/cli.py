@@ -20,7 +20,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
 
 
+def _run_flags(p: argparse.ArgumentParser, defaults, options: str) -> None:
+    """The flags every training command shares, with the defaults of its config class in the help."""
+    p.add_argument("--epochs", type=float, help=f"training epochs (default {defaults.epochs:g})")
+    p.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
+    p.add_argument("--batch-size", type=int, help=f"global batch size (default {defaults.batch_size})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {defaults.lr:g})")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--regularizer", action="extend", nargs="+", metavar="NAME", help="regularizer(s) to add")
+    p.add_argument("--config", help="YAML file of config keys (flags and --set override it)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override any config key, or {options}")
+
+
 def _parser() -> argparse.ArgumentParser:
+    from .config import FinetuneConfig, PretrainConfig
+
     p = _Parser(prog="gentune", description="Generalization-aware pretraining and fine-tuning.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -45,17 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     img.add_argument("--linear-probe", action="store_const", const=True, help="freeze the encoder, train the head")
     ft.add_argument("--model", help="Hugging Face model name or path (default: all-MiniLM-L6-v2); images without "
                                     "--init: an encoder name (default vit-tiny-p4)")
-    ft.add_argument("--epochs", type=float, help="training epochs (default 3)")
-    ft.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
-    ft.add_argument("--batch-size", type=int, help="global batch size (default 16)")
-    ft.add_argument("--lr", type=float, help="peak learning rate (default 1e-4)")
     ft.add_argument("--max-length", type=int, help="maximum tokens per example (default 128)")
     ft.add_argument("--train-size", type=int, help="seeded, label-stratified subsample of the training set")
-    ft.add_argument("--seed", type=int)
-    ft.add_argument("--regularizer", action="extend", nargs="+", metavar="NAME", help="regularizer(s) to add")
-    ft.add_argument("--config", help="YAML file of config keys (flags and --set override it)")
-    ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override any config key, or a regularizer option as NAME.OPTION=VALUE")
+    _run_flags(ft, FinetuneConfig(), "a regularizer option as NAME.OPTION=VALUE")
 
     pt = sub.add_parser("pretrain", help="unsupervised pretraining of an image encoder (mae, context-encoder)",
                         description="Pretrain an image encoder on an image folder or archive (labels ignored); "
@@ -65,17 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--data", help="an image folder <root>/<class>/<file>, or a .tar.gz of one")
     pt.add_argument("--out", help="run directory (config, metrics, plots, encoder/, reconstructions.png)")
     pt.add_argument("--model", help="encoder name (default vit-tiny-p4 for mae, conv-small for context-encoder)")
-    pt.add_argument("--epochs", type=float, help="training epochs (default 10)")
-    pt.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
-    pt.add_argument("--batch-size", type=int, help="global batch size (default 256)")
-    pt.add_argument("--lr", type=float, help="peak learning rate (default 1.5e-3)")
-    pt.add_argument("--seed", type=int)
-    pt.add_argument("--regularizer", action="extend", nargs="+", metavar="NAME", help="regularizer(s) to add")
     pt.add_argument("--radreg-data", metavar="PATH", help="unlabeled downstream images for RadReg (adds --regularizer "
                                                           "radreg)")
-    pt.add_argument("--config", help="YAML file of config keys (flags and --set override it)")
-    pt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override any config key, or an objective/regularizer option as NAME.OPTION=VALUE")
+    _run_flags(pt, PretrainConfig(), "an objective/regularizer option as NAME.OPTION=VALUE")
 
     dg = sub.add_parser("diagnose", help="generalization diagnostics of checkpoints (JSON and an HTML report)",
                         description="Representation-induced Rademacher complexity (with intervals, the bound and "
