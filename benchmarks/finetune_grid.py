@@ -42,10 +42,10 @@ SEEDS = [13, 21, 42, 87, 100]
 NOTES = {
     "smart-comparison": [
         "",
-        "- In progress (2026-11-26): seeds 13, 21 and 42 of SMART are in; seeds 87 and 100, then the `smart-adv` and",
+        "- In progress (2026-11-26): seeds 13, 21, 42 and 87 of SMART are in; seed 100, then the `smart-adv` and",
         "  `r3f` arms, follow in later sessions (the cells resume). So far, at the paper's defaults (lambda_s 1,",
         "  eps 1e-5, mu 1; not tuned), SMART is above vanilla on RTE, STS-B and SST-2 and below it on MRPC (F1) and",
-        "  CoLA (MCC); the task average, +0.7 ± 0.5, is short of the +1.0 the issue asks for. At eps 1e-5 with",
+        "  CoLA (MCC); the task average, +0.8 ± 0.4, is short of the +1.0 the issue asks for. At eps 1e-5 with",
         "  dropout on, R_s is mostly a dropout-consistency term (docs/methods/smart.md).",
     ],
     "smart-cost": [
