@@ -120,6 +120,36 @@ def test_malformed_files_name_file_and_line(tmp_path, task, name, content, needl
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "task,name,content,texts",
+    [
+        ("sst2", "test.tsv", "index\tsentence\n0\tgood film\n1\tbad film\n", [("good film", None), ("bad film", None)]),
+        ("sst2", "dev.tsv", "sentence\tlabel\ngood film\t1\n", [("good film", None)]),  # a label is ignored
+        ("rte", "test.tsv", "index\tsentence1\tsentence2\n0\ta\tb\n", [("a", "b")]),
+        ("cola", "test.tsv", "src\t\t\tfirst\nsrc\t\t\tsecond\n", [("first", None), ("second", None)]),
+        ("stsb", "test.json", '[{"text_a": "a", "text_b": "b"}]', [("a", "b")]),
+        ("mr", "test.csv", "just a sentence\n1,with a label\n", [("just a sentence", None), ("with a label", None)]),
+    ],
+)
+def test_unlabelled_files_read_texts_only(tmp_path, task, name, content, texts):
+    path = tmp_path / name
+    path.write_text(content)
+    ds = read_file(get_task(task), path, labelled=False)
+    assert list(zip(ds["text_a"], ds["text_b"])) == texts
+    labels = np.asarray(ds["label"], dtype=float)
+    assert np.isnan(labels).all() if get_task(task).is_regression else (labels == -1).all()
+    if name.startswith("test"):  # the same file is an error when labels are required
+        with pytest.raises(GentuneError):
+            read_file(get_task(task), path)
+
+
+def test_unlabelled_reading_still_checks_texts(tmp_path):
+    path = tmp_path / "test.tsv"
+    path.write_text("index\tsentence1\n0\ta\n")
+    with pytest.raises(GentuneError, match="header has no column 'sentence2'"):
+        read_file(get_task("rte"), path, labelled=False)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(GentuneError, match="no such file"):
         read_file(get_task("rte"), tmp_path / "nope.tsv")

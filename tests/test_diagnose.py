@@ -65,14 +65,20 @@ def test_image_checkpoints_json_report_gap_and_cache(folders, tmp_path, monkeypa
 
 def test_text_checkpoint_and_errors(glue, tiny_model, tmp_path):
     data = glue / "k-shot/SST-2/16-13/train.tsv"
+    test_like = tmp_path / "test.tsv"  # GLUE's test layout: an index, the sentence, no label column
+    rows = [l.split("\t")[0] for l in data.read_text().splitlines()[1:]]
+    test_like.write_text("index\tsentence\n" + "".join(f"{i}\t{t}\n" for i, t in enumerate(rows)))
     out = tmp_path / "t"
     other = tmp_path / "other.txt"  # plain text, one sentence a line, unlabelled: the "pretraining" side
     other.write_text("\n".join(f"sentence number {i} about the stock market" for i in range(20)) + "\n")
-    r = run_cli("diagnose", "--checkpoint", tiny_model, "--task", "sst2", "--data", data, "--out", out,
+    r = run_cli("diagnose", "--checkpoint", tiny_model, "--task", "sst2", "--data", test_like, "--out", out,
                 "--n-sigma", "30", "--no-mlp", "--pretrain-data", other, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
-    row = json.loads((out / "diagnostics.json").read_text())["checkpoints"][0]
+    assert "read " + str(test_like) + " without labels" in r.stderr
+    res = json.loads((out / "diagnostics.json").read_text())
+    row = res["checkpoints"][0]
     assert row["kind"] == "text" and row["dim"] == 32 and "mlp" not in row["complexity"]
+    assert res["n"] == len(rows)
     assert row["heterogeneity"]["domain_accuracy"] > 0.5
 
     one_line_error(run_cli("diagnose", "--checkpoint", tiny_model, "--task", "image-classification", "--data", data,

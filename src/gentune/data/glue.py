@@ -9,6 +9,8 @@ Formats (every one is also what held-out test files of the same task look like):
 
 Every reader returns a :class:`datasets.Dataset` with columns ``text_a``, ``text_b`` and ``label`` (a class index,
 or a float score for regression). Malformed input raises :class:`GentuneError` naming the file and line.
+With ``labelled=False`` the label column of the file is neither needed nor read (GLUE's unlabelled ``test.tsv``,
+a JSON file without ``label``, a one-column CSV) and every ``label`` is -1 (NaN for regression).
 """
 
 from __future__ import annotations
@@ -65,15 +67,22 @@ def _finish(task: TaskSpec, rows: list[dict], path: Path):
     return datasets.Dataset.from_list(rows, features=features)
 
 
+_UNLABELLED = object()  # the label of a row read with labelled=False
+
+
 def _example(task: TaskSpec, text_a, text_b, label, where: str) -> dict:
     if text_a is None or not isinstance(text_a, str):
         raise GentuneError(f"{where}: missing text")
     if text_b is not None and not isinstance(text_b, str):
         raise GentuneError(f"{where}: text_b is not a string")
-    return {"text_a": text_a, "text_b": text_b, "label": _label_value(task, label, where)}
+    if label is _UNLABELLED:
+        value = float("nan") if task.is_regression else -1
+    else:
+        value = _label_value(task, label, where)
+    return {"text_a": text_a, "text_b": text_b, "label": value}
 
 
-def read_json(task: TaskSpec, path: Path):
+def read_json(task: TaskSpec, path: Path, labelled: bool = True):
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
@@ -84,17 +93,17 @@ def read_json(task: TaskSpec, path: Path):
     rows = []
     for key, obj in items:
         where = f"{path}: example {key}"
-        if not isinstance(obj, dict) or "text_a" not in obj or "label" not in obj:
+        if not isinstance(obj, dict) or "text_a" not in obj or (labelled and "label" not in obj):
             raise GentuneError(f"{where}: expected an object with text_a, text_b and label")
         if task.text_pair and obj.get("text_b") is None:
             raise GentuneError(f"{where}: task {task.name} needs text_b")
-        if str(obj["label"]).strip() in task.skip_labels:
+        if labelled and str(obj["label"]).strip() in task.skip_labels:
             continue
-        rows.append(_example(task, obj["text_a"], obj.get("text_b"), obj["label"], where))
+        rows.append(_example(task, obj["text_a"], obj.get("text_b"), obj["label"] if labelled else _UNLABELLED, where))
     return _finish(task, rows, path)
 
 
-def read_tsv(task: TaskSpec, path: Path):
+def read_tsv(task: TaskSpec, path: Path, labelled: bool = True):
     layout = task.tsv
     if layout is None:
         raise GentuneError(f"{path}: task {task.name} has no TSV layout")
@@ -109,7 +118,7 @@ def read_tsv(task: TaskSpec, path: Path):
         cols = {}
         for role in ("text_a", "text_b", "label"):
             name = getattr(layout, role)
-            if name is None:
+            if name is None or (role == "label" and not labelled):
                 continue
             if name not in header:
                 raise GentuneError(
@@ -119,7 +128,8 @@ def read_tsv(task: TaskSpec, path: Path):
         width = len(header)
         start = 1
     else:
-        cols = {r: getattr(layout, r) for r in ("text_a", "text_b", "label") if getattr(layout, r) is not None}
+        roles = ("text_a", "text_b", "label") if labelled else ("text_a", "text_b")
+        cols = {r: getattr(layout, r) for r in roles if getattr(layout, r) is not None}
         width = max(cols.values()) + 1
     for lineno, line in enumerate(lines[start:], start=start + 1):
         if not line.strip():
@@ -127,18 +137,21 @@ def read_tsv(task: TaskSpec, path: Path):
         fields = line.split("\t")
         where = f"{path}:{lineno}"
         too_few = len(fields) < width
-        too_many = len(fields) > width and not layout.label_last
+        too_many = len(fields) > width and not layout.label_last and labelled
         if too_few or too_many:
             raise GentuneError(f"{where}: expected {width} tab-separated fields, found {len(fields)}")
-        label = fields[-1] if layout.label_last else fields[cols["label"]]
-        if label.strip() in task.skip_labels:
-            continue
+        if labelled:
+            label = fields[-1] if layout.label_last else fields[cols["label"]]
+            if label.strip() in task.skip_labels:
+                continue
+        else:
+            label = _UNLABELLED
         text_b = fields[cols["text_b"]] if "text_b" in cols else None
         rows.append(_example(task, fields[cols["text_a"]], text_b, label, where))
     return _finish(task, rows, path)
 
 
-def read_csv(task: TaskSpec, path: Path):
+def read_csv(task: TaskSpec, path: Path, labelled: bool = True):
     rows = []
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
@@ -147,16 +160,20 @@ def read_csv(task: TaskSpec, path: Path):
                 where = f"{path}:{reader.line_num}"
                 if not record:
                     continue
+                if not labelled and len(record) == 1:  # a bare sentence
+                    rows.append(_example(task, record[0], None, _UNLABELLED, where))
+                    continue
                 if len(record) != 2:
                     raise GentuneError(f"{where}: expected 2 comma-separated fields (label,sentence), found {len(record)}")
-                rows.append(_example(task, record[1], None, record[0], where))
+                rows.append(_example(task, record[1], None, record[0] if labelled else _UNLABELLED, where))
         except csv.Error as e:
             raise GentuneError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
     return _finish(task, rows, path)
 
 
-def read_file(task: TaskSpec, path: str | os.PathLike):
-    """Read any supported file of ``task`` (format by extension) into a Dataset.
+def read_file(task: TaskSpec, path: str | os.PathLike, labelled: bool = True):
+    """Read any supported file of ``task`` (format by extension) into a Dataset; ``labelled=False`` reads the
+    texts only (labels -1, or NaN for regression), so a file without its label column works too.
 
     Raises:
         GentuneError: missing, empty or malformed file, a bad row (with its line) or a label outside the task.
@@ -168,11 +185,11 @@ def read_file(task: TaskSpec, path: str | os.PathLike):
         raise GentuneError(f"{path}: empty file")
     suffix = path.suffix.lower()
     if suffix in (".json", ".jsonl"):
-        return read_json(task, path)
+        return read_json(task, path, labelled)
     if suffix == ".tsv":
-        return read_tsv(task, path)
+        return read_tsv(task, path, labelled)
     if suffix == ".csv":
-        return read_csv(task, path)
+        return read_csv(task, path, labelled)
     raise GentuneError(f"{path}: unknown file type {suffix!r} (expected .json, .tsv or .csv)")
 
 
