@@ -13,6 +13,7 @@ steps on the same examples as one process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -331,11 +332,14 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
     # evaluation and checkpoint saving subtracted (they are not per-step costs).
     mark = time.perf_counter()
 
-    def lap() -> None:
+    @contextlib.contextmanager
+    def untimed():
+        """Evaluation and checkpoint saving: not per-step costs, so left out of the loop time."""
         nonlocal mark
-        now = time.perf_counter()
-        state.loop_seconds += now - mark
-        mark = now
+        state.loop_seconds += time.perf_counter() - mark
+        yield
+        mark = time.perf_counter()
+
     while state.step < total_steps:
         train_dl.set_epoch(state.epoch)  # accelerate re-applies its own epoch counter on iteration
         sampler.set_epoch(state.epoch)
@@ -393,9 +397,8 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
             log.write(record)
             postfix = {"loss": f"{record['loss']:.4f}"}
             if cfg.eval_steps > 0 and state.step % cfg.eval_steps == 0 and state.step < total_steps:
-                lap()
-                last_dev = run_eval()
-                mark = time.perf_counter()
+                with untimed():
+                    last_dev = run_eval()
             if last_dev:
                 postfix[job.main_metric] = f"{last_dev[job.main_metric]:.4f}"
             bar.set_postfix(postfix, refresh=False)
@@ -403,23 +406,21 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
             if state.step >= total_steps:
                 break
             if cfg.save_steps > 0 and state.step % cfg.save_steps == 0:
-                lap()
-                _save_resume_checkpoint(accelerator, out, state)
-                mark = time.perf_counter()
+                with untimed():
+                    _save_resume_checkpoint(accelerator, out, state)
         else:
             state.epoch += 1
             state.batch_in_epoch = 0
             if state.step < total_steps:
-                lap()
-                every = cfg.eval_every_epochs
-                # eval_steps may have just evaluated this step
-                if every > 0 and state.epoch % every == 0 and state.last_eval_step != state.step:
-                    last_dev = run_eval()
-                _save_resume_checkpoint(accelerator, out, state)
-                mark = time.perf_counter()
+                with untimed():
+                    every = cfg.eval_every_epochs
+                    # eval_steps may have just evaluated this step
+                    if every > 0 and state.epoch % every == 0 and state.last_eval_step != state.step:
+                        last_dev = run_eval()
+                    _save_resume_checkpoint(accelerator, out, state)
             continue
         break
-    lap()
+    state.loop_seconds += time.perf_counter() - mark
     bar.close()
     final_dev = run_eval() if state.last_eval_step != state.step else (last_dev or state.best_dev)
     summary = {
