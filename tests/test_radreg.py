@@ -166,3 +166,27 @@ def test_two_pretraining_steps_through_the_loop(tmp_path, monkeypatch):
         assert rec["loss"] == pytest.approx(rec["task"] + rec["radreg"], rel=1e-5)
     cfg = (out / "config.yaml").read_text()
     assert "radreg" in cfg and "data:" in cfg
+
+
+def test_two_processes_share_the_downstream_batch_and_get_the_one_process_gradient(tmp_path):
+    """Under DDP each of 2 processes encodes half of RadReg's downstream batch and gathers the rest; the encoder's
+    gradient is the one a single process gets from the whole batch (linear closed form and MLP ascent heads)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _radreg_ddp_worker import grads
+
+    out = tmp_path / "grads.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(Path(__file__).parent / "_radreg_ddp_worker.py"), str(out)],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = torch.load(out)
+    for head in ("linear", "mlp"):
+        g, encoded = grads(head, ddp=False)
+        assert encoded == 16 and two[head]["encoded"] == 8  # 2 steps of 8 images, halved per process
+        assert torch.allclose(two[head]["grad"], g, atol=1e-6), (head, (two[head]["grad"] - g).abs().max())

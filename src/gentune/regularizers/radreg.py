@@ -18,7 +18,8 @@ so the penalty cannot be met by shrinking the features (which a decoder would un
   lambda * (1/m) sum_j (1/n) sum_i sigma_ij f_j(h~_i) at the current heads.
 
 The downstream images are their own stream (``data``), cycled with the regularizer's own generator and saved in
-its state, so a resumed run continues exactly.
+its state, so a resumed run continues exactly. Under DDP each process encodes its share of the downstream batch
+(``RadReg._features``), so the regularizer's cost per process falls with the number of processes.
 """
 
 from __future__ import annotations
@@ -131,6 +132,25 @@ def ascent(heads: torch.nn.Module, h: torch.Tensor, signs: torch.Tensor, steps: 
         heads.project()
 
 
+class _GatherShares(torch.autograd.Function):
+    """Every process's (share, d) block, concatenated in rank order; the backward sums the gradient over processes
+    and returns this process's rows."""
+
+    @staticmethod
+    def forward(ctx, share: torch.Tensor) -> torch.Tensor:
+        dist = torch.distributed
+        parts = [torch.empty_like(share) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, share.contiguous())
+        ctx.rows = (dist.get_rank() * len(share), (dist.get_rank() + 1) * len(share))
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad)
+        return grad[ctx.rows[0]:ctx.rows[1]]
+
+
 @dataclass
 class RadRegConfig:
     weight: float = 0.1  # lambda
@@ -209,12 +229,28 @@ class RadReg:
             x = (x - mean) / torch.tensor(self.std, device=device).view(1, 3, 1, 1)
         return x, idx
 
+    @staticmethod
+    def _features(encoder, x: torch.Tensor) -> torch.Tensor:
+        """h(x) of the whole downstream batch. Under torch.distributed every process draws the same batch, encodes
+        only its 1/P share and gathers the others' with their gradients, so each holds the h one process would.
+
+        The gradient stays exact: every process computes the same penalty, so the gather's backward (a sum over
+        processes) hands each share P times its gradient, and DDP's average over processes divides it back. A
+        batch that does not split evenly is encoded whole on every process (correct, P times the work).
+        """
+        dist = torch.distributed
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if world == 1 or len(x) % world:
+            return encoder.forward_features(x)
+        share, rank = len(x) // world, dist.get_rank()
+        return _GatherShares.apply(encoder.forward_features(x[rank * share:(rank + 1) * share]))
+
     def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
         inner = unwrap(model)
         encoder = getattr(inner, "encoder", inner)
         device = next(encoder.parameters()).device
         x, idx = self._batch(device)
-        h = widen(encoder.forward_features(x))
+        h = widen(self._features(encoder, x))
         if self.normalize:
             h = normalize_scale(h)
         if self.head == "linear":  # the closed form: fresh signs every step
