@@ -87,3 +87,29 @@ def test_text_checkpoint_and_errors(glue, tiny_model, tmp_path):
                      "--out", out), "nothing")
     one_line_error(run_cli("diagnose", "--checkpoint", tiny_model, "--task", "sst2", "--data", tmp_path / "no.tsv",
                      "--out", out), "no.tsv: no such file")
+
+
+def test_feature_cache_key_follows_every_file_of_the_data(folders, tmp_path):
+    """The cache is keyed on the checkpoint's and the data's files (path, size, mtime of each): an untouched
+    folder reads the cache, changing one file (the last) recomputes."""
+    import shutil
+
+    from gentune.diagnose import Representation, extract
+
+    data = tmp_path / "down"
+    shutil.copytree(folders / "down", data)
+    calls = []
+
+    def fn(x):
+        calls.append(len(x))
+        return x.flatten(1)[:, :4]
+
+    rep = Representation("features-of-pixels", "image", fn, {"mean": [0.5] * 3, "std": [0.25] * 3})
+    first, labels = extract(rep, "image-classification", str(data), tmp_path / "cache")
+    assert first.shape == (24, 4) and sorted(set(labels.tolist())) == [0, 1] and len(calls) == 1
+    again, _ = extract(rep, "image-classification", str(data), tmp_path / "cache")
+    assert len(calls) == 1 and np.array_equal(again, first)
+    last = sorted(p for p in data.rglob("*") if p.is_file())[-1]
+    last.write_bytes((folders / "down" / "cat" / "0.png").read_bytes())
+    changed, _ = extract(rep, "image-classification", str(data), tmp_path / "cache")
+    assert len(calls) == 2 and not np.array_equal(changed, first)

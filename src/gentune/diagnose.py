@@ -132,9 +132,13 @@ def _batches_image(rep: Representation, data: str, limit: int, seed: int):
 
 def extract(rep: Representation, task: str, data: str, cache: Path, limit: int = 2000, seed: int = 0):
     """(features (n, d) float32, labels (n,)) of ``data``, cached under ``cache`` by checkpoint, data and limit."""
-    def stamp(path: Path) -> list:  # a retrained checkpoint or changed data gets a new key
+    def stamp(path: Path) -> str:  # a retrained checkpoint or changed data (any of its files) gets a new key
         files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file()) if path.exists() else []
-        return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files[:10000]]
+        digest = hashlib.sha256()
+        for f in files:
+            st = f.stat()
+            digest.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
 
     key = hashlib.sha256(json.dumps([str(Path(rep.name).resolve()) if Path(rep.name).exists() else rep.name,
                                      stamp(Path(rep.name)), str(Path(data).resolve()), stamp(Path(data)), task,
