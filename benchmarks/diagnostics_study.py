@@ -80,7 +80,28 @@ def make_missing(args) -> None:
     encoder, flags = pg.PRETRAIN["context-encoder"]
     flags = list(flags)
     flags[flags.index("--epochs") + 1] = "2"
-    pg.run_pretrain("context-encoder-2ep", "context-encoder", encoder, flags, args, RESULTS, RUNS)
+    pg.run_pretrain("context-encoder-2ep", "context-encoder", encoder, flags, args, RESULTS, RUNS,
+                    need_encoder=not _done("context-encoder-2ep"))
+
+
+def _done(name: str) -> bool:
+    """Whether every cell of a checkpoint (its measurement and each seed's fine-tuning) is written."""
+    return (RESULTS / "measure" / f"{name}.json").exists() and all(
+        (RESULTS / "finetune" / f"{name}_seed{s}.json").exists() for s in SEEDS)
+
+
+def restore(name: str, args) -> None:
+    """The other grids' encoders are in runs/, which is not committed: when a later session lacks one that a
+    missing cell needs, pretrain it again through its grid (same command and seed); a grid never run is left
+    to its own script."""
+    import radreg_grid as rg
+
+    if name in ("mae", "context-encoder") and (pg.RESULTS / "pretrain" / f"{name}.json").exists():
+        pg.pretrain_cell(name, args, need_encoder=True)
+    elif name == "mae-2ep" and (rg.RESULTS / "tune" / "pretrain" / "mae-short.json").exists():
+        rg.short_mae(args, need_encoder=True)
+    elif name == "mae+radreg" and (rg.RESULTS / "choice.json").exists():
+        rg.radreg_pretrain("cat-dog", json.loads((rg.RESULTS / "choice.json").read_text()), args, need_encoder=True)
 
 
 def finetune(name: str, info: dict, seed: int, args) -> dict:
@@ -108,7 +129,9 @@ def measure(name: str, info: dict, args) -> dict:
     from gentune.diagnose import diagnose
 
     if info["kind"] == "image":
-        pool = ROOT / "runs" / "radreg_grid" / "downstream" / "cat-dog"  # written by radreg_grid.py
+        import radreg_grid as rg
+
+        pool = rg.downstream_pool("cat-dog", args)  # the cat-dog training pool, held-out images excluded
         task, data, other = "image-classification", str(pool), args.data
     else:
         # no text "pretraining distribution" file in the task's format here: heterogeneity is image-only
@@ -166,7 +189,9 @@ def main() -> int:
     if not args.render:
         make_missing(args)
         for name, info in checkpoints().items():
-            if info["kind"] == "image" and not Path(info["path"]).exists():
+            if info["kind"] == "image" and not Path(info["path"]).exists() and not _done(name):
+                restore(name, args)
+            if info["kind"] == "image" and not Path(info["path"]).exists() and not _done(name):
                 print(f"[miss] {name}: {info['path']} (run pretrain_grid.py / radreg_grid.py first)")
                 continue
             measure(name, info, args)

@@ -32,6 +32,7 @@ import datetime as dt
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -75,13 +76,21 @@ def _evals(out: Path) -> list[dict]:
     return [r for r in map(json.loads, lines) if r.get("type") == "eval"]
 
 
-def run_pretrain(name: str, objective: str, encoder: str, flags: list[str], args, results: Path, runs: Path) -> Path:
-    """One pretraining run as a cell: results/pretrain/NAME.json, the run in runs/pretrain/NAME (resumable)."""
+def run_pretrain(name: str, objective: str, encoder: str, flags: list[str], args, results: Path, runs: Path,
+                 need_encoder: bool = False) -> Path:
+    """One pretraining run as a cell: results/pretrain/NAME.json, the run in runs/pretrain/NAME (resumable).
+
+    ``need_encoder``: a finished cell whose encoder is gone (runs/ is not committed, a later session may lack it)
+    is pretrained again with the same command and seed, for the fine-tuning cells that still need it.
+    """
     cell = results / "pretrain" / f"{name}.json"
-    if cell.exists():
+    out = runs / "pretrain" / name
+    if cell.exists() and not (need_encoder and not (out / "encoder").is_dir()):
         print(f"[skip] pretrain {name}")
         return cell
-    out = runs / "pretrain" / name
+    if cell.exists():
+        print(f"[redo] pretrain {name}: its encoder is not in {out.relative_to(ROOT)} any more", flush=True)
+        shutil.rmtree(out, ignore_errors=True)  # else gentune would return the finished run's summary
     cmd = ["pretrain", "--objective", objective, "--model", encoder, "--data", args.data,
            "--out", str(out.relative_to(ROOT)), *flags, *args.pretrain_extra]
     t0 = time.time()
@@ -94,12 +103,15 @@ def run_pretrain(name: str, objective: str, encoder: str, flags: list[str], args
 
 
 def run_finetune(task: str, arm: str, seed: int, init: Path | None, encoder: str, args, results: Path,
-                 runs: Path, extra: tuple[str, ...] = ()) -> Path:
-    """One fine-tuning cell: results/finetune/TASK/ARM_seedS.json (``init`` None: from scratch)."""
+                 runs: Path, extra: tuple[str, ...] = (), make_init=None) -> Path:
+    """One fine-tuning cell: results/finetune/TASK/ARM_seedS.json (``init`` None: from scratch; ``make_init()``
+    pretrains it again when it is missing)."""
     cell = results / "finetune" / task / f"{arm}_seed{seed}.json"
     if cell.exists():
         print(f"[skip] {task} {arm} seed {seed}")
         return cell
+    if init is not None and not init.exists() and make_init is not None:
+        make_init()
     start = ["--init", str(init.relative_to(ROOT))] if init else ["--init", "none", "--model", encoder]
     out = runs / "finetune" / task / arm / f"seed{seed}"
     cmd = ["finetune", "--task", "image-classification", "--data", args.data, *start, *TASKS[task],
@@ -113,15 +125,16 @@ def run_finetune(task: str, arm: str, seed: int, init: Path | None, encoder: str
     return cell
 
 
-def pretrain_cell(objective: str, args) -> Path:
+def pretrain_cell(objective: str, args, need_encoder: bool = False) -> Path:
     encoder, flags = PRETRAIN[objective]
-    return run_pretrain(objective, objective, encoder, flags, args, RESULTS, RUNS)
+    return run_pretrain(objective, objective, encoder, flags, args, RESULTS, RUNS, need_encoder)
 
 
 def finetune_cell(task: str, arm: str, seed: int, args) -> Path:
     objective, encoder = ARMS[arm]
     init = RUNS / "pretrain" / objective / "encoder" if objective else None
-    return run_finetune(task, arm, seed, init, encoder, args, RESULTS, RUNS)
+    return run_finetune(task, arm, seed, init, encoder, args, RESULTS, RUNS,
+                        make_init=lambda: pretrain_cell(objective, args, need_encoder=True))
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:

@@ -73,6 +73,20 @@ def _flags(choice: dict, task: str, args, epochs: str | None = None) -> list[str
             "--set", f"radreg.weight={choice['weight']}", "--set", f"radreg.head={choice['head']}"]
 
 
+def short_mae(args, need_encoder: bool = False) -> Path:
+    """Plain MAE pretrained for TUNE_EPOCHS: the tuning reference (and a checkpoint of the diagnostics study)."""
+    encoder, flags = pg.PRETRAIN["mae"][0], list(pg.PRETRAIN["mae"][1])
+    flags[flags.index("--epochs") + 1] = TUNE_EPOCHS
+    return pg.run_pretrain("mae-short", "mae", encoder, flags, args, RESULTS / "tune", RUNS / "tune", need_encoder)
+
+
+def radreg_pretrain(task: str, choice: dict, args, need_encoder: bool = False) -> Path:
+    """MAE + RadReg at the full budget, the task's training pool as RadReg's unlabeled data."""
+    encoder = pg.PRETRAIN["mae"][0]
+    return pg.run_pretrain(f"mae+radreg-{task}", "mae", encoder, _flags(choice, task, args), args, RESULTS, RUNS,
+                           need_encoder)
+
+
 def tune(args) -> dict:
     path = RESULTS / "choice.json"
     if path.exists():
@@ -80,9 +94,7 @@ def tune(args) -> dict:
     encoder = pg.PRETRAIN["mae"][0]
     rows = []
     # the reference: plain MAE under the same shortened protocol
-    flags = [f for f in pg.PRETRAIN["mae"][1]]
-    flags[flags.index("--epochs") + 1] = TUNE_EPOCHS
-    pg.run_pretrain("mae-short", "mae", encoder, flags, args, RESULTS / "tune", RUNS / "tune")
+    short_mae(args)
     ref = pg.run_finetune("cat-dog", "mae-short", TUNE_SEED, RUNS / "tune" / "pretrain" / "mae-short" / "encoder", encoder,
                           args, RESULTS / "tune", RUNS / "tune", TUNE_FINETUNE)
     reference = json.loads(ref.read_text())["summary"]["final_dev"]["accuracy"]
@@ -208,13 +220,13 @@ def main() -> int:
             choice = tune(args)
             encoder = pg.PRETRAIN["mae"][0]
             for task in args.tasks:
-                pg.run_pretrain(f"mae+radreg-{task}", "mae", encoder, _flags(choice, task, args), args, RESULTS,
-                                RUNS)
+                radreg_pretrain(task, choice, args)
             if args.stage != "pretrain":
                 for seed in args.seeds:
                     for task in args.tasks:
                         init = RUNS / "pretrain" / f"mae+radreg-{task}" / "encoder"
-                        pg.run_finetune(task, "mae+radreg", seed, init, encoder, args, RESULTS, RUNS)
+                        pg.run_finetune(task, "mae+radreg", seed, init, encoder, args, RESULTS, RUNS,
+                                        make_init=lambda task=task: radreg_pretrain(task, choice, args, True))
                         pg._write_doc()
         if args.stage in ("all", "overhead"):
             overhead(args)
