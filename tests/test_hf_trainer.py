@@ -105,13 +105,38 @@ def test_compute_loss_is_parent_loss_plus_terms(tiny_model_nodrop, data, tmp_pat
     assert isinstance(plain, torch.Tensor) and plain.ndim == 0
     torch.testing.assert_close(plain, ce + penalty)
 
-    # num_items_in_batch goes to the parent unchanged; as the Trainer then does not divide by the micro-batch
-    # count, the per-micro-batch terms are divided by it instead
+    # num_items_in_batch goes to the parent unchanged. A BERT classifier takes **kwargs but its loss ignores it:
+    # the Trainer then neither divides the loss by the micro-batch count nor expects the model to, so the terms
+    # are not divided either (they keep their weight relative to the task loss)
     n = torch.tensor(4)
     trainer.current_gradient_accumulation_steps = 2
     assert trainer.model_accepts_loss_kwargs
     parent = Trainer.compute_loss(trainer, model, batch, num_items_in_batch=n)
-    torch.testing.assert_close(trainer.compute_loss(model, batch, num_items_in_batch=n), parent + penalty / 2)
+    torch.testing.assert_close(trainer.compute_loss(model, batch, num_items_in_batch=n), parent + penalty)
+    assert trainer._model_uses_num_items is False
+    # a model whose loss is normalised by num_items_in_batch (a share of the accumulated batch): terms / k
+    trainer._model_uses_num_items = None
+    real_forward = type(model).forward
+
+    def normalised(self, *a, num_items_in_batch=None, **kw):
+        out = real_forward(self, *a, **kw)
+        if num_items_in_batch is not None:
+            out.loss = out.loss * kw["labels"].numel() / num_items_in_batch
+        return out
+
+    model.forward = normalised.__get__(model)
+    try:
+        parent = Trainer.compute_loss(trainer, model, batch, num_items_in_batch=2 * n)
+        torch.testing.assert_close(parent, ce / 2)
+        torch.testing.assert_close(trainer.compute_loss(model, batch, num_items_in_batch=2 * n),
+                                   parent + penalty / 2)
+        assert trainer._model_uses_num_items is True
+    finally:
+        del model.forward
+    # the user's statement wins, as in Trainer.training_step
+    trainer.loss_is_scaled_for_ga = True
+    torch.testing.assert_close(trainer.compute_loss(model, batch, num_items_in_batch=n), parent * 2 + penalty / 2)
+    trainer.loss_is_scaled_for_ga = None
 
     # evaluation (eval mode, no grad): the parent's loss alone
     model.eval()

@@ -181,6 +181,7 @@ class RegularizedTrainer(Trainer):
         self._term_counts: dict[str, int] = {}
         self._resume_dir: str | None = None
         self._reg_trial = None
+        self._model_uses_num_items: bool | None = None  # probed on the first regularized micro-batch that matters
         super().__init__(*args, **kwargs)
         self.add_callback(RegularizerCallback(self))
 
@@ -239,18 +240,53 @@ class RegularizedTrainer(Trainer):
             if terms:
                 for name, term in terms.items():
                     self._record(name, term)
-                extra = sum(terms.values())
-                if self._parent_loss_is_scaled_for_ga(num_items_in_batch):
-                    extra = extra / getattr(self, "current_gradient_accumulation_steps", 1)
+                extra = sum(terms.values()) * self._term_scale(model, inputs, num_items_in_batch)
                 loss = loss + extra.to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
 
-    def _parent_loss_is_scaled_for_ga(self, num_items_in_batch) -> bool:
-        # The rule Trainer.training_step uses to decide whether it divides the loss by the micro-batch count.
-        if self.loss_is_scaled_for_ga is not None:
-            return bool(self.loss_is_scaled_for_ga)
-        return bool((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
-                    or self.compute_loss_func is not None)
+    def _term_scale(self, model, inputs, num_items_in_batch) -> float:
+        """The factor that scales a per-micro-batch mean the way the Trainer scales this task loss, so a term keeps
+        its weight relative to the task loss whatever the accumulation count k and process count P.
+
+        - The Trainer divides the loss by k itself (the model takes no ``num_items_in_batch``): 1.
+        - The task loss is normalised over the whole accumulated batch (a ``compute_loss_func``, or a model whose
+          loss uses ``num_items_in_batch``), i.e. about a micro-batch mean / k: 1 / k.
+        - The model takes ``**kwargs`` but its loss ignores ``num_items_in_batch`` (sequence classifiers: a plain
+          mean): the Trainer does not divide it by k and multiplies it by P (``average_tokens_across_devices``),
+          so the terms get the same factor P.
+        """
+        k = getattr(self, "current_gradient_accumulation_steps", 1)
+        if self.loss_is_scaled_for_ga is not None:  # the user's own statement wins, as in Trainer.training_step
+            return 1.0 / k if self.loss_is_scaled_for_ga else 1.0
+        if self.compute_loss_func is not None:
+            return 1.0 / k
+        if not (self.model_accepts_loss_kwargs and num_items_in_batch is not None):
+            return 1.0
+        if self._model_uses_num_items is None:
+            self._model_uses_num_items = self._probe_num_items(model, inputs)
+        if self._model_uses_num_items:
+            return 1.0 / k
+        if not self.args.average_tokens_across_devices:
+            return 1.0
+        return float(self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu)
+
+    def _probe_num_items(self, model, inputs) -> bool:
+        """Whether the model's loss depends on ``num_items_in_batch``: two no-grad forwards with the same dropout
+        masks, with and without it (once per trainer)."""
+        inner = self.accelerator.unwrap_model(model)
+        batch = dict(inputs) if isinstance(inputs, Mapping) else None
+        if batch is None or "labels" not in batch:
+            return True  # no labels to count: the Trainer's own assumption
+        device = batch["labels"].device
+        devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
+        losses = []
+        with torch.no_grad():
+            for extra in ({}, {"num_items_in_batch": torch.tensor(7 * batch["labels"].numel(), device=device)}):
+                with torch.random.fork_rng(devices=devices):
+                    out = inner(**batch, **extra)
+                losses.append((out["loss"] if isinstance(out, Mapping) else out[0]).float())
+        return not torch.allclose(losses[0], losses[1], rtol=1e-4, atol=0.0)
 
     # ---- logging ----
 
