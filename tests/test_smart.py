@@ -268,6 +268,41 @@ def test_bf16_autocast_runs_and_stays_finite(tiny_model):
     assert torch.isfinite(model.classifier.weight.grad).all() and model.classifier.weight.grad.abs().sum() > 0
 
 
+def test_perturbation_rounded_away_under_bf16_is_counted_and_warned(tiny_model_nodrop):
+    """At the paper's sigma = eps = 1e-5 a bf16 forward rounds the perturbation away: the perturbed logits equal
+    the clean ones, the noise gradient is exactly 0 and the ascent does nothing. That is measured per sequence
+    (smart_zero_grad), warned about once, and absent in float32."""
+    import warnings
+
+    from gentune.data import get_task
+    from gentune.models.hf import load_for_task, load_tokenizer
+
+    torch.manual_seed(0)
+    model = load_for_task(tiny_model_nodrop, get_task("sst2")).train()
+    tok = load_tokenizer(tiny_model_nodrop)
+    sentences = ["a fine film", "dull , slow and far too long", "the best of the year", "no", "it works well",
+                 "an utter mess", "funny and warm", "i left early"]
+    batch = dict(tok(sentences, padding=True, return_tensors="pt"))
+    reg = SmartAdversarial()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float32: no warning
+        reg(model, batch, model(**batch))
+    assert reg.log() == {"smart_zero_grad": 0.0}
+    with pytest.warns(UserWarning, match="exactly zero for .*bfloat16 autocast.*--mixed-precision no"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reg(model, batch, model(**batch))
+    assert reg.log()["smart_zero_grad"] >= 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reg(model, batch, model(**batch))
+    # a perturbation bf16 can represent moves again
+    big = SmartAdversarial(sigma=1e-1, eps=1e-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        big(model, batch, model(**batch))
+    assert big.log()["smart_zero_grad"] < 0.5
+
+
 def test_peft_lora_model(tiny_model_nodrop):
     """A LoRA-wrapped model (frozen input embeddings): the hook still finds the word embeddings, R_s equals the
     base model's (LoRA starts as the identity), and gradients reach only the trainable LoRA/head weights."""

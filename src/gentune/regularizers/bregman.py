@@ -180,6 +180,10 @@ class Smart:
         terms = self.bregman(model, batch, outputs) if self.bregman else {}
         return {**self.adversarial(model, batch, outputs), **terms}
 
+    def log(self) -> dict[str, float]:
+        """The adversarial part's log values (smart_zero_grad)."""
+        return self.adversarial.log()
+
     def after_step(self, model) -> None:
         self.adversarial.after_step(model)
         if self.bregman:

@@ -24,6 +24,7 @@ at the paper's eps = 1e-5 R_s is dominated by the mask difference (benchmarks/sm
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -166,7 +167,7 @@ class DropoutReplay:
 def adversarial_delta(forward: Callable[[torch.Tensor], torch.Tensor], clean: torch.Tensor, shape: tuple,
                       mask: torch.Tensor, sigma: float, eps: float, eta: float, steps: int, norm: str,
                       granularity: str, regression: bool, step_style: str = "paper",
-                      generator: torch.Generator | None = None) -> torch.Tensor | None:
+                      generator: torch.Generator | None = None, stats: dict | None = None) -> torch.Tensor | None:
     """The perturbation delta after ``steps`` ascent steps, or ``None`` when a noise gradient is not finite.
 
     Args:
@@ -174,6 +175,9 @@ def adversarial_delta(forward: Callable[[torch.Tensor], torch.Tensor], clean: to
         clean: (batch, C) clean outputs; detached here.
         shape: (batch, length, hidden).
         mask: (batch, length, 1), 1 on real tokens and 0 on padding.
+        stats: if given, ``stats["zero_grad"]`` is set to the number of sequences whose noise gradient was exactly
+            zero at the last ascent step (their delta did not move: under bf16 autocast a perturbation of 1e-5 is
+            rounded away and the perturbed output equals the clean one), ``stats["sequences"]`` to the batch size.
     """
     noise = torch.randn(shape, device=mask.device, dtype=torch.float32, generator=generator)
     delta = noise * sigma * mask
@@ -183,6 +187,9 @@ def adversarial_delta(forward: Callable[[torch.Tensor], torch.Tensor], clean: to
         (grad,) = torch.autograd.grad(loss, delta)
         if not torch.isfinite(grad).all():
             return None
+        if stats is not None:
+            stats["zero_grad"] = int(((grad * mask).flatten(1).abs().amax(1) == 0).sum())
+            stats["sequences"] = grad.shape[0]
         with torch.no_grad():
             if step_style == "mtdnn":
                 delta = mtdnn_step(delta, grad, eta, norm, granularity, mask)
@@ -315,18 +322,43 @@ class SmartAdversarial:
         self.replay = DropoutReplay() if dropout == "shared" else None
         self.step = 0
         self.skipped = 0  # steps whose noise gradient was not finite
+        self.zero_grad: float | None = None  # share of the last batch's sequences whose noise gradient was 0
+        self._warned = False
 
     def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
         if self.step < self.start_step or self.weight == 0:
             return {}
         p = _Perturbable(model, batch, outputs, self.regression, self.embed_fn, self.forward_fn, self.replay)
         clean, regression = p.clean, p.regression
+        stats: dict = {}
         delta = adversarial_delta(p.ascent_forward, clean, p.shape, p.mask, self.sigma, self.eps, self.eta,
-                                  self.steps, self.norm, self.granularity, regression, self.step_style)
+                                  self.steps, self.norm, self.granularity, regression, self.step_style,
+                                  stats=stats)
         if delta is None:  # skip R_s this step, keep training; the count is in state_dict()
             self.skipped += 1
             return {}
+        if stats:
+            self.zero_grad = stats["zero_grad"] / max(stats["sequences"], 1)
+            self._warn_if_lost(clean.device)
         return {"smart_adv": self.weight * smoothness_divergence(p.forward(delta), clean, regression)}
+
+    def _warn_if_lost(self, device: torch.device) -> None:
+        if self._warned or self.zero_grad is None or self.zero_grad < 0.5:
+            return
+        self._warned = True
+        half = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) in (
+            torch.float16, torch.bfloat16)
+        cause = (f"under {torch.get_autocast_dtype(device.type)} autocast a perturbation of sigma={self.sigma:g}, "
+                 f"eps={self.eps:g} is below the precision of the input embeddings, so the perturbed output "
+                 "equals the clean one; fine-tune in float32 (--mixed-precision no) or raise sigma and eps"
+                 if half else f"sigma={self.sigma:g} / eps={self.eps:g} may be too small for this model")
+        warnings.warn(f"smart-adv: the noise gradient is exactly zero for {100 * self.zero_grad:.0f}% of the "
+                      f"sequences, so the ascent does not move them and R_s is only a dropout term: {cause}. "
+                      "The share is logged as smart_zero_grad.", stacklevel=2)
+
+    def log(self) -> dict[str, float]:
+        """Extra values for the training log: the share of sequences whose noise gradient was exactly zero."""
+        return {} if self.zero_grad is None else {"smart_zero_grad": self.zero_grad}
 
     def after_step(self, model) -> None:
         self.step += 1
