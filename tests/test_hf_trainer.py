@@ -317,3 +317,25 @@ def test_smart_shared_dropout_sees_the_trainer_forward(tiny_model, data, tmp_pat
         trainer.train()
         adv[mode] = max(r["smart_adv"] for r in _train_logs(trainer))
     assert adv["shared"] < 1e-7 < adv["independent"]  # masks replayed: R_s sees the eps = 1e-5 perturbation alone
+
+
+def test_after_step_waits_for_an_optimizer_step_that_happened(tiny_model_nodrop, data, tmp_path, monkeypatch):
+    """A step the fp16 grad scaler skipped moved no weights: after_step (the teacher, step counters) waits."""
+    import accelerate
+
+    class Counting:
+        steps = 0
+
+        def __call__(self, model, batch, outputs):
+            return {}
+
+        def after_step(self, model):
+            self.steps += 1
+
+    reg = Counting()
+    trainer = _trainer(tiny_model_nodrop, data, tmp_path, [reg])
+    trainer._after_optimizer_step()
+    assert reg.steps == 1
+    monkeypatch.setattr(accelerate.Accelerator, "optimizer_step_was_skipped", property(lambda self: True))
+    trainer._after_optimizer_step()
+    assert reg.steps == 1

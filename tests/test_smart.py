@@ -303,9 +303,11 @@ def test_perturbation_rounded_away_under_bf16_is_counted_and_warned(tiny_model_n
     assert big.log()["smart_zero_grad"] < 0.5
 
 
-def test_peft_lora_model(tiny_model_nodrop):
-    """A LoRA-wrapped model (frozen input embeddings): the hook still finds the word embeddings, R_s equals the
-    base model's (LoRA starts as the identity), and gradients reach only the trainable LoRA/head weights."""
+@pytest.mark.parametrize("targets", [["query", "value"], ["word_embeddings", "query"]])
+def test_peft_lora_model(tiny_model_nodrop, targets):
+    """A LoRA-wrapped model (frozen input embeddings, or LoRA on the embeddings themselves, whose wrapper has no
+    ``embedding_dim``): R_s equals the base model's (LoRA starts as the identity), and gradients reach only the
+    trainable LoRA/head weights."""
     peft = pytest.importorskip("peft")
     from gentune import registry
     from gentune.data import get_task
@@ -315,9 +317,10 @@ def test_peft_lora_model(tiny_model_nodrop):
     base = load_for_task(tiny_model_nodrop, get_task("sst2")).double()
     reference = load_for_task(tiny_model_nodrop, get_task("sst2")).double()
     reference.load_state_dict(base.state_dict())
-    cfg = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"])
+    cfg = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=targets)
     model = peft.get_peft_model(base, cfg)
     assert not model.get_input_embeddings().weight.requires_grad
+    assert hasattr(model.get_input_embeddings(), "embedding_dim") == ("word_embeddings" not in targets)
     tok = load_tokenizer(tiny_model_nodrop)
     batch = dict(tok(["a fine film", "dull , slow and far too long"], padding=True, return_tensors="pt"))
     batch["labels"] = torch.tensor([1, 0])
@@ -374,3 +377,13 @@ def test_regression_uses_squared_error(tiny_model_nodrop):
         model.classifier.bias.add_(0.5)
     moved = model(**inputs)
     assert reg(model, batch, moved)["bregman"].item() == pytest.approx(0.25, rel=1e-9)  # (0.5)^2, batch mean
+
+
+def test_close_removes_the_shared_dropout_hook(dropout_model):
+    model, batch = dropout_model
+    before = len(model._forward_pre_hooks)
+    reg = SmartAdversarial(dropout="shared")
+    reg(model, batch, model(**{k: v for k, v in batch.items() if k != "labels"}))
+    assert len(model._forward_pre_hooks) == before + 1
+    reg.close()
+    assert len(model._forward_pre_hooks) == before

@@ -79,6 +79,20 @@ def test_loop_time_leaves_out_evaluation_and_checkpoints(glue, tiny_model, tmp_p
     assert s["loop_overhead"] == pytest.approx(1 - s["train_seconds"] / s["loop_seconds"])
 
 
+def test_skipped_optimizer_steps_do_not_advance_the_regularizers(glue, tiny_model, tmp_path, monkeypatch):
+    """When the fp16 grad scaler skips an optimizer step (inf gradients) the weights do not move, so neither may
+    the teacher nor the step counters: smart-adv with start_step=1 never switches on if every step is skipped."""
+    import accelerate
+
+    args = dict(regularizer=["smart-adv"], regularizer_options={"smart-adv": {"start_step": 1}}, epochs=1)
+    gentune.finetune(**_args(glue, tiny_model, tmp_path / "normal", **args))
+    monkeypatch.setattr(accelerate.Accelerator, "optimizer_step_was_skipped", property(lambda self: True))
+    gentune.finetune(**_args(glue, tiny_model, tmp_path / "skipped", **args))
+    for name, expected in (("normal", [False, True, True, True]), ("skipped", [False] * 4)):
+        records = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        assert ["smart_adv" in r for r in records if r["type"] == "train"] == expected, name
+
+
 def test_regression_and_f1_tasks(glue, tiny_model, tmp_path):
     s = gentune.finetune(**_args(glue, tiny_model, tmp_path / "stsb", task="stsb", task_dir="STS-B", epochs=1))
     assert set(s["final_dev"]) == {"pearson", "spearman", "loss"} and s["main_metric"] == "pearson"

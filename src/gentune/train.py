@@ -380,9 +380,10 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
                 continue
             lr = max(scheduler.get_last_lr())  # the rate this step used (the top layer's, under layer decay)
             scheduler.step()
-            for r in regs:
-                if hasattr(r, "after_step"):
-                    r.after_step(model)
+            if not accelerator.optimizer_step_was_skipped:  # fp16: the grad scaler skips steps with inf gradients
+                for r in regs:  # the teacher moves, and step counters advance, only with the weights
+                    if hasattr(r, "after_step"):
+                        r.after_step(model)
             state.step += 1
             state.train_seconds += step_time
             step_time = 0.0

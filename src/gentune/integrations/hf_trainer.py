@@ -317,6 +317,8 @@ class RegularizedTrainer(Trainer):
         """Build this run's regularizers (``total_steps`` = ``max_steps``), then restore a resumed state."""
         for i, spec in enumerate(self._reg_specs):
             if spec.obj is None:
+                if hasattr(self.regularizers[i], "close"):  # the previous train() call's: release its hooks
+                    self.regularizers[i].close()
                 self.regularizers[i] = _build(spec, max_steps)
             else:
                 for target in _zero_total_steps(spec.obj):
@@ -329,6 +331,8 @@ class RegularizedTrainer(Trainer):
             self.load_regularizer_state(self._resume_dir)
 
     def _after_optimizer_step(self) -> None:
+        if self.accelerator.optimizer_step_was_skipped:  # fp16: the grad scaler skipped it; the weights did not move
+            return
         for reg in self.regularizers:
             if hasattr(reg, "after_step"):
                 reg.after_step(self.model_wrapped)

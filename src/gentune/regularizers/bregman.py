@@ -180,6 +180,10 @@ class Smart:
         terms = self.bregman(model, batch, outputs) if self.bregman else {}
         return {**self.adversarial(model, batch, outputs), **terms}
 
+    def close(self) -> None:
+        """Release the hooks the adversarial part may hold on the model."""
+        self.adversarial.close()
+
     def log(self) -> dict[str, float]:
         """The adversarial part's log values (smart_zero_grad)."""
         return self.adversarial.log()

@@ -152,6 +152,12 @@ class DropoutReplay:
                 self.handle.remove()
             self.module, self.handle = inner, inner.register_forward_pre_hook(self._record, with_kwargs=True)
 
+    def detach(self) -> None:
+        """Remove the forward pre-hook (a regularizer that is replaced should not leave it on the model)."""
+        if self.handle is not None:
+            self.handle.remove()
+        self.module = self.handle = self.state = self.key = None
+
     def _record(self, _mod, args, kwargs):
         if not self.paused:
             key = kwargs.get("input_ids", args[0] if args else None)
@@ -207,6 +213,19 @@ def logits_of(outputs) -> torch.Tensor:
     return outputs.logits
 
 
+def _embedding_width(module: torch.nn.Module) -> int:
+    """The output width of an input-embedding module: ``nn.Embedding``, a wrapper around one (PEFT's LoRA
+    ``base_layer``), or any module with a (vocabulary, width) ``weight``."""
+    for m in (module, getattr(module, "base_layer", None)):
+        if isinstance(getattr(m, "embedding_dim", None), int):
+            return m.embedding_dim
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.ndim == 2:
+        return weight.shape[1]
+    raise ValueError(f"cannot tell the width of the input embeddings ({type(module).__name__}): give "
+                     "embed_fn and forward_from_embeddings")
+
+
 class _Perturbable:
     """One batch, ready to be re-run with perturbed input embeddings: clean outputs, padding mask, noise shape.
 
@@ -229,7 +248,7 @@ class _Perturbable:
             shape = self.embeddings.shape
         else:
             self.module = embedding_module(model)
-            shape = (*self.inputs["input_ids"].shape, self.module.embedding_dim)
+            shape = (*self.inputs["input_ids"].shape, _embedding_width(self.module))
         self.shape = tuple(shape)
         mask = self.inputs.get("attention_mask")
         if mask is None:
@@ -356,6 +375,11 @@ class SmartAdversarial:
                       f"sequences, so the ascent does not move them and R_s is only a dropout term: {cause}. "
                       "The share is logged as smart_zero_grad.", stacklevel=2)
 
+    def close(self) -> None:
+        """Release the hook ``dropout=shared`` puts on the model."""
+        if self.replay is not None:
+            self.replay.detach()
+
     def log(self) -> dict[str, float]:
         """Extra values for the training log: the share of sequences whose noise gradient was exactly zero."""
         return {} if self.zero_grad is None else {"smart_zero_grad": self.zero_grad}
@@ -393,6 +417,11 @@ class R3F:
         self.weight, self.sigma, self.noise, self.regression = weight, sigma, noise, regression
         self.embed_fn, self.forward_fn = embed_fn, forward_from_embeddings
         self.replay = DropoutReplay() if dropout == "shared" else None
+
+    def close(self) -> None:
+        """Release the hook ``dropout=shared`` puts on the model."""
+        if self.replay is not None:
+            self.replay.detach()
 
     def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
         p = _Perturbable(model, batch, outputs, self.regression, self.embed_fn, self.forward_fn, self.replay)
