@@ -6,9 +6,11 @@ RadReg at the same budget, then the few-label fine-tuning protocol of benchmarks
   are drawn from this pool). One MAE+RadReg pretraining per task; plain MAE is pretrain_grid.py's run.
 - lambda and the head class are chosen on a validation split only (``--stage tune``): for each candidate, a
   shortened MAE+RadReg pretraining (``TUNE_EPOCHS``) and a shortened cat-dog fine-tuning with a seed that is not
-  reported (7), scored on a *tuning* split (split seed 1: other images than the reported held-out split, which
-  tuning never sees); the best wins, compared with plain MAE under the same shortened protocol. The choice is
-  written to benchmarks/results/radreg/choice.json and used by the full runs.
+  reported (7), scored on a *tuning* split: the reported held-out images (split seed 0) are removed first
+  (``exclude_split_seed=0``) and 5,000 of the rest are held out with split seed 1. Tuning never sees a reported
+  validation image, and its own validation images are kept out of its pretraining and of RadReg's unlabeled
+  pool. The best wins, compared with plain MAE under the same shortened protocol. The choice is written to
+  benchmarks/results/radreg/choice.json and used by the full runs.
 - Reported: accuracy mean ± std over seeds 13, 21, 42, 87, 100, the paired difference to plain MAE with its
   standard error, the fine-tuning curves of both arms in one plot per task, and RadReg's pretraining step-time
   overhead measured in one process with the two step kinds interleaved.
@@ -38,14 +40,17 @@ RESULTS = ROOT / "benchmarks" / "results" / "radreg"
 RUNS = ROOT / "runs" / "radreg_grid"
 CANDIDATES = [{"weight": w, "head": h} for h in ("linear", "mlp") for w in (0.01, 0.1, 1.0)]
 TUNE_EPOCHS = "2"
-# the tuning split (split seed 1) is not the reported one (split seed 0); its seed (7) is not a reported seed
-TUNE_FINETUNE = ("--set", "eval_every_epochs=10", "--epochs", "10", "--set", "split_seed=1")
+# the tuning split: the reported held-out images (split seed 0) removed, then 5,000 of the rest held out with
+# split seed 1; used by the tuning runs' pretraining and fine-tuning alike. Its seed (7) is not a reported seed.
+TUNE_SPLIT = ("--set", "split_seed=1", "--set", "exclude_split_seed=0")
+TUNE_FINETUNE = ("--set", "eval_every_epochs=10", "--epochs", "10", *TUNE_SPLIT)
 TUNE_SEED = 7
 
 
-def downstream_pool(task: str, args) -> Path:
-    """The task's training images (validation held out), written once as an image folder for --radreg-data."""
-    folder = RUNS / "downstream" / task
+def downstream_pool(task: str, args, tuning: bool = False) -> Path:
+    """The task's training images (validation held out; when ``tuning``, the tuning split's validation images
+    too), written once as an image folder for --radreg-data."""
+    folder = RUNS / ("downstream-tune" if tuning else "downstream") / task
     done = folder / ".complete"
     if done.exists():
         return folder
@@ -53,7 +58,8 @@ def downstream_pool(task: str, args) -> Path:
 
     from gentune.vision_tasks import held_out_split, select_classes
 
-    train, _ = held_out_split(args.data, None, 5000, 0)
+    train, _ = (held_out_split(args.data, None, 5000, 1, exclude_seed=0) if tuning
+                else held_out_split(args.data, None, 5000, 0))
     classes = pg.TASKS[task][1].split(",") if pg.TASKS[task][0] == "--classes" else train.classes
     train = select_classes(train, classes)
     for i, (img, label) in enumerate(zip(train.images, train.labels)):
@@ -64,18 +70,20 @@ def downstream_pool(task: str, args) -> Path:
     return folder
 
 
-def _flags(choice: dict, task: str, args, epochs: str | None = None) -> list[str]:
+def _flags(choice: dict, task: str, args, tuning: bool = False) -> list[str]:
+    """MAE + RadReg pretraining flags: the full budget, or (``tuning``) TUNE_EPOCHS on the tuning split."""
     encoder, flags = pg.PRETRAIN["mae"]
-    if epochs:
-        flags = [f for f in flags]
-        flags[flags.index("--epochs") + 1] = epochs
-    return [*flags, "--radreg-data", str(downstream_pool(task, args).relative_to(ROOT)),
+    if tuning:
+        flags = [*flags, *TUNE_SPLIT]
+        flags[flags.index("--epochs") + 1] = TUNE_EPOCHS
+    return [*flags, "--radreg-data", str(downstream_pool(task, args, tuning).relative_to(ROOT)),
             "--set", f"radreg.weight={choice['weight']}", "--set", f"radreg.head={choice['head']}"]
 
 
 def short_mae(args, need_encoder: bool = False) -> Path:
-    """Plain MAE pretrained for TUNE_EPOCHS: the tuning reference (and a checkpoint of the diagnostics study)."""
-    encoder, flags = pg.PRETRAIN["mae"][0], list(pg.PRETRAIN["mae"][1])
+    """Plain MAE pretrained for TUNE_EPOCHS on the tuning split: the tuning reference (and a checkpoint of the
+    diagnostics study; it never saw the reported validation images)."""
+    encoder, flags = pg.PRETRAIN["mae"][0], [*pg.PRETRAIN["mae"][1], *TUNE_SPLIT]
     flags[flags.index("--epochs") + 1] = TUNE_EPOCHS
     return pg.run_pretrain("mae-short", "mae", encoder, flags, args, RESULTS / "tune", RUNS / "tune", need_encoder)
 
@@ -100,7 +108,7 @@ def tune(args) -> dict:
     reference = json.loads(ref.read_text())["summary"]["final_dev"]["accuracy"]
     for c in CANDIDATES:
         name = f"radreg-{c['head']}-{c['weight']}"
-        pg.run_pretrain(name, "mae", encoder, _flags(c, "cat-dog", args, TUNE_EPOCHS), args, RESULTS / "tune",
+        pg.run_pretrain(name, "mae", encoder, _flags(c, "cat-dog", args, tuning=True), args, RESULTS / "tune",
                         RUNS / "tune")
         cell = pg.run_finetune("cat-dog", name, TUNE_SEED, RUNS / "tune" / "pretrain" / name / "encoder", encoder, args,
                                RESULTS / "tune", RUNS / "tune", TUNE_FINETUNE)

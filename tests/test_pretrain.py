@@ -119,6 +119,35 @@ def test_held_out_split_is_the_same_for_pretraining_and_every_class_subset(image
     assert len(sub) == 3 and set(sub.labels.tolist()) == {0}
 
 
+def test_tuning_split_never_touches_the_reported_validation_images(images, tmp_path, capsys):
+    """exclude_split_seed=0, split_seed=1: the reported held-out images (seed 0) are in neither part, the tuning
+    validation set is disjoint from the tuning training set; an encoder pretrained that way is known not to
+    have seen the reported validation images (no warning), nor the tuning ones."""
+    from types import SimpleNamespace
+
+    from gentune.config import FinetuneConfig, apply_mapping
+    from gentune.vision_tasks import check_encoder_fits, held_out_split
+
+    _, reported = held_out_split(str(images), None, 9, 0)
+    train, tune = held_out_split(str(images), None, 9, 1, exclude_seed=0)
+    key = lambda ds: {img.tobytes() for img in ds.images}  # noqa: E731
+    assert len(tune) == 9 and len(train) == 48 - 18
+    assert not key(reported) & (key(train) | key(tune)) and not key(train) & key(tune)
+    assert sorted(np.bincount(tune.labels).tolist()) == [3, 3, 3]
+    cfg = apply_mapping(FinetuneConfig(), {"task": "image-classification", "data": str(images), "val_size": 9,
+                                           "split_seed": 1, "exclude_split_seed": 0}, "test")
+    assert cfg.exclude_split_seed == 0
+    meta = {"data": str(images), "val_size": 9, "split_seed": 1, "exclude_split_seed": 0}
+    encoder = SimpleNamespace()
+    check_encoder_fits(encoder, meta, "enc", 32, cfg)  # validating on the same tuning split
+    check_encoder_fits(encoder, meta, "enc", 32, FinetuneConfig(task="image-classification", data=str(images),
+                                                                val_size=9, split_seed=0))  # on the reported one
+    assert "may have seen" not in capsys.readouterr().err
+    check_encoder_fits(encoder, meta, "enc", 32, FinetuneConfig(task="image-classification", data=str(images),
+                                                                val_size=9, split_seed=1))  # seed 1 of all
+    assert "may have seen validation images" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_killed_pretraining_resumes_exactly(images, tmp_path):
     """Masks and augmentations come from the RNG the checkpoint restores: a killed and resumed run has the
@@ -220,3 +249,20 @@ def test_review_cases(images, tmp_path):
     one_line_error(run_cli(*pt, "--set", "mae.mask_ratio=0"), "mask_ratio must be in (0, 1)")
     one_line_error(run_cli(*pt, "--set", "mae.decoder_heads=3"), "decoder_dim (128) must be a multiple")
     one_line_error(run_cli(*pt, "--regularizer", "bregman"), "regularizer 'bregman' does not work with this model")
+
+
+def test_from_scratch_normalises_with_the_whole_training_part(images, tmp_path):
+    """A from-scratch arm normalises pixels as pretraining does (statistics of every training image of data, all
+    classes), not with the few labelled images of its classes, so both arms of a comparison see alike inputs."""
+    import gentune
+    from gentune.vision_tasks import held_out_split, pixel_stats, select_classes
+
+    gentune.finetune(task="image-classification", data=str(images), model="vit-micro-p4", out=str(tmp_path / "ft"),
+                     classes=["cat", "dog"], labels_per_class=4, max_steps=1, batch_size=8, val_size=9,
+                     augment=False)
+    meta = json.loads((tmp_path / "ft" / "best" / "gentune.json").read_text())
+    train, _ = held_out_split(str(images), None, 9, 0)
+    assert meta["mean"] == pytest.approx(pixel_stats(train.images)[0])
+    assert meta["std"] == pytest.approx(pixel_stats(train.images)[1])
+    subset = select_classes(train, ["cat", "dog"])
+    assert max(abs(a - b) for a, b in zip(meta["mean"], pixel_stats(subset.images)[0])) > 0.05

@@ -95,6 +95,9 @@ class FinetuneConfig(RunConfig):
     labels_per_class: int | None = None  # label budget: this many seeded training images per class
     val_size: int = 5000  # images held out of data for validation (when no dev is given)
     split_seed: int = 0  # the held-out split; fixed, so pretraining and fine-tuning hold out the same images
+    # images held out with this seed (val_size of them) are removed first, then split_seed splits the rest: a
+    # tuning split that never touches the reported validation images (exclude_split_seed=0, split_seed=1)
+    exclude_split_seed: int | None = None
     linear_probe: bool = False  # freeze the encoder, train the head only
     head: str = "linear"  # linear | mlp | bn-linear (MAE's linear-probe head)
     layer_decay: float = 1.0  # layer-wise lr decay (1: off)
@@ -103,7 +106,7 @@ class FinetuneConfig(RunConfig):
 
     _TEXT_ONLY = {"data_dir": None, "train": None, "train_size": None}
     _IMAGE_ONLY = {"data": None, "init": None, "classes": None, "labels_per_class": None, "linear_probe": False,
-                   "image_size": None}
+                   "image_size": None, "exclude_split_seed": None}
 
     def _checks(self) -> list[tuple[bool, str]]:
         image = self.task == IMAGE_TASK
@@ -120,6 +123,8 @@ class FinetuneConfig(RunConfig):
             (not image or bool(self.data), "image-classification needs --data (an image folder or archive)"),
             (self.labels_per_class is None or self.labels_per_class > 0, "labels_per_class must be positive"),
             (self.val_size >= 0, "val_size must be >= 0"),
+            (self.exclude_split_seed is None or type(self.exclude_split_seed) is int,
+             "exclude_split_seed must be an integer"),
             (self.head in ("linear", "mlp", "bn-linear"), "head must be linear, mlp or bn-linear"),
             (0 < self.layer_decay <= 1, "layer_decay must be in (0, 1]"),
         ]
@@ -135,6 +140,7 @@ class PretrainConfig(RunConfig):
     model: str = ""  # backbone name; empty: vit-tiny-p4 for mae, conv-small for context-encoder
     val_size: int = 5000  # held out (the same split as fine-tuning's), for the validation loss
     split_seed: int = 0
+    exclude_split_seed: int | None = None  # as in fine-tuning: these held-out images are removed first
     augment: bool = True
     crop_scale: float = 0.2  # random resized crop: smallest area fraction
     image_size: int | None = None  # resize every image to this size (default: the images' own, one size)
@@ -153,6 +159,8 @@ class PretrainConfig(RunConfig):
             (bool(self.data), "data is required (--data: an image folder or archive)"),
             *super()._checks(),
             (self.val_size >= 0, "val_size must be >= 0"),
+            (self.exclude_split_seed is None or type(self.exclude_split_seed) is int,
+             "exclude_split_seed must be an integer"),
             (0 < self.crop_scale <= 1, "crop_scale must be in (0, 1]"),
         ]
 

@@ -181,7 +181,8 @@ def run_gap(checkpoint: str) -> dict | None:
         from .vision_tasks import evaluate_classifier, held_out_split, load_classifier, select_classes
 
         model, meta = load_classifier(checkpoint)
-        train, val = held_out_split(cfg.data, cfg.dev, cfg.val_size, cfg.split_seed, cfg.image_size)
+        train, val = held_out_split(cfg.data, cfg.dev, cfg.val_size, cfg.split_seed, cfg.image_size,
+                                    cfg.exclude_split_seed)
         if val is None:
             return None
         if cfg.classes:

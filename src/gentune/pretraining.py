@@ -84,7 +84,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if isinstance(started, dict):
         return started
     accelerator, status = started
-    train, val = held_out_split(cfg.data, None, cfg.val_size, cfg.split_seed, cfg.image_size)
+    train, val = held_out_split(cfg.data, None, cfg.val_size, cfg.split_seed, cfg.image_size,
+                                cfg.exclude_split_seed)
     train = unlabeled(train)
     val = unlabeled(val) if val is not None else None
     mean, std = pixel_stats(train.images)
@@ -102,7 +103,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     evaluation = EvalTransform(mean=tuple(mean), std=tuple(std))
     meta = {"objective": cfg.objective, "objective_options": cfg.objective_options.get(cfg.objective, {}),
             "data": cfg.data, "mean": mean, "std": std, "image_size": size, "val_size": cfg.val_size,
-            "split_seed": cfg.split_seed}
+            "split_seed": cfg.split_seed, "exclude_split_seed": cfg.exclude_split_seed}
     flops = None
     if cfg.objective == "mae":
         from .objectives.mae import mae_flops

@@ -52,10 +52,16 @@ def align_classes(ds: ImageSet, classes: list[str], owner: str) -> ImageSet:
 
 
 def held_out_split(data: str, dev: str | None, val_size: int, split_seed: int,
-                   image_size: int | None = None) -> tuple[ImageSet, ImageSet | None]:
+                   image_size: int | None = None, exclude_seed: int | None = None) -> tuple[ImageSet, ImageSet | None]:
     """(train, validation): the images of ``dev`` when given (classes matched by name), else ``val_size`` images
-    of ``data`` held out with ``split_seed`` (stratified); no validation when ``val_size`` is 0."""
+    of ``data`` held out with ``split_seed`` (stratified); no validation when ``val_size`` is 0.
+
+    ``exclude_seed``: the ``val_size`` images that seed holds out are dropped first (neither train nor
+    validation), so a tuning split (``exclude_seed=0, split_seed=1``) never touches the reported validation set.
+    """
     ds = load_images(data, image_size=image_size)
+    if exclude_seed is not None and not dev and val_size > 0:
+        ds, _ = split(ds, val_size, exclude_seed)
     if dev:
         return ds, align_classes(load_images(dev, image_size=ds.images.shape[1]), ds.classes, data)
     if val_size <= 0:
@@ -146,10 +152,15 @@ def check_encoder_fits(encoder, meta: dict, path: str, image_size: int, cfg) -> 
         raise GentuneError(f"{path}: the encoder was pretrained on {built}x{built} images, the data are "
                            f"{image_size}x{image_size} (set image_size={built})")
     same = meta.get("data") and Path(str(meta["data"])).resolve() == Path(str(cfg.data)).resolve()
-    if same and not cfg.dev and (meta.get("split_seed"), meta.get("val_size")) != (cfg.split_seed, cfg.val_size):
+    held = (meta.get("split_seed"), meta.get("exclude_split_seed"))  # what pretraining never saw
+    unseen = meta.get("val_size") == cfg.val_size and (
+        held == (cfg.split_seed, cfg.exclude_split_seed)  # the same validation images
+        or (cfg.exclude_split_seed is None and held[1] == cfg.split_seed))  # validating on what it excluded
+    if same and not cfg.dev and not unseen:
         print(f"warning: {path} was pretrained holding out val_size={meta.get('val_size')} with split_seed="
-              f"{meta.get('split_seed')}; this run validates on val_size={cfg.val_size}, split_seed={cfg.split_seed}"
-              ": the encoder may have seen validation images", file=sys.stderr)
+              f"{held[0]} (exclude_split_seed={held[1]}); this run validates on val_size={cfg.val_size}, "
+              f"split_seed={cfg.split_seed} (exclude_split_seed={cfg.exclude_split_seed}): the encoder may have "
+              "seen validation images", file=sys.stderr)
 
 
 def image_classification_job(cfg: FinetuneConfig):
@@ -157,8 +168,10 @@ def image_classification_job(cfg: FinetuneConfig):
     from .objectives.image_classification import ImageClassifier, param_groups
     from .train import Job
 
-    train, val = held_out_split(cfg.data, cfg.dev, cfg.val_size, cfg.split_seed, cfg.image_size)
+    train, val = held_out_split(cfg.data, cfg.dev, cfg.val_size, cfg.split_seed, cfg.image_size,
+                                cfg.exclude_split_seed)
     size = train.images.shape[1]
+    pool = train  # every training image of data (all classes, no label budget): where pixel statistics come from
     if cfg.classes:
         train = select_classes(train, cfg.classes)
         val = select_classes(val, cfg.classes) if val is not None else None
@@ -172,10 +185,12 @@ def image_classification_job(cfg: FinetuneConfig):
     else:
         name = DEFAULT_ENCODER if cfg.model == DEFAULT_MODEL else cfg.model
         encoder = encoder_for(name, size)
-        mean, std = pixel_stats(train.images)
+        # the statistics pretraining uses (the training part of data, all classes), so a from-scratch arm and a
+        # pretrained one normalise alike; a few hundred labelled images of two classes would shift them
+        mean, std = pixel_stats(pool.images)
         source = f"scratch:{name}"
     if mean is None:
-        mean, std = pixel_stats(train.images)
+        mean, std = pixel_stats(pool.images)
     model = ImageClassifier(encoder, len(train.classes), head=cfg.head, linear_probe=cfg.linear_probe)
     augment = TrainTransform(size=size, scale=(0.5, 1.0), mean=tuple(mean), std=tuple(std)) if cfg.augment \
         else EvalTransform(mean=tuple(mean), std=tuple(std))
