@@ -266,3 +266,25 @@ def test_from_scratch_normalises_with_the_whole_training_part(images, tmp_path):
     assert meta["std"] == pytest.approx(pixel_stats(train.images)[1])
     subset = select_classes(train, ["cat", "dog"])
     assert max(abs(a - b) for a, b in zip(meta["mean"], pixel_stats(subset.images)[0])) > 0.05
+
+
+def test_mean_pooling_for_vit_fine_tuning(images, tmp_path):
+    """pool=mean (MAE's fine-tuning pooling) reaches the classifier, is saved with it and restored by evaluate;
+    on a conv encoder it is a one-line error."""
+    import gentune
+    from gentune.vision_tasks import load_classifier
+
+    s = gentune.finetune(task="image-classification", data=str(images), model="vit-micro-p4", out=str(tmp_path / "ft"),
+                         max_steps=2, batch_size=8, val_size=9, pool="mean")
+    model, meta = load_classifier(str(tmp_path / "ft" / "best"))
+    assert model.encoder.pool == "mean" and meta["encoder_config"]["pool"] == "mean"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encoder.forward_features(x), model.encoder.forward_encoder(x)[:, 1:].mean(1))
+    r = run_cli("evaluate", "--checkpoint", tmp_path / "ft" / "best", "--task", "image-classification", "--data",
+                images)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with pytest.raises(gentune.GentuneError, match="pooling applies to ViT encoders only"):
+        gentune.finetune(task="image-classification", data=str(images), model="conv-tiny", out=str(tmp_path / "c"),
+                         max_steps=1, batch_size=8, val_size=9, pool="mean")
+    assert s["train_steps"] == 2

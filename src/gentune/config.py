@@ -100,13 +100,14 @@ class FinetuneConfig(RunConfig):
     exclude_split_seed: int | None = None
     linear_probe: bool = False  # freeze the encoder, train the head only
     head: str = "linear"  # linear | mlp | bn-linear (MAE's linear-probe head)
+    pool: str | None = None  # ViT encoders: cls | mean (MAE fine-tunes with mean); None: the encoder's own (cls)
     layer_decay: float = 1.0  # layer-wise lr decay (1: off)
     augment: bool = True  # random resized crop and flip on training images
     image_size: int | None = None  # resize every image to this size (default: the images' own, one size)
 
     _TEXT_ONLY = {"data_dir": None, "train": None, "train_size": None}
     _IMAGE_ONLY = {"data": None, "init": None, "classes": None, "labels_per_class": None, "linear_probe": False,
-                   "image_size": None, "exclude_split_seed": None}
+                   "image_size": None, "exclude_split_seed": None, "pool": None}
 
     def _checks(self) -> list[tuple[bool, str]]:
         image = self.task == IMAGE_TASK
@@ -126,6 +127,7 @@ class FinetuneConfig(RunConfig):
             (self.exclude_split_seed is None or type(self.exclude_split_seed) is int,
              "exclude_split_seed must be an integer"),
             (self.head in ("linear", "mlp", "bn-linear"), "head must be linear, mlp or bn-linear"),
+            (self.pool in (None, "cls", "mean"), "pool must be cls or mean"),
             (0 < self.layer_decay <= 1, "layer_decay must be in (0, 1]"),
         ]
 
