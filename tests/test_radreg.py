@@ -190,3 +190,11 @@ def test_two_processes_share_the_downstream_batch_and_get_the_one_process_gradie
         g, encoded = grads(head, ddp=False)
         assert encoded == 16 and two[head]["encoded"] == 8  # 2 steps of 8 images, halved per process
         assert torch.allclose(two[head]["grad"], g, atol=1e-6), (head, (two[head]["grad"] - g).abs().max())
+
+
+def test_mlp_heads_start_inside_their_balls():
+    """Heads are scaled by head 0's norm at initialisation; the others must still start within the bound (a
+    head outside it could report more than the sup), before any ascent step."""
+    heads = MLPHeads(400, 1, 1, bound=1.0, generator=torch.Generator().manual_seed(0))
+    assert heads.w1.detach().pow(2).sum((1, 2)).sqrt().max() <= 1.0 + 1e-6
+    assert heads.w2.detach().norm(dim=1).max() <= 1.0 + 1e-6

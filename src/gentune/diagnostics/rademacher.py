@@ -70,8 +70,15 @@ def mlp_values(h: torch.Tensor, signs: torch.Tensor, bound: float, hidden: int, 
 
     Fresh heads (``restarts`` per sign vector) run ``steps`` projected ascent steps; the best head counts, and
     never less than 0 (the zero head is in the class). A lower estimate: the ascent may stop short of the sup.
+    The heads have no biases, so the sup is positively homogeneous in h: the ascent runs on h divided by its
+    root-mean-square norm c and the values are multiplied by c, which makes the estimate (and how far it falls
+    short of the sup) the same at every feature scale.
     """
     n = h.shape[0]
+    scale = float(h.pow(2).sum(-1).mean().sqrt())
+    if scale == 0.0:
+        return torch.zeros(signs.shape[0], dtype=h.dtype)
+    h = h / scale
     per_chunk = max(1, _CHUNK // (n * hidden * restarts))
     out = []
     for start in range(0, signs.shape[0], per_chunk):
@@ -81,7 +88,7 @@ def mlp_values(h: torch.Tensor, signs: torch.Tensor, bound: float, hidden: int, 
         with torch.no_grad():
             value = (s * heads(h)).mean(1).view(restarts, -1).amax(0)
         out.append(value.clamp(min=0.0))
-    return torch.cat(out)
+    return torch.cat(out) * scale
 
 
 def rademacher_complexity(features, head: str = "linear", bound: float = 1.0, n_sigma: int = 200, seed: int = 0,

@@ -90,6 +90,7 @@ class MLPHeads(torch.nn.Module):
         w2 = torch.randn(m, hidden, generator=generator)
         self.w1 = torch.nn.Parameter(w1 * (0.5 * bound / w1[0].norm()))
         self.w2 = torch.nn.Parameter(w2 * (0.5 * bound / w2[0].norm()))
+        self.project()  # a head drawn larger than head 0 would start outside its ball (and overstate the sup)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """(n, d) -> (m, n): every head on every representation."""
