@@ -53,6 +53,8 @@ def test_image_checkpoints_json_report_gap_and_cache(folders, tmp_path, monkeypa
     summary = json.loads((ft / "summary.json").read_text())
     assert clf["gap"]["heldout"]["accuracy"] == pytest.approx(summary["final_dev"]["accuracy"])
     assert clf["gap"]["train"]["loss"] > 0 and "loss_gap" in clf["gap"]
+    evals = sum('"eval"' in l for l in (ft / "metrics.jsonl").read_text().splitlines())
+    assert clf["gap"]["evaluations"] == evals >= 1 and clf["gap"]["selected_on_heldout"] == (evals > 1)
     page = (out / "report.html").read_text()
     assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") == 3
     # features are cached: a second run reads them instead of recomputing
