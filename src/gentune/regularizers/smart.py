@@ -370,7 +370,9 @@ class SmartAdversarial:
         cause = (f"under {torch.get_autocast_dtype(device.type)} autocast a perturbation of sigma={self.sigma:g}, "
                  f"eps={self.eps:g} is below the precision of the input embeddings, so the perturbed output "
                  "equals the clean one; fine-tune in float32 (--mixed-precision no) or raise sigma and eps"
-                 if half else f"sigma={self.sigma:g} / eps={self.eps:g} may be too small for this model")
+                 if half else "sigma=0: the ascent starts from zero noise, where the divergence is at its minimum "
+                 "and its gradient is zero (without dropout nothing moves it)" if self.sigma == 0
+                 else f"sigma={self.sigma:g} / eps={self.eps:g} may be too small for this model")
         warnings.warn(f"smart-adv: the noise gradient is exactly zero for {100 * self.zero_grad:.0f}% of the "
                       f"sequences, so the ascent does not move them and R_s is only a dropout term: {cause}. "
                       "The share is logged as smart_zero_grad.", stacklevel=2)
