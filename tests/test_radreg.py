@@ -180,7 +180,7 @@ def test_two_processes_share_the_downstream_batch_and_get_the_one_process_gradie
     from _radreg_ddp_worker import grads
 
     out = tmp_path / "grads.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}  # torchrun's scratch stays in tmp_path
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         str(Path(__file__).parent / "_radreg_ddp_worker.py"), str(out)],
                        env=env, capture_output=True, text=True, timeout=120)
