@@ -19,6 +19,7 @@ RadReg at the same budget, then the few-label fine-tuning protocol of benchmarks
     python benchmarks/radreg_grid.py                     # the full runs (needs pretrain_grid.py's MAE run)
     python benchmarks/radreg_grid.py --stage overhead    # only the step-time measurement (minutes)
     python benchmarks/radreg_grid.py --render
+    python benchmarks/radreg_grid.py --smoke             # minutes: the tuning stage with 3-step runs
 
 Not run by CI. Cells are resumable like the other grids.
 """
@@ -217,8 +218,19 @@ def main() -> int:
     p.add_argument("--tasks", nargs="+", choices=list(pg.TASKS), default=list(pg.TASKS))
     p.add_argument("--seeds", nargs="+", type=int, default=pg.SEEDS)
     p.add_argument("--render", action="store_true")
+    p.add_argument("--smoke", action="store_true",
+                   help="the tuning stage in minutes (3-step runs) into runs/radreg_smoke, to check the pipeline")
     args = p.parse_args()
     args.pretrain_extra, args.finetune_extra = [], []
+    if args.smoke:
+        global RESULTS, RUNS
+        RUNS = ROOT / "runs" / "radreg_smoke"
+        RESULTS = RUNS / "results"
+        args.pretrain_extra = ["--max-steps", "3", "--batch-size", "32"]
+        args.finetune_extra = ["--max-steps", "3"]
+        args.data = str((ROOT / args.data).resolve()) if not Path(args.data).is_absolute() else args.data
+        print(json.dumps(tune(args), indent=2))
+        return 0
     # read here (downstream pool, overhead) and by the subprocesses (cwd ROOT): one absolute path for both
     args.data = str((ROOT / args.data).resolve()) if not Path(args.data).is_absolute() else args.data
     if not args.render:
