@@ -71,11 +71,19 @@ NOTES = {
 }
 
 
+def _commit() -> str | None:
+    """The repository's commit, with ``+dirty`` when tracked files differ from it (None outside git)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def run_cell(task: str, seed: int, method: str, args) -> Path:
     cell = RESULTS / method / f"{task}_seed{seed}.json"
-    if cell.exists():
-        print(f"[skip] {method} {task} seed {seed}: {cell.relative_to(ROOT)}")
-        return cell
     out = RUNS / method / task / f"seed{seed}"
     cmd = ["gentune", "finetune", "--task", task, "--out", str(out.relative_to(ROOT)), "--seed", str(seed),
            "--train-size", str(args.train_size)]
@@ -85,6 +93,16 @@ def run_cell(task: str, seed: int, method: str, args) -> Path:
         cmd += ["--regularizer", *args.regularizer]
     for item in ["save_model=false", *args.set]:
         cmd += ["--set", item]
+    if cell.exists():
+        # a finished cell counts only for the command that made it: a variant (other --set, --train-size) under
+        # the same method name would otherwise be reported, and paired, as this one
+        recorded = json.loads(cell.read_text()).get("command")
+        if recorded is not None and recorded != shlex.join(cmd):
+            print(f"error: {cell.relative_to(ROOT)} was made by `{recorded}`, not `{shlex.join(cmd)}`: give the "
+                  "variant its own --name", file=sys.stderr)
+            raise SystemExit(2)
+        print(f"[skip] {method} {task} seed {seed}: {cell.relative_to(ROOT)}")
+        return cell
     print(f"[run ] {method} {task} seed {seed}: {shlex.join(cmd)}", flush=True)
     t0 = time.time()
     subprocess.run([sys.executable, "-m", "gentune", *cmd[1:]], cwd=ROOT, check=True)
@@ -93,7 +111,7 @@ def run_cell(task: str, seed: int, method: str, args) -> Path:
         # the resolved config, so a cell stays reproducible when the CLI defaults change later
         "config": yaml.safe_load((out / "config.yaml").read_text()),
         "task": task, "method": method, "seed": seed, "train_size": args.train_size,
-        "command": shlex.join(cmd), "machine": machine(),
+        "command": shlex.join(cmd), "machine": machine(), "commit": _commit(),
         "date": dt.date.today().isoformat(), "wall_seconds": time.time() - t0, "summary": summary,
     }
     cell.parent.mkdir(parents=True, exist_ok=True)
@@ -135,9 +153,19 @@ def _main(cell: dict) -> float:
     return s["final_dev"][s["main_metric"]]
 
 
+def _protocol(cell: dict) -> tuple:
+    """What must match for two cells to be a pair: the subsample size and the number of processes (N > 1
+    completes an epoch's last batch with repeated examples)."""
+    return cell["train_size"], cell["summary"].get("num_processes", 1)
+
+
 def paired(cells: list[dict], method: str, task: str, baseline: str = "vanilla") -> tuple[float, float, int] | None:
-    """Mean and standard error (x100) of method - baseline on the final main metric, over the seeds both have."""
-    by = {(c["method"], c["seed"]): _main(c) for c in cells if c["task"] == task}
+    """Mean and standard error (x100) of method - baseline on the final main metric, over the seeds both have
+    under the same protocol (training-set size, process count)."""
+    by = {(c["method"], c["seed"], _protocol(c)): _main(c) for c in cells if c["task"] == task}
+    if len({k[2] for k in by if k[0] in (method, baseline)}) > 1:
+        raise SystemExit(f"error: {method} and {baseline} cells of {task} mix training-set sizes or process counts")
+    by = {(m, s): v for (m, s, _), v in by.items()}
     diffs = [by[(method, s)] - by[(baseline, s)] for (m, s) in by if m == method and (baseline, s) in by]
     if not diffs:
         return None

@@ -8,7 +8,10 @@ checkpoint -> summary.
 
 The same code runs on one CPU, one GPU, or ``accelerate launch --num_processes N``. Batches are split across
 processes (``split_batches=True``): ``batch_size`` is the global batch, so N processes take the same optimizer
-steps on the same examples as one process.
+steps on the same examples as one process, except that an epoch's last, partial batch is completed with examples
+from the epoch's first batch (accelerate's even batches, which keep the processes in step), so N > 1 repeats up
+to ``batch_size - 1`` examples per epoch when ``batch_size`` does not divide the training set. Evaluation sees
+every example exactly once either way.
 """
 
 from __future__ import annotations
