@@ -48,6 +48,9 @@ NOTES = {
         "  short of its 4 of 5. CoLA at 1,000 examples is barely above chance for every arm (MCC about 0.05),",
         "  so its differences are differences of noise-level scores. At eps 1e-5 with dropout on, R_s is mostly a",
         "  dropout-consistency term (docs/methods/smart.md), so this measures that term plus the momentum teacher.",
+        "- The average row's error treats the tasks as independent (conservative): over seeds, the task-average",
+        "  difference itself has a standard error of 0.15. Vanilla's cells predate many changes to the loop; its",
+        "  CoLA seed-13 cell, rerun with the code of 2026-11-26, reproduced exactly (MCC 0.090510), so the pairs hold.",
         "- The `r3f` and `smart-adv` arms run next (their cells resume across sessions).",
     ],
     "smart-cost": [
