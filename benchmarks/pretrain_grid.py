@@ -10,7 +10,12 @@ Then every arm fine-tunes, with seeds 13, 21, 42, 87, 100, on
 
 and is scored on the held-out images of those classes. Arms: ``mae`` (vit-tiny-p4 initialised from MAE),
 ``scratch-vit`` (vit-tiny-p4, random init), ``context-encoder`` (conv-small from the context encoder),
-``scratch-conv`` (conv-small, random init). Every arm uses the same fine-tuning hyper-parameters.
+``scratch-conv`` (conv-small, random init). Every arm uses the same fine-tuning recipe except its learning
+rate, which ``--stage tune`` chooses per arm and task from TUNE_LRS on a tuning split that never touches the
+reported held-out images (``exclude_split_seed=0, split_seed=1``; seed 7, not a reported seed): a pretrained
+encoder and a random one need not want the same rate, and one shared untuned rate could favour either. The
+pretrained encoders saw the tuning split's images unlabeled (they hold out only the reported split): that
+touches both candidates of an arm alike.
 
 Each pretraining run and each fine-tuning cell writes its own JSON under benchmarks/results/pretrain/; finished
 ones are skipped and interrupted ones resume, so the grid can span sessions. Results go to docs/results.md
@@ -18,6 +23,7 @@ ones are skipped and interrupted ones resume, so the grid can span sessions. Res
 
     python benchmarks/pretrain_grid.py                          # everything (hours on 2 CPU cores)
     python benchmarks/pretrain_grid.py --stage pretrain         # only the two pretraining runs
+    python benchmarks/pretrain_grid.py --stage tune             # pretraining, then the learning-rate choice
     python benchmarks/pretrain_grid.py --tasks cat-dog --seeds 13 21
     python benchmarks/pretrain_grid.py --render                 # only rebuild docs/results.md and the plots
     python benchmarks/pretrain_grid.py --smoke                  # minutes: tiny budgets, to check the pipeline
@@ -56,9 +62,18 @@ PRETRAIN = {"mae": ("vit-tiny-p4", ["--epochs", "8"]),
             "context-encoder": ("conv-small", ["--epochs", "30", "--lr", "1e-3", "--set", "context-encoder.mask=regions"])}
 ARMS = {"mae": ("mae", "vit-tiny-p4"), "scratch-vit": (None, "vit-tiny-p4"),
         "context-encoder": ("context-encoder", "conv-small"), "scratch-conv": (None, "conv-small")}
-FINETUNE = ["--epochs", "30", "--batch-size", "64", "--lr", "1e-3", "--set", "weight_decay=0.05",
+TUNE_LRS = ["1e-3", "3e-4"]  # the first is the default (and wins ties)
+TUNE_SEED = 7
+TUNE_SPLIT = ("--set", "split_seed=1", "--set", "exclude_split_seed=0")
+FINETUNE = ["--epochs", "30", "--batch-size", "64", "--lr", TUNE_LRS[0], "--set", "weight_decay=0.05",
             "--set", "warmup_ratio=0.1", "--set", "eval_every_epochs=5", "--set", "eval_batch_size=500",
             "--set", "save_model=false"]
+
+
+def _lr(command: str) -> str:
+    """The learning rate a recorded command ran with (its last --lr)."""
+    words = shlex.split(command)
+    return [words[i + 1] for i, w in enumerate(words) if w == "--lr"][-1]
 
 
 def _run(cmd: list[str]) -> None:
@@ -134,10 +149,43 @@ def pretrain_cell(objective: str, args, need_encoder: bool = False) -> Path:
     return run_pretrain(objective, objective, encoder, flags, args, RESULTS, RUNS, need_encoder)
 
 
+def _init(arm: str) -> Path | None:
+    objective = ARMS[arm][0]
+    return RUNS / "pretrain" / objective / "encoder" if objective else None
+
+
+def tune_lr(args) -> dict:
+    """{task: {arm: lr}}: each arm's fine-tuning learning rate, the best final accuracy on the tuning split (one
+    cell per candidate, seed TUNE_SEED), written to results/pretrain/tune/choice.json."""
+    path = RESULTS / "tune" / "choice.json"
+    choice = json.loads(path.read_text()) if path.exists() else {}
+    for task in args.tasks:
+        for arm in args.arms:
+            if arm in choice.get(task, {}):
+                continue
+            objective, encoder = ARMS[arm]
+            scores = {}
+            for lr in TUNE_LRS:
+                cell = run_finetune(task, f"{arm}-lr{lr}", TUNE_SEED, _init(arm), encoder, args, RESULTS / "tune",
+                                    RUNS / "tune", extra=(*TUNE_SPLIT, "--lr", lr),
+                                    make_init=lambda o=objective: pretrain_cell(o, args, need_encoder=True))
+                scores[lr] = json.loads(cell.read_text())["summary"]["final_dev"]["accuracy"]
+            best = max(TUNE_LRS, key=lambda lr: (scores[lr], -TUNE_LRS.index(lr)))
+            choice.setdefault(task, {})[arm] = {"lr": best, "scores": scores}
+            _write(path, choice)
+    return choice
+
+
+def chosen_lr(task: str, arm: str) -> str:
+    """The tuned learning rate of an arm on a task (the default before --stage tune has run)."""
+    path = RESULTS / "tune" / "choice.json"
+    choice = json.loads(path.read_text()) if path.exists() else {}
+    return choice.get(task, {}).get(arm, {}).get("lr", TUNE_LRS[0])
+
+
 def finetune_cell(task: str, arm: str, seed: int, args) -> Path:
     objective, encoder = ARMS[arm]
-    init = RUNS / "pretrain" / objective / "encoder" if objective else None
-    return run_finetune(task, arm, seed, init, encoder, args, RESULTS, RUNS,
+    return run_finetune(task, arm, seed, _init(arm), encoder, args, RESULTS, RUNS, extra=("--lr", chosen_lr(task, arm)),
                         make_init=lambda: pretrain_cell(objective, args, need_encoder=True))
 
 
@@ -228,8 +276,8 @@ def render() -> str:
         tc = [c for c in cells if c["task"] == task]
         if not tc:
             continue
-        lines += [f"### {task}", "", "| arm | init | accuracy (final epoch) | best of the evaluations (optimistic) "
-                  "| seeds | train min/run |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"### {task}", "", "| arm | init | lr | accuracy (final epoch) | best of the evaluations "
+                  "(optimistic) | seeds | train min/run |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for arm, (objective, encoder) in ARMS.items():
             ac = [c for c in tc if c["arm"] == arm]
             if not ac:
@@ -237,14 +285,21 @@ def render() -> str:
             final = [c["summary"]["final_dev"]["accuracy"] for c in ac]
             best = [c["summary"]["best_dev"]["accuracy"] for c in ac]
             mins = statistics.fmean(c["summary"]["train_seconds"] for c in ac) / 60
-            lines.append(f"| {arm} | {objective or 'random'} ({encoder}) | {_fmt(final)} | {_fmt(best)} | "
-                         f"{len(ac)} | {mins:.1f} |")
+            lrs = sorted({_lr(c["command"]) for c in ac})
+            lines.append(f"| {arm} | {objective or 'random'} ({encoder}) | {', '.join(lrs)} | {_fmt(final)} | "
+                         f"{_fmt(best)} | {len(ac)} | {mins:.1f} |")
         plot = plot_curves(task, tc)
         if plot:
             lines += ["", f"![{task} fine-tuning curves](img/{plot.name})"]
         lines += ["", "- The accuracy is the final epoch's on the held-out images. The next column is the best of the "
                   "evaluations every", "  5 epochs on those same images: chosen on the set it is scored on, so an "
                   "upper estimate, shown for the", "  curves' shape only."]
+        tuned = (json.loads((RESULTS / "tune" / "choice.json").read_text()).get(task, {})
+                 if (RESULTS / "tune" / "choice.json").exists() else {})
+        if tuned:
+            lines.append(f"- Learning rates chosen on the tuning split (seed {TUNE_SEED}, final accuracy per candidate): "
+                         + "; ".join(f"{arm} " + ", ".join(f"{lr}: {100 * a:.1f}" for lr, a in t["scores"].items())
+                                     for arm, t in tuned.items()) + ".")
         mixed = [arm for arm in ARMS if len({c.get("init_sha256") for c in tc if c["arm"] == arm}) > 1]
         if mixed:
             lines.append(f"- Warning: the seeds of {', '.join(mixed)} were fine-tuned from different encoder files "
@@ -257,7 +312,7 @@ def render() -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=os.environ.get("GENTUNE_IMAGES", DEFAULT_DATA))
-    p.add_argument("--stage", choices=["all", "pretrain", "finetune"], default="all")
+    p.add_argument("--stage", choices=["all", "pretrain", "tune", "finetune"], default="all")
     p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     p.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
@@ -272,10 +327,12 @@ def main() -> int:
         args.pretrain_extra = ["--max-steps", "3", "--batch-size", "32"]
         args.finetune_extra = ["--max-steps", "3", "--set", "eval_every_epochs=0"]
     if not args.render:
-        if args.stage in ("all", "pretrain"):
+        if args.stage in ("all", "pretrain", "tune"):
             for objective in PRETRAIN:
                 if any(ARMS[a][0] == objective for a in args.arms):
                     pretrain_cell(objective, args)
+        if args.stage in ("all", "tune"):
+            tune_lr(args)
         if args.stage in ("all", "finetune"):
             for seed in args.seeds:  # seeds outer: an interrupted grid still covers every arm with some seeds
                 for task in args.tasks:

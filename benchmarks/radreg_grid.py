@@ -104,20 +104,21 @@ def tune(args) -> dict:
     rows = []
     # the reference: plain MAE under the same shortened protocol
     short_mae(args)
+    protocol = (*TUNE_FINETUNE, "--lr", pg.chosen_lr("cat-dog", "mae"))  # plain MAE's tuned rate, if chosen
     ref = pg.run_finetune("cat-dog", "mae-short", TUNE_SEED, RUNS / "tune" / "pretrain" / "mae-short" / "encoder", encoder,
-                          args, RESULTS / "tune", RUNS / "tune", TUNE_FINETUNE)
+                          args, RESULTS / "tune", RUNS / "tune", protocol)
     reference = json.loads(ref.read_text())["summary"]["final_dev"]["accuracy"]
     for c in CANDIDATES:
         name = f"radreg-{c['head']}-{c['weight']}"
         pg.run_pretrain(name, "mae", encoder, _flags(c, "cat-dog", args, tuning=True), args, RESULTS / "tune",
                         RUNS / "tune")
         cell = pg.run_finetune("cat-dog", name, TUNE_SEED, RUNS / "tune" / "pretrain" / name / "encoder", encoder, args,
-                               RESULTS / "tune", RUNS / "tune", TUNE_FINETUNE)
+                               RESULTS / "tune", RUNS / "tune", protocol)
         rows.append({**c, "accuracy": json.loads(cell.read_text())["summary"]["final_dev"]["accuracy"]})
     best = max(rows, key=lambda r: r["accuracy"])
     choice = {"weight": best["weight"], "head": best["head"], "candidates": rows, "plain_mae": reference,
               "protocol": f"MAE+RadReg pretraining {TUNE_EPOCHS} epochs, cat-dog fine-tuning seed {TUNE_SEED}, "
-                          f"{' '.join(TUNE_FINETUNE)}: the tuning split, not the reported one"}
+                          f"{' '.join(protocol)}: the tuning split, not the reported one"}
     pg._write(path, choice)
     return choice
 
@@ -245,7 +246,9 @@ def main() -> int:
                 for seed in args.seeds:
                     for task in args.tasks:
                         init = RUNS / "pretrain" / f"mae+radreg-{task}" / "encoder"
+                        # MAE's tuned learning rate: the pair (mae, mae+radreg) differs only in the pretraining
                         pg.run_finetune(task, "mae+radreg", seed, init, encoder, args, RESULTS, RUNS,
+                                        extra=("--lr", pg.chosen_lr(task, "mae")),
                                         make_init=lambda task=task: radreg_pretrain(task, choice, args, True))
                         pg._write_doc()
         if args.stage in ("all", "overhead"):
