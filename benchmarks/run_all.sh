@@ -2,7 +2,7 @@
 # Every grid of docs/results.md, in dependency order, one heavy job at a time. Each grid skips its finished cells
 # and resumes an interrupted one, so rerunning this script after a stop goes on where the last run ended.
 #
-#     nohup benchmarks/run_all.sh > logs/run_all.log 2>&1 &     # about 11 h on 2 CPU cores from scratch
+#     nohup benchmarks/run_all.sh > logs/run_all.log 2>&1 &     # about 14 h on 2 CPU cores from scratch
 #
 # Needs GENTUNE_DATA (the GLUE tree; default ../shared/data/glue) and the CIFAR-10 archive of pretrain_grid.py.
 set -euo pipefail
@@ -14,7 +14,7 @@ step benchmarks/finetune_grid.py                          # vanilla (issue 2)
 for reg in smart r3f smart-adv; do                        # issue 3
   step benchmarks/finetune_grid.py --regularizer "$reg"
 done
-step benchmarks/pretrain_grid.py                          # issue 4: MAE, context encoder, 4 arms x 2 tasks x 5 seeds
+step benchmarks/pretrain_grid.py                          # issue 4: MAE, context encoder, lr choice, 4 arms x 2 tasks x 5 seeds
 step benchmarks/radreg_grid.py --stage tune               # issue 5: lambda and head on the tuning split
 step benchmarks/radreg_grid.py                            # issue 5: MAE + RadReg per task, then fine-tuning
 step benchmarks/diagnostics_study.py                      # issue 6: needs the runs above
