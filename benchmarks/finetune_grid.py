@@ -8,6 +8,8 @@ span sessions. `--render` (also done after every run) writes docs/results.md fro
     # a regularizer, reusing the same protocol (a method name keeps variants apart)
     python benchmarks/finetune_grid.py --regularizer l2sp --set l2sp.alpha=0.01 --name l2sp-a0.01
     python benchmarks/finetune_grid.py --render          # only rebuild docs/results.md
+    # a method's own option, chosen on dev with a seed that is not reported (cells kept apart from the grid)
+    python benchmarks/finetune_grid.py --tune --regularizer smart --set smart.adv_weight=3 --name smart-ls3
 
 Not run by CI. Needs GENTUNE_DATA (or --data-dir) pointing at a GLUE/LM-BFF data tree.
 """
@@ -32,6 +34,9 @@ from _common import machine  # noqa: E402  (benchmarks/ is the script's folder)
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "finetune"
 RUNS = ROOT / "runs" / "grid"
+GRID_RESULTS = RESULTS  # what docs/results.md shows as the grid (RESULTS moves under --tune)
+TUNE_RESULTS = ROOT / "benchmarks" / "results" / "finetune_tune"  # --tune: choosing a method's own options
+TUNE_SEEDS = [7]  # not a reported seed
 DOC = ROOT / "docs" / "results.md"
 HPARAMS = ("model", "epochs", "batch_size", "lr", "warmup_ratio", "weight_decay", "max_length")
 TASKS = ["rte", "mrpc", "cola", "stsb", "sst2"]
@@ -244,8 +249,29 @@ def pretrain_section() -> list[str]:
     return lines
 
 
+def tuning_section() -> list[str]:
+    """The --tune cells: each variant's final dev main metric per task and the task average (seeds not reported)."""
+    cells = [json.loads(p.read_text()) for p in sorted(TUNE_RESULTS.glob("*/*.json"))]
+    if not cells:
+        return []
+    methods = sorted({c["method"] for c in cells})
+    lines = ["### Tuning cells (`finetune_grid.py --tune`)", "",
+             "A method's own options chosen on dev with seeds that are not reported "
+             f"({', '.join(map(str, sorted({c['seed'] for c in cells})))}); final dev main metric (x100).", "",
+             "| variant | " + " | ".join(TASKS) + " | average | command |", "|" + " --- |" * (len(TASKS) + 3)]
+    for m in methods:
+        mc = [c for c in cells if c["method"] == m]
+        vals = {t: [_main(c) for c in mc if c["task"] == t] for t in TASKS}
+        full = all(vals[t] for t in TASKS)
+        avg = f"{100 * statistics.fmean(statistics.fmean(vals[t]) for t in TASKS):.1f}" if full else "-"
+        example = mc[0]["command"].split(" --out ")[1].split(" ", 1)[1] if " --out " in mc[0]["command"] else ""
+        lines.append(f"| {m} | " + " | ".join(f"{100 * statistics.fmean(vals[t]):.1f}" if vals[t] else "-"
+                                            for t in TASKS) + f" | {avg} | `{example}` |")
+    return lines + [""]
+
+
 def render() -> str:
-    cells = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*/*.json"))]
+    cells = [json.loads(p.read_text()) for p in sorted(GRID_RESULTS.glob("*/*.json"))]
     lines = [
         "# Results",
         "",
@@ -308,6 +334,7 @@ def render() -> str:
                   f"- grid: `python benchmarks/finetune_grid.py"
                   + ("" if method == "vanilla" else f" --name {method} ...") + "`",
                   f"- machine: {mc[0]['machine']}; dates: {', '.join(dates)}", ""]
+    lines += tuning_section()
     lines += cost_section()
     lines += pretrain_section()
     return "\n".join(lines) + "\n"
@@ -330,7 +357,15 @@ def main() -> int:
     p.add_argument("--name", help="method name for the cells (default: vanilla, or the regularizers joined by +)")
     p.add_argument("--data-dir")
     p.add_argument("--render", action="store_true", help="only rebuild docs/results.md from the cell files")
+    p.add_argument("--tune", action="store_true",
+                   help=f"tuning cells (default seeds {TUNE_SEEDS}, not reported ones) into {TUNE_RESULTS.name}/, "
+                        "shown apart from the grid; give each option value its own --name")
     args = p.parse_args()
+    if args.tune:
+        global RESULTS, RUNS
+        RESULTS, RUNS = TUNE_RESULTS, ROOT / "runs" / "grid_tune"
+        if args.seeds == SEEDS:
+            args.seeds = TUNE_SEEDS
     if not args.render:
         method = args.name or ("+".join(args.regularizer) if args.regularizer else "vanilla")
         # seeds outer, tasks inner: an interrupted grid still covers every task with some seeds
