@@ -53,8 +53,26 @@ def test_finetune_input_errors(capsys, tmp_path, glue, tiny_model):
         (["--train", good, "--dev", good, "--config", str(tmp_path / "none.yaml")], "none.yaml: no such config file"),
         (["--data-dir", str(tmp_path)], f"no data for task rte: tried --data-dir={tmp_path}"),
     ]
+    (tmp_path / "bin.tsv").write_bytes(b"\xff\xfe\x00 not text\n")
+    cases += [
+        (["--train", str(tmp_path / "bin.tsv"), "--dev", good], "bin.tsv: not UTF-8 text"),
+        (["--train", good, "--dev", good, "--config", _write(tmp_path, "t.yaml", "lr: abc\n")],
+         "t.yaml: lr: expected float, got 'abc'"),
+        (["--train", good, "--dev", good, "--regularizer", "smart", "--set", "smart.norm=foo"],
+         "norm must be one of ('inf', 'l2'), got 'foo'"),
+    ]
     for extra, needle in cases:
         _one_line_error(capsys, ft + extra, needle)
+    # OUT: a file, or a damaged earlier run, is one line too (before any model or data is loaded)
+    _write(tmp_path, "outfile", "x")
+    _one_line_error(capsys, ft[:4] + [str(tmp_path / "outfile")] + ft[5:] + ["--train", good, "--dev", good],
+                    "outfile: exists and is not a folder")
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "config.yaml").write_text("task: [rte\n")
+    (damaged / "summary.json").write_text("{")
+    _one_line_error(capsys, ft[:4] + [str(damaged)] + ft[5:] + ["--train", good, "--dev", good],
+                    "holds a damaged run")
     _one_line_error(capsys, ["finetune", "--task", "nope", "--out", "x"], "unknown task 'nope'")
     _one_line_error(capsys, ft[:-4] + ["--model", str(tmp_path / "no-model"), "--train", good, "--dev", good],
                     "no-model': no such directory")
@@ -76,6 +94,8 @@ def test_evaluate_errors_and_output(capsys, sst2_checkpoint, glue, tmp_path):
                              "--data", str(glue / "k-shot/SST-2/16-21/dev.tsv")], "not a checkpoint directory")
     _one_line_error(capsys, ["evaluate", "--checkpoint", best, "--task", "sst2",
                              "--data", _write(tmp_path, "x.tsv", "sentence\tlabel\nfine\t2\n")], "x.tsv:2: label '2'")
+    _one_line_error(capsys, ["evaluate", "--checkpoint", best, "--task", "sst2", "--batch-size", "0",
+                             "--data", str(glue / "k-shot/SST-2/16-21/dev.tsv")], "batch_size must be positive")
 
 
 def test_argparse_errors_follow_the_contract(capsys):

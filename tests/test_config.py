@@ -32,11 +32,38 @@ def test_yaml_then_overrides(tmp_path):
         (["train_size=abc"], "--set train_size: expected an integer"),
         (["l2sp.gamma=1"], "regularizer 'l2sp' has no option 'gamma'"),
         (["smartish.eps=1"], "unknown config key 'smartish.eps'"),
+        # options whose default is None are parsed by their annotation ("auto" is not a bool)
+        (["smart.regression=auto"], "--set smart.regression: expected true/false, got 'auto'"),
+        (["radreg.image_size=abc"], "--set radreg.image_size: expected an integer"),
+        (["exclude_split_seed=x"], "--set exclude_split_seed: expected an integer"),
     ],
 )
 def test_bad_overrides(overrides, needle):
     with pytest.raises(GentuneError, match=needle.replace("(", r"\(")):
         apply_overrides(FinetuneConfig(), overrides)
+
+
+def test_text_fields_keep_the_text_and_optional_options_parse_by_annotation():
+    cfg = apply_overrides(FinetuneConfig(), ["model=1", "mixed_precision=no", "smart.regression=true",
+                                             "exclude_split_seed=0"])
+    assert cfg.model == "1" and cfg.mixed_precision == "no" and cfg.exclude_split_seed == 0
+    assert cfg.regularizer_options == {"smart": {"regression": True}}
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"lr": "abc"}, "c.yaml: lr: expected float, got 'abc'"),
+    ({"epochs": "3"}, "c.yaml: epochs: expected float"),
+    ({"regularizer": 5}, "c.yaml: regularizer: expected list"),
+    ({"regularizer_options": 5}, "c.yaml: regularizer_options: expected dict"),
+    ({"save_model": "yes"}, "c.yaml: save_model: expected bool"),
+])
+def test_yaml_values_are_type_checked(tmp_path, data, needle):
+    import yaml
+
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(data))
+    with pytest.raises(GentuneError, match=needle):
+        load_yaml(FinetuneConfig(), str(f))
 
 
 def test_bad_yaml(tmp_path):
@@ -49,6 +76,9 @@ def test_bad_yaml(tmp_path):
         load_yaml(FinetuneConfig(), str(f))
     with pytest.raises(GentuneError, match="no such config file"):
         load_yaml(FinetuneConfig(), str(tmp_path / "missing.yaml"))
+    f.write_bytes(b"task: \xff\xfe\n")
+    with pytest.raises(GentuneError, match="c.yaml: not UTF-8 text"):
+        load_yaml(FinetuneConfig(), str(f))
 
 
 def test_validate():

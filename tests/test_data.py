@@ -150,6 +150,14 @@ def test_unlabelled_reading_still_checks_texts(tmp_path):
         read_file(get_task("rte"), path, labelled=False)
 
 
+def test_non_utf8_file_is_one_line_error(tmp_path):
+    for name in ("bin.tsv", "bin.json", "bin.csv"):
+        path = tmp_path / name
+        path.write_bytes(b"\xff\xfe\x00garbage\n")
+        with pytest.raises(GentuneError, match=f"{name}: not UTF-8 text"):
+            read_file(get_task("sst2"), path)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(GentuneError, match="no such file"):
         read_file(get_task("rte"), tmp_path / "nope.tsv")

@@ -89,6 +89,13 @@ def test_text_checkpoint_and_errors(glue, tiny_model, tmp_path):
                      "--out", out), "nothing")
     one_line_error(run_cli("diagnose", "--checkpoint", tiny_model, "--task", "sst2", "--data", tmp_path / "no.tsv",
                      "--out", out), "no.tsv: no such file")
+    one_line_error(run_cli("diagnose", "--checkpoint", tiny_model, "--task", "sst2", "--data", data, "--out", out,
+                           "--max-examples", "0"), "max_examples and n_sigma must be at least 2")
+    bad = tmp_path / "badckpt"
+    bad.mkdir()
+    (bad / "gentune.json").write_text("{oops")
+    one_line_error(run_cli("diagnose", "--checkpoint", bad, "--task", "sst2", "--data", data, "--out", out),
+                   "gentune.json: malformed JSON")
 
 
 def test_feature_cache_key_follows_every_file_of_the_data(folders, tmp_path):

@@ -288,7 +288,7 @@ def test_perturbation_rounded_away_under_bf16_is_counted_and_warned(tiny_model_n
         warnings.simplefilter("error")  # float32: no warning
         reg(model, batch, model(**batch))
     assert reg.log() == {"smart_zero_grad": 0.0}
-    with pytest.warns(UserWarning, match="exactly zero for .*bfloat16 autocast.*--mixed-precision no"):
+    with pytest.warns(UserWarning, match="exactly zero for .*bfloat16 autocast.*--set mixed_precision=no"):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             reg(model, batch, model(**batch))
     assert reg.log()["smart_zero_grad"] >= 0.5

@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="metrics of a fine-tuned checkpoint on a data file (JSON on stdout)")
     ev.add_argument("--checkpoint", required=True, help="a run's best/ directory (or any save_pretrained dir)")
     ev.add_argument("--task", required=True)
-    ev.add_argument("--data", required=True, help="a file in the task's formats (e.g. a GLUE TSV test file), or "
+    ev.add_argument("--data", required=True, help="a labelled file in the task's formats (e.g. a GLUE dev TSV), or "
                                                   "an image folder/archive for image-classification")
     ev.add_argument("--batch-size", type=int, default=64)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,11 +192,53 @@ def _coerce(value: str, like: Any, key: str):
             raise GentuneError(f"--set {key}: expected {kind}, got {value!r}") from None
     if isinstance(like, (list, tuple)) and isinstance(parsed, str):
         return type(like)(s for s in parsed.split(",") if s)
+    if isinstance(like, str):  # a text field keeps the text as given (YAML would read "no" as false, "1" as 1)
+        return value
     return parsed
 
 
+def _fits(value, hint) -> bool:
+    """Whether ``value`` has the type of a config annotation (int, float, bool, str, lists, dicts, unions)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint in (list, tuple) or origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and (not args or all(_fits(v, args[0]) for v in value))
+    if hint is dict or origin is dict:
+        return isinstance(value, dict) and (not args or all(_fits(k, args[0]) and _fits(v, args[1])
+                                                            for k, v in value.items()))
+    return True  # an annotation this check does not know: left to the consumer
+
+
+def check_type(value, hint, where: str) -> None:
+    """A one-line error naming ``where`` when ``value`` does not fit the annotation ``hint``."""
+    if not _fits(value, hint):
+        kind = str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        raise GentuneError(f"{where}: expected {kind}, got {value!r}")
+
+
+def hints(cls) -> dict[str, Any]:
+    """The resolved field annotations of a config dataclass."""
+    return typing.get_type_hints(cls)
+
+
 def apply_mapping(cfg: RunConfig, data: dict, source: str) -> RunConfig:
+    """Set config keys from a mapping (a YAML file, the Python API); every value is checked against its field's
+    type, and an unknown key or a wrong type is a one-line error naming ``source`` and the key."""
     fields = {f.name for f in dataclasses.fields(cfg)}
+    types_ = hints(type(cfg))
     for key, value in data.items():
         if key not in fields:
             raise GentuneError(f"{source}: unknown config key {key!r}")
@@ -204,6 +248,7 @@ def apply_mapping(cfg: RunConfig, data: dict, source: str) -> RunConfig:
             value = list(value)
         elif isinstance(value, os.PathLike):
             value = os.fspath(value)
+        check_type(value, types_[key], f"{source}: {key}")
         setattr(cfg, key, value)
     return cfg
 
@@ -214,6 +259,8 @@ def load_yaml(cfg: RunConfig, path: str) -> RunConfig:
         raise GentuneError(f"{p}: no such config file")
     try:
         data = yaml.safe_load(p.read_text()) or {}
+    except UnicodeDecodeError as e:
+        raise GentuneError(f"{p}: not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -244,8 +291,10 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             like = getattr(cfg, parts[0])
             if like is None:  # an optional field: check against its annotation ("int | None" -> int)
                 base = str(fields[parts[0]].type).split(" ")[0]
-                like = [] if base.startswith("list") else {"int": 0, "float": 0.0}.get(base, None)
-            setattr(cfg, parts[0], _coerce(value, like, key) if value.lower() not in ("null", "none", "") else None)
+                like = [] if base.startswith("list") else {"int": 0, "float": 0.0, "str": ""}.get(base, None)
+            new = _coerce(value, like, key) if value.lower() not in ("null", "none", "") else None
+            check_type(new, hints(type(cfg))[parts[0]], f"--set {key}")
+            setattr(cfg, parts[0], new)
             continue
         kinds = ["regularizer"] + (["objective"] if hasattr(cfg, "objective_options") else [])
         if len(parts) == 2:
@@ -260,7 +309,13 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
                 raise GentuneError(f"--set {key}: {kind} {name!r} has no option {option!r} "
                                    f"(options: {', '.join(options) or 'none'})")
             default = options[option].default
-            getattr(cfg, f"{kind}_options").setdefault(name, {})[option] = _coerce(value, default, key)
+            hint = hints(entry.config)[option]
+            if default is None:  # an optional option: parse by its annotation ("bool | None" -> bool)
+                base = next((h for h in typing.get_args(hint) if h is not type(None)), None)
+                default = {bool: False, int: 0, float: 0.0, str: ""}.get(base)
+            new = _coerce(value, default, key) if value.lower() not in ("null", "none") else None
+            check_type(new, hint, f"--set {key}")
+            getattr(cfg, f"{kind}_options").setdefault(name, {})[option] = new
             continue
         raise GentuneError(f"--set {key}: unknown config key {key!r}")
     return cfg

@@ -47,7 +47,12 @@ def load_representation(checkpoint: str) -> Representation:
     """The representation of a text (Hugging Face) or image (gentune) checkpoint; errors name the path."""
     path = Path(checkpoint)
     meta_file = path / "gentune.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    try:
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GentuneError(f"{meta_file}: malformed JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise GentuneError(f"{meta_file}: expected a JSON object")
     if meta.get("architecture") in ("vit", "conv"):
         if "classes" in meta:  # an image classifier: its encoder is what the head sees
             from .vision_tasks import load_classifier
@@ -93,7 +98,10 @@ def _batches_text(rep: Representation, task: str, data: str, limit: int, seed: i
     if Path(data).suffix.lower() == ".txt":  # plain text, one example a line, no labels (e.g. pretraining text)
         import datasets
 
-        lines = [l.strip() for l in Path(data).read_text().splitlines() if l.strip()]
+        try:
+            lines = [l.strip() for l in Path(data).read_text().splitlines() if l.strip()]
+        except UnicodeDecodeError as e:
+            raise GentuneError(f"{data}: not UTF-8 text (byte {e.start})") from None
         if not lines:
             raise GentuneError(f"{data}: no text lines")
         ds = datasets.Dataset.from_dict({"text_a": lines, "text_b": [None] * len(lines), "label": [0] * len(lines)})
@@ -173,7 +181,13 @@ def run_gap(checkpoint: str) -> dict | None:
     run = Path(checkpoint).parent
     if Path(checkpoint).name != "best" or not (run / "config.yaml").is_file():
         return None
-    cfg = apply_mapping(FinetuneConfig(), yaml.safe_load((run / "config.yaml").read_text()), str(run))
+    try:
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise GentuneError(f"{run / 'config.yaml'}: malformed ({type(e).__name__})") from None
+    if not isinstance(saved, dict):
+        raise GentuneError(f"{run / 'config.yaml'}: not a run's config")
+    cfg = apply_mapping(FinetuneConfig(), saved, str(run / "config.yaml"))
     if cfg.task == IMAGE_TASK:
         from accelerate import Accelerator
 
@@ -307,14 +321,18 @@ def diagnose(checkpoints: list[str], task: str, data: str, out: str, pretrain_da
         raise GentuneError("diagnose: give at least one --checkpoint")
     if not Path(data).exists():
         raise GentuneError(f"{data}: no such file or folder")
+    if max_examples < 2 or n_sigma < 2:
+        raise GentuneError(f"diagnose: max_examples and n_sigma must be at least 2, got {max_examples} and {n_sigma}")
     outdir = Path(out)
+    if outdir.exists() and not outdir.is_dir():
+        raise GentuneError(f"--out {outdir}: exists and is not a folder")
     cache = outdir / FEATURES
     results = {"task": task, "data": str(data), "pretrain_data": pretrain_data, "n": None, "checkpoints": []}
     projections = {}
     for ckpt in checkpoints:
         rep = load_representation(ckpt)
         if (rep.kind == "image") != (task == IMAGE_TASK):
-            raise GentuneError(f"{ckpt}: a {rep.kind} checkpoint cannot be diagnosed on task {task!r}")
+            raise GentuneError(f"{ckpt}: {'an' if rep.kind == 'image' else 'a'} {rep.kind} checkpoint cannot be diagnosed on task {task!r}")
         feats, labels = extract(rep, task, data, cache, max_examples, seed)
         results["n"] = len(feats)
         complexity = {"linear": rademacher_complexity(feats, "linear", bound, n_sigma, seed),

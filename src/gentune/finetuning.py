@@ -89,6 +89,8 @@ def evaluate(checkpoint: str, task: str, data: str, batch_size: int = 64, max_le
     folder or archive)."""
     from accelerate import Accelerator
 
+    if batch_size < 1:
+        raise GentuneError(f"evaluate: batch_size must be positive, got {batch_size}")
     if task == IMAGE_TASK:
         from .vision_tasks import evaluate_images
 

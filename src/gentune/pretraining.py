@@ -80,6 +80,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
         registry.get("objective", cfg.objective)  # names an unknown objective with the known ones
         raise GentuneError(f"objective {cfg.objective!r} is not a pretraining objective "
                            f"(pretraining: {', '.join(DEFAULT_ENCODERS)})")
+    radreg_data = cfg.regularizer_options.get("radreg", {}).get("data")
+    if "radreg" in cfg.regularizer and radreg_data and not Path(str(radreg_data)).exists():
+        raise GentuneError(f"radreg.data {radreg_data}: no such file or folder")  # before OUT gets a config.yaml
     started = begin(cfg)
     if isinstance(started, dict):
         return started

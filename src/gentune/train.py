@@ -112,6 +112,16 @@ class _Log:
                 f.write(json.dumps(record) + "\n")
 
 
+def _check_out_writable(out: Path) -> None:
+    """OUT is a folder, or can be made one, before any model or data is loaded."""
+    if out.exists() and not out.is_dir():
+        raise GentuneError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GentuneError(f"--out {out}: cannot create it ({e.strerror or e})") from None
+
+
 def _check_out_dir(out: Path, cfg: RunConfig) -> str:
     """'new', 'resume' or 'done'; a different config in the same OUT is an error, not a silent overwrite."""
     saved = out / "config.yaml"
@@ -121,7 +131,15 @@ def _check_out_dir(out: Path, cfg: RunConfig) -> str:
         return "new"  # a run that failed before its first checkpoint: nothing to keep, start over
     import yaml
 
-    old = yaml.safe_load(saved.read_text()) or {}
+    try:
+        old = yaml.safe_load(saved.read_text()) or {}
+        if (out / "summary.json").exists():
+            json.loads((out / "summary.json").read_text())
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GentuneError(f"{out} holds a damaged run ({type(e).__name__} in its config.yaml or summary.json); "
+                           "use another --out or delete it") from None
+    if not isinstance(old, dict):
+        raise GentuneError(f"{saved}: not a run's config (expected a mapping); use another --out or delete it")
     new = cfg.to_dict()
     defaults = type(cfg)().to_dict()  # a key added to the config after the run was made has its default there
     # Keys that do not change the result may differ between the original command and its rerun.
@@ -233,6 +251,7 @@ def begin(cfg: RunConfig):
     cfg.validate()
     check_regularizers(cfg)
     out = Path(cfg.out)
+    _check_out_writable(out)
     status = _check_out_dir(out, cfg)
     if status == "done":
         return json.loads((out / "summary.json").read_text())

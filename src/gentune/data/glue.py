@@ -184,13 +184,13 @@ def read_file(task: TaskSpec, path: str | os.PathLike, labelled: bool = True):
     if path.stat().st_size == 0:
         raise GentuneError(f"{path}: empty file")
     suffix = path.suffix.lower()
-    if suffix in (".json", ".jsonl"):
-        return read_json(task, path, labelled)
-    if suffix == ".tsv":
-        return read_tsv(task, path, labelled)
-    if suffix == ".csv":
-        return read_csv(task, path, labelled)
-    raise GentuneError(f"{path}: unknown file type {suffix!r} (expected .json, .tsv or .csv)")
+    readers = {".json": read_json, ".jsonl": read_json, ".tsv": read_tsv, ".csv": read_csv}
+    if suffix not in readers:
+        raise GentuneError(f"{path}: unknown file type {suffix!r} (expected .json, .tsv or .csv)")
+    try:
+        return readers[suffix](task, path, labelled)
+    except UnicodeDecodeError as e:
+        raise GentuneError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
 def _split_file(task: TaskSpec, root: Path, split: str) -> Path | None:

@@ -56,6 +56,8 @@ class L2SP:
 
     def __init__(self, alpha: float = 0.01, beta: float = 0.01,
                  head_prefixes: tuple[str, ...] = ("classifier", "score", "head", "pre_classifier")):
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"l2sp: alpha and beta must be >= 0 (a negative weight rewards distance), got {alpha}, {beta}")
         self.alpha, self.beta = alpha, beta
         self.head_prefixes = tuple(head_prefixes)
         self.anchor: dict[str, torch.Tensor] | None = None

@@ -329,9 +329,10 @@ class SmartAdversarial:
                  steps: int = 1, norm: str = "inf", granularity: str = "token", step_style: str = "paper",
                  start_step: int = 0, dropout: str = "independent", regression: bool | None = None,
                  embed_fn=None, forward_from_embeddings=None):
-        if norm not in NORMS or granularity not in GRANULARITIES or step_style not in ("paper", "mtdnn"):
-            raise ValueError(f"smart-adv: norm in {NORMS}, granularity in {GRANULARITIES}, "
-                             "step_style in ('paper', 'mtdnn')")
+        for key, value, allowed in (("norm", norm, NORMS), ("granularity", granularity, GRANULARITIES),
+                                    ("step_style", step_style, ("paper", "mtdnn"))):
+            if value not in allowed:
+                raise ValueError(f"smart-adv: {key} must be one of {allowed}, got {value!r}")
         if dropout not in DROPOUT:
             raise ValueError(f"smart-adv: dropout must be one of {DROPOUT}, got {dropout!r}")
         self.weight, self.sigma, self.eps, self.eta, self.steps = weight, sigma, eps, eta, steps
@@ -369,7 +370,7 @@ class SmartAdversarial:
             torch.float16, torch.bfloat16)
         cause = (f"under {torch.get_autocast_dtype(device.type)} autocast a perturbation of sigma={self.sigma:g}, "
                  f"eps={self.eps:g} is below the precision of the input embeddings, so the perturbed output "
-                 "equals the clean one; fine-tune in float32 (--mixed-precision no) or raise sigma and eps"
+                 "equals the clean one; fine-tune in float32 (--set mixed_precision=no) or raise sigma and eps"
                  if half else "sigma=0: the ascent starts from zero noise, where the divergence is at its minimum "
                  "and its gradient is zero (without dropout nothing moves it)" if self.sigma == 0
                  else f"sigma={self.sigma:g} / eps={self.eps:g} may be too small for this model")
