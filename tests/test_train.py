@@ -93,6 +93,24 @@ def test_skipped_optimizer_steps_do_not_advance_the_regularizers(glue, tiny_mode
         assert ["smart_adv" in r for r in records if r["type"] == "train"] == expected, name
 
 
+def test_resumed_at_the_last_step_keeps_the_last_evaluation_as_final(glue, tiny_model, tmp_path):
+    """A run killed after its final checkpoint but before summary.json resumes with nothing left to train: its
+    final metrics are the last evaluation's, restored from the checkpoint (not the best one's)."""
+    from gentune.train import CHECKPOINT, STATE_FILE
+
+    out = tmp_path / "run"
+    args = _args(glue, tiny_model, out, keep_checkpoint=True)
+    first = gentune.finetune(**args)
+    (out / "summary.json").unlink()
+    state_file = out / CHECKPOINT / STATE_FILE
+    state = json.loads(state_file.read_text())
+    assert state["step"] == first["train_steps"] and state["last_dev"] == first["final_dev"]
+    state["best_dev"] = {k: -1.0 for k in state["best_dev"]}  # a best that must not be reported as final
+    state_file.write_text(json.dumps(state))
+    again = gentune.finetune(**args)
+    assert again["final_dev"] == first["final_dev"]
+
+
 def test_regression_and_f1_tasks(glue, tiny_model, tmp_path):
     s = gentune.finetune(**_args(glue, tiny_model, tmp_path / "stsb", task="stsb", task_dir="STS-B", epochs=1))
     assert set(s["final_dev"]) == {"pearson", "spearman", "loss"} and s["main_metric"] == "pearson"

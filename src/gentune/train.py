@@ -74,6 +74,7 @@ class TrainState:
     best_step: int = -1
     best_dev: dict | None = None
     last_eval_step: int = -1
+    last_dev: dict | None = None  # the latest evaluation: the final metrics when the run ends right after it
 
 
 def _mixed_precision(choice: str) -> str:
@@ -333,7 +334,7 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
             return None
         metrics = job.evaluate(model, dev_dl, accelerator)
         model.train()
-        state.last_eval_step = state.step
+        state.last_eval_step, state.last_dev = state.step, metrics
         # epochs trained (fractional for mid-epoch evaluations; the final one counts its last epoch)
         log.write({"type": "eval", "step": state.step, "epoch": round(state.step / steps_per_epoch, 4), **metrics})
         value = sign * metrics[job.main_metric]
@@ -348,7 +349,6 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
 
     bar = _progress(total_steps, state.step, main and sys.stderr.isatty())
     model.train()
-    last_dev: dict | None = None
     step_time = 0.0
     # Loop time minus step time is the loop's own overhead (data loading, logging): timed from here, with
     # evaluation and checkpoint saving subtracted (they are not per-step costs).
@@ -421,9 +421,9 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
             postfix = {"loss": f"{record['loss']:.4f}"}
             if cfg.eval_steps > 0 and state.step % cfg.eval_steps == 0 and state.step < total_steps:
                 with untimed():
-                    last_dev = run_eval()
-            if last_dev:
-                postfix[job.main_metric] = f"{last_dev[job.main_metric]:.4f}"
+                    run_eval()
+            if state.last_dev:
+                postfix[job.main_metric] = f"{state.last_dev[job.main_metric]:.4f}"
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
             if state.step >= total_steps:
@@ -439,13 +439,14 @@ def run(cfg: RunConfig, job: Job, accelerator, status: str) -> dict:
                     every = cfg.eval_every_epochs
                     # eval_steps may have just evaluated this step
                     if every > 0 and state.epoch % every == 0 and state.last_eval_step != state.step:
-                        last_dev = run_eval()
+                        run_eval()
                     _save_resume_checkpoint(accelerator, out, state)
             continue
         break
     state.loop_seconds += time.perf_counter() - mark
     bar.close()
-    final_dev = run_eval() if state.last_eval_step != state.step else (last_dev or state.best_dev)
+    # a run resumed from a checkpoint taken right after its last evaluation has that evaluation in its state
+    final_dev = state.last_dev if state.last_eval_step == state.step and state.last_dev is not None else run_eval()
     summary = {
         **job.summary,
         "seed": cfg.seed,
