@@ -56,7 +56,10 @@ NOTES = {
         "- The average row's error treats the tasks as independent (conservative): over seeds, the task-average",
         "  difference itself has a standard error of 0.15. Vanilla's cells predate many changes to the loop; its",
         "  CoLA seed-13 cell, rerun with the code of 2026-11-26, reproduced exactly (MCC 0.090510), so the pairs hold.",
-        "- The `r3f` and `smart-adv` arms run next (their cells resume across sessions).",
+        "- R3F (in progress: seeds 13, 21 and 42 so far; its paired differences use those seeds): -0.3 ± 0.2 on the",
+        "  task average, below vanilla on MRPC, CoLA and STS-B. So far SMART beats R3F on the average, as the issue",
+        "  asks; STS-B (+4.2 for SMART, -0.8 for R3F) is most of the gap. The `smart-adv` arm (R_s without the",
+        "  teacher) follows and will say how much of SMART's gain is the momentum teacher's.",
     ],
     "smart-cost": [
         "- Where the time goes (`python benchmarks/smart_phases.py`, same CPU, batch 32 x 128, median of 7): a",
