@@ -130,21 +130,12 @@ def evaluate_classifier(model, dataloader, accelerator) -> dict[str, float]:
     return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}
 
 
-def _encoder_meta(path: str) -> dict | None:
-    """The gentune.json of an encoder directory, if readable (load_encoder reports the errors)."""
-    try:
-        return json.loads((Path(path) / "gentune.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def encoder_for(name: str, image_size: int, **overrides):
-    """A fresh named encoder for square images of ``image_size`` (ViTs are built for one size); ``overrides``
-    (``pool``) go to the constructor."""
+def encoder_for(name: str, image_size: int):
+    """A fresh named encoder for square images of ``image_size`` (ViTs are built for one size)."""
     from .models.vision import VIT_SIZES
 
     if name in VIT_SIZES:
-        return create_encoder(name, image_size=image_size, **overrides)
+        return create_encoder(name, image_size=image_size)
     encoder = create_encoder(name)
     if image_size % encoder.reduction:
         raise GentuneError(f"encoder {name!r} needs images whose size is a multiple of {encoder.reduction}, "
@@ -186,26 +177,24 @@ def image_classification_job(cfg: FinetuneConfig):
         val = select_classes(val, cfg.classes) if val is not None else None
     if cfg.labels_per_class:
         train = labels_per_class(train, cfg.labels_per_class, cfg.seed)
-    pooling = {"pool": cfg.pool} if cfg.pool else {}
-    if pooling:
-        arch = (_encoder_meta(cfg.init) or {}).get("architecture") if cfg.init and cfg.init.lower() != "none" \
-            else ("vit" if (DEFAULT_ENCODER if cfg.model == DEFAULT_MODEL else cfg.model).startswith("vit") else "conv")
-        if arch != "vit":
-            raise GentuneError(f"pool={cfg.pool}: pooling applies to ViT encoders only (conv encoders average)")
     if cfg.init and cfg.init.lower() != "none":
-        encoder, enc_meta = load_encoder(cfg.init, **pooling)
+        encoder, enc_meta = load_encoder(cfg.init)
         check_encoder_fits(encoder, enc_meta, cfg.init, size, cfg)
         mean, std = enc_meta.get("mean"), enc_meta.get("std")
         source = cfg.init
     else:
         name = DEFAULT_ENCODER if cfg.model == DEFAULT_MODEL else cfg.model
-        encoder = encoder_for(name, size, **pooling)
+        encoder = encoder_for(name, size)
         # the statistics pretraining uses (the training part of data, all classes), so a from-scratch arm and a
         # pretrained one normalise alike; a few hundred labelled images of two classes would shift them
         mean, std = pixel_stats(pool.images)
         source = f"scratch:{name}"
     if mean is None:
         mean, std = pixel_stats(pool.images)
+    if cfg.pool:
+        if encoder.architecture != "vit":
+            raise GentuneError(f"pool={cfg.pool}: pooling applies to ViT encoders only (conv encoders average)")
+        encoder.pool = encoder.config["pool"] = cfg.pool  # config: what the saved classifier is rebuilt with
     model = ImageClassifier(encoder, len(train.classes), head=cfg.head, linear_probe=cfg.linear_probe)
     augment = TrainTransform(size=size, scale=(0.5, 1.0), mean=tuple(mean), std=tuple(std)) if cfg.augment \
         else EvalTransform(mean=tuple(mean), std=tuple(std))
