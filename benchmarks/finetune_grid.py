@@ -345,7 +345,7 @@ def render() -> str:
 
 def write_doc() -> None:
     DOC.parent.mkdir(parents=True, exist_ok=True)
-    tmp = DOC.with_suffix(".tmp")
+    tmp = DOC.with_name(f"{DOC.name}.{os.getpid()}.tmp")  # two grids may write at once
     tmp.write_text(render())
     tmp.replace(DOC)
 

@@ -27,6 +27,7 @@ ones are skipped and interrupted ones resume, so the grid can span sessions. Res
     python benchmarks/pretrain_grid.py --tasks cat-dog --seeds 13 21
     python benchmarks/pretrain_grid.py --render                 # only rebuild docs/results.md and the plots
     python benchmarks/pretrain_grid.py --smoke                  # minutes: tiny budgets, to check the pipeline
+    python benchmarks/pretrain_grid.py --jobs 6                 # 6 runs at once (a GPU machine with many cores)
 
 Not run by CI. The data path comes from --data, else $GENTUNE_IMAGES, else ../shared/data/cifar10.
 """
@@ -43,7 +44,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import machine  # noqa: E402  (benchmarks/ is the script's folder)
@@ -65,6 +68,7 @@ ARMS = {"mae": ("mae", "vit-tiny-p4"), "scratch-vit": (None, "vit-tiny-p4"),
 TUNE_LRS = ["1e-3", "3e-4"]  # the first is the default (and wins ties)
 TUNE_SEED = 7
 TUNE_SPLIT = ("--set", "split_seed=1", "--set", "exclude_split_seed=0")
+JOBS = 1  # --jobs: runs at once; above 1, each run's output goes to a log file beside its run folder
 FINETUNE = ["--epochs", "30", "--batch-size", "64", "--lr", TUNE_LRS[0], "--set", "weight_decay=0.05",
             "--set", "warmup_ratio=0.1", "--set", "eval_every_epochs=5", "--set", "eval_batch_size=500",
             "--set", "save_model=false"]
@@ -78,12 +82,36 @@ def _lr(command: str) -> str:
 
 def _run(cmd: list[str]) -> None:
     print(f"[run ] {shlex.join(cmd)}", flush=True)
-    subprocess.run([sys.executable, "-m", "gentune", *cmd], cwd=ROOT, check=True)
+    if JOBS == 1:
+        subprocess.run([sys.executable, "-m", "gentune", *cmd], cwd=ROOT, check=True)
+        return
+    log = ROOT / (cmd[cmd.index("--out") + 1] + ".log")  # beside the run folder: gentune wants that one clean
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        done = subprocess.run([sys.executable, "-m", "gentune", *cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    lines = log.read_text(errors="replace").splitlines()
+    if done.returncode:
+        print("\n".join(["[fail] " + shlex.join(cmd), *lines[-15:]]), flush=True)
+        raise subprocess.CalledProcessError(done.returncode, cmd)
+    print(f"[done] {lines[-1] if lines else shlex.join(cmd)}", flush=True)
+
+
+def _parallel(calls: list) -> list:
+    """Call each zero-argument function, JOBS at a time (threads: each waits on its own gentune process). Every
+    call runs to its end before the first error is raised, so one failed cell does not lose the others."""
+    if JOBS == 1:
+        return [c() for c in calls]
+    with ThreadPoolExecutor(JOBS) as pool:
+        futures = [pool.submit(c) for c in calls]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]
+    return [f.result() for f in futures]
 
 
 def _write(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # parallel writers: own files
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(path)
 
@@ -159,21 +187,30 @@ def tune_lr(args) -> dict:
     cell per candidate, seed TUNE_SEED), written to results/pretrain/tune/choice.json."""
     path = RESULTS / "tune" / "choice.json"
     choice = json.loads(path.read_text()) if path.exists() else {}
-    for task in args.tasks:
-        for arm in args.arms:
-            if arm in choice.get(task, {}):
-                continue
-            objective, encoder = ARMS[arm]
-            scores = {}
-            for lr in TUNE_LRS:
-                cell = run_finetune(task, f"{arm}-lr{lr}", TUNE_SEED, _init(arm), encoder, args, RESULTS / "tune",
-                                    RUNS / "tune", extra=(*TUNE_SPLIT, "--lr", lr),
-                                    make_init=lambda o=objective: pretrain_cell(o, args, need_encoder=True))
-                scores[lr] = json.loads(cell.read_text())["summary"]["final_dev"]["accuracy"]
-            best = max(TUNE_LRS, key=lambda lr: (scores[lr], -TUNE_LRS.index(lr)))
-            choice.setdefault(task, {})[arm] = {"lr": best, "scores": scores}
-            _write(path, choice)
+    todo = [(task, arm) for task in args.tasks for arm in args.arms if arm not in choice.get(task, {})]
+
+    def cell(task: str, arm: str, lr: str) -> Path:
+        objective, encoder = ARMS[arm]
+        return run_finetune(task, f"{arm}-lr{lr}", TUNE_SEED, _init(arm), encoder, args, RESULTS / "tune",
+                            RUNS / "tune", extra=(*TUNE_SPLIT, "--lr", lr),
+                            make_init=lambda: pretrain_cell(objective, args, need_encoder=True))
+
+    ensure_encoders({arm for _, arm in todo}, args)
+    _parallel([lambda t=t, a=a, lr=lr: cell(t, a, lr) for t, a in todo for lr in TUNE_LRS])
+    for task, arm in todo:  # the cells exist now: read them, in a fixed order
+        scores = {lr: json.loads(cell(task, arm, lr).read_text())["summary"]["final_dev"]["accuracy"]
+                  for lr in TUNE_LRS}
+        best = max(TUNE_LRS, key=lambda lr: (scores[lr], -TUNE_LRS.index(lr)))
+        choice.setdefault(task, {})[arm] = {"lr": best, "scores": scores}
+        _write(path, choice)
     return choice
+
+
+def ensure_encoders(arms, args) -> None:
+    """Pretrain again the encoders of ``arms`` whose runs are gone, before cells that need them run in parallel
+    (each cell's own make_init would race)."""
+    objectives = sorted({ARMS[a][0] for a in arms if ARMS[a][0]})
+    _parallel([lambda o=o: pretrain_cell(o, args, need_encoder=True) for o in objectives])
 
 
 def chosen_lr(task: str, arm: str) -> str:
@@ -318,7 +355,11 @@ def main() -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
     p.add_argument("--render", action="store_true", help="only rebuild docs/results.md and the plots")
     p.add_argument("--smoke", action="store_true", help="tiny budgets into runs/pretrain_smoke (no results)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once (default 1); each run's output then goes to RUN_FOLDER.log")
     args = p.parse_args()
+    global JOBS
+    JOBS = max(1, args.jobs)
     args.pretrain_extra, args.finetune_extra = [], []
     if args.smoke:  # the whole pipeline in minutes; results go to a scratch folder
         global RESULTS, RUNS, PLOTS
@@ -328,18 +369,21 @@ def main() -> int:
         args.finetune_extra = ["--max-steps", "3", "--set", "eval_every_epochs=0"]
     if not args.render:
         if args.stage in ("all", "pretrain", "tune"):
-            for objective in PRETRAIN:
-                if any(ARMS[a][0] == objective for a in args.arms):
-                    pretrain_cell(objective, args)
+            _parallel([lambda o=o: pretrain_cell(o, args) for o in PRETRAIN if any(ARMS[a][0] == o for a in args.arms)])
         if args.stage in ("all", "tune"):
             tune_lr(args)
         if args.stage in ("all", "finetune"):
-            for seed in args.seeds:  # seeds outer: an interrupted grid still covers every arm with some seeds
-                for task in args.tasks:
-                    for arm in args.arms:
-                        finetune_cell(task, arm, seed, args)
-                        if not args.smoke:
-                            _write_doc()
+            missing = [(seed, task, arm) for seed in args.seeds for task in args.tasks for arm in args.arms
+                       if not (RESULTS / "finetune" / task / f"{arm}_seed{seed}.json").exists()]
+            ensure_encoders({arm for _, _, arm in missing}, args)
+
+            def cell(seed: int, task: str, arm: str) -> None:
+                finetune_cell(task, arm, seed, args)
+                if JOBS == 1 and not args.smoke:
+                    _write_doc()
+
+            # seeds outer: an interrupted grid still covers every arm with some seeds
+            _parallel([lambda c=c: cell(*c) for c in missing])
     if args.smoke:
         print(render())
         return 0

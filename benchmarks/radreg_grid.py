@@ -19,7 +19,8 @@ RadReg at the same budget, then the few-label fine-tuning protocol of benchmarks
     python benchmarks/radreg_grid.py                     # the full runs (needs pretrain_grid.py's MAE run)
     python benchmarks/radreg_grid.py --stage overhead    # only the step-time measurement (minutes)
     python benchmarks/radreg_grid.py --render
-    python benchmarks/radreg_grid.py --smoke             # minutes: the tuning stage with 3-step runs
+    python benchmarks/radreg_grid.py --smoke             # minutes: tuning, pretraining, fine-tuning with 3-step runs
+    python benchmarks/radreg_grid.py --jobs 6            # 6 runs at once (a GPU machine with many cores)
 
 Not run by CI. Cells are resumable like the other grids.
 """
@@ -101,20 +102,22 @@ def tune(args) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     encoder = pg.PRETRAIN["mae"][0]
-    rows = []
-    # the reference: plain MAE under the same shortened protocol
-    short_mae(args)
+    downstream_pool("cat-dog", args, tuning=True)  # written once, before runs start in parallel
+    names = {f"radreg-{c['head']}-{c['weight']}": c for c in CANDIDATES}
+    # the reference (plain MAE under the same shortened protocol) and every candidate: pretrain, then fine-tune
+    pg._parallel([lambda: short_mae(args)] + [
+        lambda n=n, c=c: pg.run_pretrain(n, "mae", encoder, _flags(c, "cat-dog", args, tuning=True), args,
+                                         RESULTS / "tune", RUNS / "tune") for n, c in names.items()])
     protocol = (*TUNE_FINETUNE, "--lr", pg.chosen_lr("cat-dog", "mae"))  # plain MAE's tuned rate, if chosen
-    ref = pg.run_finetune("cat-dog", "mae-short", TUNE_SEED, RUNS / "tune" / "pretrain" / "mae-short" / "encoder", encoder,
-                          args, RESULTS / "tune", RUNS / "tune", protocol)
-    reference = json.loads(ref.read_text())["summary"]["final_dev"]["accuracy"]
-    for c in CANDIDATES:
-        name = f"radreg-{c['head']}-{c['weight']}"
-        pg.run_pretrain(name, "mae", encoder, _flags(c, "cat-dog", args, tuning=True), args, RESULTS / "tune",
-                        RUNS / "tune")
-        cell = pg.run_finetune("cat-dog", name, TUNE_SEED, RUNS / "tune" / "pretrain" / name / "encoder", encoder, args,
-                               RESULTS / "tune", RUNS / "tune", protocol)
-        rows.append({**c, "accuracy": json.loads(cell.read_text())["summary"]["final_dev"]["accuracy"]})
+
+    def finetune(name: str) -> float:
+        cell = pg.run_finetune("cat-dog", name, TUNE_SEED, RUNS / "tune" / "pretrain" / name / "encoder", encoder,
+                               args, RESULTS / "tune", RUNS / "tune", protocol)
+        return json.loads(cell.read_text())["summary"]["final_dev"]["accuracy"]
+
+    scores = pg._parallel([lambda n=n: finetune(n) for n in ["mae-short", *names]])
+    reference = scores[0]
+    rows = [{**c, "accuracy": a} for c, a in zip(names.values(), scores[1:])]
     best = max(rows, key=lambda r: r["accuracy"])
     choice = {"weight": best["weight"], "head": best["head"], "candidates": rows, "plain_mae": reference,
               "protocol": f"MAE+RadReg pretraining {TUNE_EPOCHS} epochs, cat-dog fine-tuning seed {TUNE_SEED}, "
@@ -220,18 +223,22 @@ def main() -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=pg.SEEDS)
     p.add_argument("--render", action="store_true")
     p.add_argument("--smoke", action="store_true",
-                   help="the tuning stage in minutes (3-step runs) into runs/radreg_smoke, to check the pipeline")
+                   help="every stage but the step-time one in minutes (3-step runs) into runs/radreg_smoke, "
+                        "to check the pipeline")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once (default 1); each run's output then goes to RUN_FOLDER.log")
     args = p.parse_args()
+    pg.JOBS = max(1, args.jobs)
     args.pretrain_extra, args.finetune_extra = [], []
     if args.smoke:
         global RESULTS, RUNS
         RUNS = ROOT / "runs" / "radreg_smoke"
         RESULTS = RUNS / "results"
+        pg.PLOTS = RUNS / "img"
         args.pretrain_extra = ["--max-steps", "3", "--batch-size", "32"]
         args.finetune_extra = ["--max-steps", "3"]
-        args.data = str((ROOT / args.data).resolve()) if not Path(args.data).is_absolute() else args.data
-        print(json.dumps(tune(args), indent=2))
-        return 0
+        if args.stage == "all":
+            args.stage = "finetune"  # the step-time measurement is not a smoke check
     # read here (downstream pool, overhead) and by the subprocesses (cwd ROOT): one absolute path for both
     args.data = str((ROOT / args.data).resolve()) if not Path(args.data).is_absolute() else args.data
     if not args.render:
@@ -240,19 +247,29 @@ def main() -> int:
         if args.stage in ("all", "pretrain", "finetune"):
             choice = tune(args)
             encoder = pg.PRETRAIN["mae"][0]
+            missing = [(seed, task) for seed in args.seeds for task in args.tasks
+                       if not (RESULTS / "finetune" / task / f"mae+radreg_seed{seed}.json").exists()]
             for task in args.tasks:
-                radreg_pretrain(task, choice, args)
+                downstream_pool(task, args)  # written once, before runs start in parallel
+            # an encoder lost with runs/ is pretrained again here when cells still need it (not by each cell)
+            pg._parallel([lambda t=t: radreg_pretrain(t, choice, args, args.stage != "pretrain"
+                                                      and any(t == m[1] for m in missing)) for t in args.tasks])
+
+            def cell(seed: int, task: str) -> None:
+                init = RUNS / "pretrain" / f"mae+radreg-{task}" / "encoder"
+                # MAE's tuned learning rate: the pair (mae, mae+radreg) differs only in the pretraining
+                pg.run_finetune(task, "mae+radreg", seed, init, encoder, args, RESULTS, RUNS,
+                                extra=("--lr", pg.chosen_lr(task, "mae")))
+                if pg.JOBS == 1 and not args.smoke:
+                    pg._write_doc()
+
             if args.stage != "pretrain":
-                for seed in args.seeds:
-                    for task in args.tasks:
-                        init = RUNS / "pretrain" / f"mae+radreg-{task}" / "encoder"
-                        # MAE's tuned learning rate: the pair (mae, mae+radreg) differs only in the pretraining
-                        pg.run_finetune(task, "mae+radreg", seed, init, encoder, args, RESULTS, RUNS,
-                                        extra=("--lr", pg.chosen_lr(task, "mae")),
-                                        make_init=lambda task=task: radreg_pretrain(task, choice, args, True))
-                        pg._write_doc()
+                pg._parallel([lambda m=m: cell(*m) for m in missing])
         if args.stage in ("all", "overhead"):
             overhead(args)
+    if args.smoke:
+        print(render())
+        return 0
     pg._write_doc()
     return 0
 
