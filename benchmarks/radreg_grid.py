@@ -1,22 +1,25 @@
-"""The RadReg experiment of Deng, Hong, Zhou, Mahdavi (AISTATS 2024) at our scale: MAE pretraining with and without
-RadReg at the same budget, then the few-label fine-tuning protocol of benchmarks/pretrain_grid.py.
+"""The RadReg experiment of Deng, Hong, Zhou, Mahdavi (AISTATS 2024) at our scale: MAE and context-encoder
+pretraining with and without RadReg at the same budget, then the few-label fine-tuning protocol of
+benchmarks/pretrain_grid.py.
 
 - RadReg's unlabeled downstream data for a task are the task's training pool without labels: the training images
   of the task's classes, the held-out validation images excluded (the labelled fine-tuning images of every seed
-  are drawn from this pool). One MAE+RadReg pretraining per task; plain MAE is pretrain_grid.py's run.
-- lambda and the head class are chosen on a validation split only (``--stage tune``): for each candidate, a
-  shortened MAE+RadReg pretraining (``TUNE_EPOCHS``) and a shortened cat-dog fine-tuning with a seed that is not
-  reported (7), scored on a *tuning* split: the reported held-out images (split seed 0) are removed first
-  (``exclude_split_seed=0``) and 5,000 of the rest are held out with split seed 1. Tuning never sees a reported
-  validation image, and its own validation images are kept out of its pretraining and of RadReg's unlabeled
-  pool. The best wins, compared with plain MAE under the same shortened protocol. The choice is written to
-  benchmarks/results/radreg/choice.json and used by the full runs.
-- Reported: accuracy mean ± std over seeds 13, 21, 42, 87, 100, the paired difference to plain MAE with its
-  standard error, the fine-tuning curves of both arms in one plot per task, and RadReg's pretraining step-time
-  overhead measured in one process with the two step kinds interleaved.
+  are drawn from this pool). One OBJECTIVE+RadReg pretraining per task; the plain runs are pretrain_grid.py's.
+- lambda and the head class are chosen per objective on a validation split only (``--stage tune``): for each
+  candidate, a shortened OBJECTIVE+RadReg pretraining (``TUNE_EPOCHS``) and a shortened cat-dog fine-tuning with a
+  seed that is not reported (7), scored on a *tuning* split: the reported held-out images (split seed 0) are
+  removed first (``exclude_split_seed=0``) and 5,000 of the rest are held out with split seed 1. Tuning never sees
+  a reported validation image, and its own validation images are kept out of its pretraining and of RadReg's
+  unlabeled pool. The best wins, compared with the plain objective under the same shortened protocol. The choice
+  is written to benchmarks/results/radreg/choice.json (MAE) or choice-context-encoder.json and used by the full
+  runs. Each pair fine-tunes with the plain arm's tuned learning rate: it differs only in the pretraining.
+- Reported: accuracy mean ± std over seeds 13, 21, 42, 87, 100, the paired difference to the plain objective with
+  its standard error, the fine-tuning curves of both arms in one plot per task with a convergence table, and
+  RadReg's pretraining step-time overhead measured in one process with the two step kinds interleaved.
 
-    python benchmarks/radreg_grid.py --stage tune        # about 1.5 h on 2 cores
-    python benchmarks/radreg_grid.py                     # the full runs (needs pretrain_grid.py's MAE run)
+    python benchmarks/radreg_grid.py --stage tune        # about 1.5 h per objective on 2 cores
+    python benchmarks/radreg_grid.py                     # the full runs (needs pretrain_grid.py's plain runs)
+    python benchmarks/radreg_grid.py --objectives mae    # one objective only
     python benchmarks/radreg_grid.py --stage overhead    # only the step-time measurement (minutes)
     python benchmarks/radreg_grid.py --render
     python benchmarks/radreg_grid.py --smoke             # minutes: tuning, pretraining, fine-tuning with 3-step runs
@@ -42,12 +45,12 @@ RESULTS = ROOT / "benchmarks" / "results" / "radreg"
 RUNS = ROOT / "runs" / "radreg_grid"
 # what the numbers say, written after reading them (rendered under each task's table)
 NOTES = {
-    "cat-dog": [
+    "mae cat-dog": [
         "- RadReg is above plain MAE by +0.4 ± 0.2 (4 of 5 seeds, one tie): the paper's direction, by about two "
         "standard", "  errors, and small. Its curve is above plain MAE's from epoch 20 on, but it reaches plain MAE's "
         "final", "  accuracy only at the last evaluation: no faster convergence at this grain (evaluations every 5 "
         "epochs).", ""],
-    "cifar10": [
+    "mae cifar10": [
         "- RadReg is below plain MAE by -1.3 ± 0.5 (all 5 seeds lower): the paper's direction is not reproduced on "
         "the", "  10-class task, nor faster convergence. A likely reason: here RadReg's unlabeled pool (all 45,000 "
         "training", "  images) is MAE's own pretraining set, so the penalty brings no information about the "
@@ -87,55 +90,77 @@ def downstream_pool(task: str, args, tuning: bool = False) -> Path:
     return folder
 
 
-def _flags(choice: dict, task: str, args, tuning: bool = False) -> list[str]:
-    """MAE + RadReg pretraining flags: the full budget, or (``tuning``) TUNE_EPOCHS on the tuning split."""
-    encoder, flags = pg.PRETRAIN["mae"]
-    if tuning:
-        flags = [*flags, *TUNE_SPLIT]
-        flags[flags.index("--epochs") + 1] = TUNE_EPOCHS
-    return [*flags, "--radreg-data", str(downstream_pool(task, args, tuning).relative_to(ROOT)),
+OBJECTIVES = ["mae", "context-encoder"]  # the seed paper's two pretraining schemes; plain runs: pretrain_grid.py
+SHORT = {"mae": "mae-short", "context-encoder": "context-encoder-short"}  # the tuning references' run names
+
+
+def _tag(objective: str) -> str:
+    """Prefix of an objective's tuning runs and choice file (none for MAE, whose names came first)."""
+    return "" if objective == "mae" else "ce-"
+
+
+def choice_path(objective: str = "mae") -> Path:
+    return RESULTS / ("choice.json" if objective == "mae" else f"choice-{objective}.json")
+
+
+def _flags(choice: dict, task: str, args, tuning: bool = False, objective: str = "mae") -> list[str]:
+    """OBJECTIVE + RadReg pretraining flags: the full budget, or (``tuning``) TUNE_EPOCHS on the tuning split."""
+    return [*_budget(objective, tuning), "--radreg-data", str(downstream_pool(task, args, tuning).relative_to(ROOT)),
             "--set", f"radreg.weight={choice['weight']}", "--set", f"radreg.head={choice['head']}"]
 
 
+def _budget(objective: str, tuning: bool) -> list[str]:
+    """pretrain_grid.py's flags for the objective; when ``tuning``, TUNE_EPOCHS on the tuning split."""
+    flags = list(pg.PRETRAIN[objective][1])
+    if tuning:
+        flags = [*flags, *TUNE_SPLIT]
+        flags[flags.index("--epochs") + 1] = TUNE_EPOCHS
+    return flags
+
+
+def short_run(args, need_encoder: bool = False, objective: str = "mae") -> Path:
+    """The plain objective pretrained for TUNE_EPOCHS on the tuning split: the tuning reference (MAE's is also a
+    checkpoint of the diagnostics study; it never saw the reported validation images)."""
+    return pg.run_pretrain(SHORT[objective], objective, pg.PRETRAIN[objective][0], _budget(objective, True), args,
+                           RESULTS / "tune", RUNS / "tune", need_encoder)
+
+
 def short_mae(args, need_encoder: bool = False) -> Path:
-    """Plain MAE pretrained for TUNE_EPOCHS on the tuning split: the tuning reference (and a checkpoint of the
-    diagnostics study; it never saw the reported validation images)."""
-    encoder, flags = pg.PRETRAIN["mae"][0], [*pg.PRETRAIN["mae"][1], *TUNE_SPLIT]
-    flags[flags.index("--epochs") + 1] = TUNE_EPOCHS
-    return pg.run_pretrain("mae-short", "mae", encoder, flags, args, RESULTS / "tune", RUNS / "tune", need_encoder)
+    return short_run(args, need_encoder, "mae")
 
 
-def radreg_pretrain(task: str, choice: dict, args, need_encoder: bool = False) -> Path:
-    """MAE + RadReg at the full budget, the task's training pool as RadReg's unlabeled data."""
-    encoder = pg.PRETRAIN["mae"][0]
-    return pg.run_pretrain(f"mae+radreg-{task}", "mae", encoder, _flags(choice, task, args), args, RESULTS, RUNS,
-                           need_encoder)
+def radreg_pretrain(task: str, choice: dict, args, need_encoder: bool = False, objective: str = "mae") -> Path:
+    """OBJECTIVE + RadReg at the full budget, the task's training pool as RadReg's unlabeled data."""
+    return pg.run_pretrain(f"{objective}+radreg-{task}", objective, pg.PRETRAIN[objective][0],
+                           _flags(choice, task, args, objective=objective), args, RESULTS, RUNS, need_encoder)
 
 
-def tune(args) -> dict:
-    path = RESULTS / "choice.json"
+def tune(args, objective: str = "mae") -> dict:
+    path = choice_path(objective)
     if path.exists():
         return json.loads(path.read_text())
-    encoder = pg.PRETRAIN["mae"][0]
+    encoder = pg.PRETRAIN[objective][0]
     downstream_pool("cat-dog", args, tuning=True)  # written once, before runs start in parallel
-    names = {f"radreg-{c['head']}-{c['weight']}": c for c in CANDIDATES}
-    # the reference (plain MAE under the same shortened protocol) and every candidate: pretrain, then fine-tune
-    pg._parallel([lambda: short_mae(args)] + [
-        lambda n=n, c=c: pg.run_pretrain(n, "mae", encoder, _flags(c, "cat-dog", args, tuning=True), args,
+    names = {f"{_tag(objective)}radreg-{c['head']}-{c['weight']}": c for c in CANDIDATES}
+    # the reference (the plain objective under the same shortened protocol) and every candidate: pretrain, then
+    # fine-tune
+    pg._parallel([lambda: short_run(args, objective=objective)] + [
+        lambda n=n, c=c: pg.run_pretrain(n, objective, encoder, _flags(c, "cat-dog", args, True, objective), args,
                                          RESULTS / "tune", RUNS / "tune") for n, c in names.items()])
-    protocol = (*TUNE_FINETUNE, "--lr", pg.chosen_lr("cat-dog", "mae"))  # plain MAE's tuned rate, if chosen
+    protocol = (*TUNE_FINETUNE, "--lr", pg.chosen_lr("cat-dog", objective))  # the plain arm's tuned rate, if chosen
 
     def finetune(name: str) -> float:
         cell = pg.run_finetune("cat-dog", name, TUNE_SEED, RUNS / "tune" / "pretrain" / name / "encoder", encoder,
                                args, RESULTS / "tune", RUNS / "tune", protocol)
         return json.loads(cell.read_text())["summary"]["final_dev"]["accuracy"]
 
-    scores = pg._parallel([lambda n=n: finetune(n) for n in ["mae-short", *names]])
+    scores = pg._parallel([lambda n=n: finetune(n) for n in [SHORT[objective], *names]])
     reference = scores[0]
     rows = [{**c, "accuracy": a} for c, a in zip(names.values(), scores[1:])]
     best = max(rows, key=lambda r: r["accuracy"])
     choice = {"weight": best["weight"], "head": best["head"], "candidates": rows, "plain_mae": reference,
-              "protocol": f"MAE+RadReg pretraining {TUNE_EPOCHS} epochs, cat-dog fine-tuning seed {TUNE_SEED}, "
+              "objective": objective,
+              "protocol": f"{objective}+RadReg pretraining {TUNE_EPOCHS} epochs, cat-dog fine-tuning seed {TUNE_SEED}, "
                           f"{' '.join(protocol)}: the tuning split, not the reported one"}
     pg._write(path, choice)
     return choice
@@ -188,15 +213,32 @@ def overhead(args, steps: int = 12) -> dict:
 
 def render() -> str:
     cells = [json.loads(p.read_text()) for p in sorted((RESULTS / "finetune").glob("*/*.json"))]
-    plain = [json.loads(p.read_text()) for p in sorted((pg.RESULTS / "finetune").glob("*/mae_seed*.json"))]
-    choice_path, over_path = RESULTS / "choice.json", RESULTS / "overhead.json"
-    if not cells and not choice_path.exists() and not over_path.exists():
+    over_path = RESULTS / "overhead.json"
+    if not cells and not any(choice_path(o).exists() for o in OBJECTIVES) and not over_path.exists():
         return ""
     lines = ["## RadReg (`benchmarks/radreg_grid.py`)", ""]
-    if choice_path.exists():
-        c = json.loads(choice_path.read_text())
+    for objective in OBJECTIVES:
+        lines += _render_objective(objective, [c for c in cells if c["arm"] == f"{objective}+radreg"])
+    if over_path.exists():
+        o = json.loads(over_path.read_text())
+        lines += [f"Pretraining step time (MAE vit-tiny-p4, batch 256, {o['steps']} alternating steps, "
+                  f"{o['threads']} threads): {o['seconds_per_step']['mae']:.2f} s without RadReg, "
+                  f"{o['seconds_per_step']['mae+radreg']:.2f} s with it ({100 * (o['ratio'] - 1):+.0f}%).", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _render_objective(objective: str, cells: list[dict]) -> list[str]:
+    """One objective's section: its tuning choice, then per task the pair (plain, plain + RadReg)."""
+    arm = f"{objective}+radreg"
+    plain = [json.loads(p.read_text()) for p in sorted((pg.RESULTS / "finetune").glob(f"*/{objective}_seed*.json"))]
+    path = choice_path(objective)
+    if not cells and not path.exists():
+        return []
+    lines = [f"### {objective} + RadReg", ""]
+    if path.exists():
+        c = json.loads(path.read_text())
         lines += [f"Choice on the validation split ({c['protocol']}): lambda {c['weight']}, {c['head']} heads "
-                  f"(plain MAE under the same protocol: {100 * c['plain_mae']:.1f}).", "",
+                  f"(plain {objective} under the same protocol: {100 * c['plain_mae']:.1f}).", "",
                   "| head | lambda | cat-dog accuracy |", "| --- | --- | --- |",
                   *[f"| {r['head']} | {r['weight']} | {100 * r['accuracy']:.1f} |" for r in c["candidates"]], ""]
     for task in pg.TASKS:
@@ -207,54 +249,78 @@ def render() -> str:
         acc = lambda c: c["summary"]["final_dev"]["accuracy"]  # noqa: E731
         diffs = [acc(rc[s]) - acc(pc[s]) for s in rc if s in pc]
         se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
-        lines += [f"### {task}", "", "| arm | accuracy | seeds |", "| --- | --- | --- |",
-                  f"| mae | {pg._fmt([acc(c) for c in pc.values()])} | {len(pc)} |",
-                  f"| mae+radreg | {pg._fmt([acc(c) for c in rc.values()])} | {len(rc)} |", "",
-                  f"Paired difference (mae+radreg - mae, same seeds): "
+        lines += [f"#### {task}", "", "| arm | accuracy | seeds |", "| --- | --- | --- |",
+                  f"| {objective} | {pg._fmt([acc(c) for c in pc.values()])} | {len(pc)} |",
+                  f"| {arm} | {pg._fmt([acc(c) for c in rc.values()])} | {len(rc)} |", "",
+                  f"Paired difference ({arm} - {objective}, same seeds): "
                   + (f"{100 * statistics.fmean(diffs):+.1f} ± {100 * se:.1f} (n={len(diffs)})" if diffs else "-"), ""]
-        curves = [{**c, "arm": "mae+radreg"} for c in rc.values()] + list(pc.values())
-        lines += convergence(list(pc.values()), list(rc.values()))
-        plot = _plot(task, curves)
+        lines += convergence(list(pc.values()), list(rc.values()), objective)
+        plot = _plot(task, list(rc.values()) + list(pc.values()), objective)
         if plot:
-            lines += [f"![{task}: fine-tuning curves, MAE with and without RadReg](img/{plot.name})", ""]
-        pre = RESULTS / "pretrain" / f"mae+radreg-{task}.json"
+            lines += [f"![{task}: fine-tuning curves, {objective} with and without RadReg](img/{plot.name})", ""]
+        pre = RESULTS / "pretrain" / f"{arm}-{task}.json"
         if pre.exists():
             p = json.loads(pre.read_text())
             lines += [f"- pretraining: `{p['command']}` ({p['date']}; {p.get('machine', '-')}; validation loss "
                       f"{p['summary']['final_dev']['loss']:.4f})"]
         lines += [f"- one cell: `{next(iter(rc.values()))['command']}`",
-                  f"- machine: {next(iter(rc.values())).get('machine', '-')}", "", *NOTES.get(task, [])]
-    if over_path.exists():
-        o = json.loads(over_path.read_text())
-        lines += [f"Pretraining step time (MAE vit-tiny-p4, batch 256, {o['steps']} alternating steps, "
-                  f"{o['threads']} threads): {o['seconds_per_step']['mae']:.2f} s without RadReg, "
-                  f"{o['seconds_per_step']['mae+radreg']:.2f} s with it ({100 * (o['ratio'] - 1):+.0f}%).", ""]
-    return "\n".join(lines) + "\n"
+                  f"- machine: {next(iter(rc.values())).get('machine', '-')}", "",
+                  *NOTES.get(f"{objective} {task}", [])]
+    return lines
 
 
-def convergence(plain: list[dict], radreg: list[dict]) -> list[str]:
-    """Mean held-out accuracy of both arms at each evaluation, and the first one where each arm reaches plain
-    MAE's final mean accuracy (the paper's faster-convergence claim, at our evaluation grain)."""
+def convergence(plain: list[dict], radreg: list[dict], objective: str = "mae") -> list[str]:
+    """Mean held-out accuracy of both arms at each evaluation, and the first one where each arm reaches the plain
+    arm's final mean accuracy (the paper's faster-convergence claim, at our evaluation grain)."""
     def curve(cells):
         epochs = sorted({e["epoch"] for c in cells for e in c["evals"]})
         return {ep: 100 * statistics.fmean(e["accuracy"] for c in cells for e in c["evals"] if e["epoch"] == ep)
                 for ep in epochs}
 
-    arms = {"mae": curve(plain), "mae+radreg": curve(radreg)}
-    epochs = sorted(set(arms["mae"]) & set(arms["mae+radreg"]))
+    arms = {objective: curve(plain), f"{objective}+radreg": curve(radreg)}
+    epochs = sorted(set.intersection(*(set(c) for c in arms.values())))
     if not epochs:
         return []
-    target = arms["mae"][epochs[-1]]
+    target = arms[objective][epochs[-1]]
     reach = {a: next((f"{ep:g}" for ep in epochs if c[ep] >= target), "never") for a, c in arms.items()}
-    return ["| fine-tuning epoch | " + " | ".join(f"{ep:g}" for ep in epochs) + " | reaches plain MAE's final |",
+    return ["| fine-tuning epoch | " + " | ".join(f"{ep:g}" for ep in epochs) + f" | reaches plain {objective}'s final |",
             "|" + " --- |" * (len(epochs) + 2),
             *[f"| {a} | " + " | ".join(f"{c[ep]:.1f}" for ep in epochs) + f" | {reach[a]} |" for a, c in arms.items()],
             "", "Mean held-out accuracy (x100) over the seeds at each evaluation.", ""]
 
 
-def _plot(task: str, cells: list[dict]):
-    both = ("mae", "vit-tiny-p4")
-    return pg.plot_curves(f"radreg_{task}", cells, arms={"mae": both, "mae+radreg": both})
+def _plot(task: str, cells: list[dict], objective: str = "mae"):
+    both = (objective, pg.PRETRAIN[objective][0])
+    name = f"radreg_{task}" if objective == "mae" else f"radreg_{objective}_{task}"  # MAE's plots came first
+    return pg.plot_curves(name, cells, arms={objective: both, f"{objective}+radreg": both})
+
+
+def run_objective(objective: str, args) -> None:
+    """The tuning, pretraining and fine-tuning stages for one objective (as --stage asks)."""
+    if args.stage not in ("all", "tune", "pretrain", "finetune"):
+        return
+    choice = tune(args, objective)
+    if args.stage == "tune":
+        return
+    encoder, arm = pg.PRETRAIN[objective][0], f"{objective}+radreg"
+    missing = [(seed, task) for seed in args.seeds for task in args.tasks
+               if not (RESULTS / "finetune" / task / f"{arm}_seed{seed}.json").exists()]
+    for task in args.tasks:
+        downstream_pool(task, args)  # written once, before runs start in parallel
+    # an encoder lost with runs/ is pretrained again here when cells still need it (not by each cell)
+    pg._parallel([lambda t=t: radreg_pretrain(t, choice, args, args.stage != "pretrain"
+                                              and any(t == m[1] for m in missing), objective) for t in args.tasks])
+
+    def cell(seed: int, task: str) -> None:
+        init = RUNS / "pretrain" / f"{arm}-{task}" / "encoder"
+        # the plain arm's tuned learning rate: the pair differs only in the pretraining
+        pg.run_finetune(task, arm, seed, init, encoder, args, RESULTS, RUNS,
+                        extra=("--lr", pg.chosen_lr(task, objective)))
+        if pg.JOBS == 1 and not args.smoke:
+            pg._write_doc()
+
+    if args.stage != "pretrain":
+        pg._parallel([lambda m=m: cell(*m) for m in missing])
 
 
 def main() -> int:
@@ -264,6 +330,8 @@ def main() -> int:
     p.add_argument("--stage", choices=["all", "tune", "pretrain", "finetune", "overhead"], default="all")
     p.add_argument("--tasks", nargs="+", choices=list(pg.TASKS), default=list(pg.TASKS))
     p.add_argument("--seeds", nargs="+", type=int, default=pg.SEEDS)
+    p.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=OBJECTIVES,
+                   help="pretraining objectives to pair with RadReg (default: both)")
     p.add_argument("--render", action="store_true")
     p.add_argument("--smoke", action="store_true",
                    help="every stage but the step-time one in minutes (3-step runs) into runs/radreg_smoke, "
@@ -285,29 +353,8 @@ def main() -> int:
     # read here (downstream pool, overhead) and by the subprocesses (cwd ROOT): one absolute path for both
     args.data = str((ROOT / args.data).resolve()) if not Path(args.data).is_absolute() else args.data
     if not args.render:
-        if args.stage in ("all", "tune"):
-            choice = tune(args)
-        if args.stage in ("all", "pretrain", "finetune"):
-            choice = tune(args)
-            encoder = pg.PRETRAIN["mae"][0]
-            missing = [(seed, task) for seed in args.seeds for task in args.tasks
-                       if not (RESULTS / "finetune" / task / f"mae+radreg_seed{seed}.json").exists()]
-            for task in args.tasks:
-                downstream_pool(task, args)  # written once, before runs start in parallel
-            # an encoder lost with runs/ is pretrained again here when cells still need it (not by each cell)
-            pg._parallel([lambda t=t: radreg_pretrain(t, choice, args, args.stage != "pretrain"
-                                                      and any(t == m[1] for m in missing)) for t in args.tasks])
-
-            def cell(seed: int, task: str) -> None:
-                init = RUNS / "pretrain" / f"mae+radreg-{task}" / "encoder"
-                # MAE's tuned learning rate: the pair (mae, mae+radreg) differs only in the pretraining
-                pg.run_finetune(task, "mae+radreg", seed, init, encoder, args, RESULTS, RUNS,
-                                extra=("--lr", pg.chosen_lr(task, "mae")))
-                if pg.JOBS == 1 and not args.smoke:
-                    pg._write_doc()
-
-            if args.stage != "pretrain":
-                pg._parallel([lambda m=m: cell(*m) for m in missing])
+        for objective in args.objectives:
+            run_objective(objective, args)
         if args.stage in ("all", "overhead"):
             overhead(args)
     if args.smoke:

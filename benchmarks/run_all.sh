@@ -16,6 +16,6 @@ for reg in smart r3f smart-adv; do                        # issue 3
 done
 step benchmarks/pretrain_grid.py                          # issue 4: MAE, context encoder, lr choice, 4 arms x 2 tasks x 5 seeds
 step benchmarks/radreg_grid.py --stage tune               # issue 5: lambda and head on the tuning split
-step benchmarks/radreg_grid.py                            # issue 5: MAE + RadReg per task, then fine-tuning
+step benchmarks/radreg_grid.py                            # issue 5: MAE / context encoder + RadReg per task, then fine-tuning
 step benchmarks/diagnostics_study.py                      # issue 6: needs the runs above
 echo "== $(date -u +%FT%TZ) all grids done"

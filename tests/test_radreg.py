@@ -141,8 +141,10 @@ def test_errors():
         registry.create("regularizer", "radreg", data="x", head="rbf")
 
 
-def test_two_pretraining_steps_through_the_loop(tmp_path, monkeypatch):
-    """gentune pretrain --radreg-data: the term and the unweighted estimate are logged every step."""
+@pytest.mark.parametrize("objective,model", [("mae", "vit-micro-p4"), ("context-encoder", "conv-tiny")])
+def test_two_pretraining_steps_through_the_loop(tmp_path, monkeypatch, objective, model):
+    """gentune pretrain --radreg-data, with either objective: the term and the unweighted estimate are logged every
+    step."""
     from PIL import Image
 
     from conftest import run_cli
@@ -155,7 +157,8 @@ def test_two_pretraining_steps_through_the_loop(tmp_path, monkeypatch):
             for i in range(8):
                 Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
     out = tmp_path / "run"
-    r = run_cli("pretrain", "--data", tmp_path / "pre", "--out", out, "--model", "vit-micro-p4", "--max-steps", "2",
+    r = run_cli("pretrain", "--objective", objective, "--data", tmp_path / "pre", "--out", out, "--model", model,
+                "--max-steps", "2",
                 "--batch-size", "4", "--set", "val_size=4", "--radreg-data", tmp_path / "down",
                 "--set", "radreg.batch_size=4", "--set", "radreg.weight=0.5", env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
