@@ -150,9 +150,12 @@ def majority_baseline(task: str) -> dict[str, float]:
     spec = get_task(task)
     if spec.is_regression:
         return {}
+    # GENTUNE_DATA, else the tree beside the repository: renders from other scripts (pretrain_grid.py, --render
+    # in a fresh shell) must not lose the column
+    data = os.environ.get("GENTUNE_DATA") or str(ROOT.parent / "shared" / "data" / "glue")
     try:
-        train, dev = load_splits(spec, os.environ.get("GENTUNE_DATA"))
-    except Exception:
+        train, dev = load_splits(spec, data)
+    except Exception:  # no data here: the column shows "-"
         return {}
     majority = np.bincount(train["label"]).argmax()
     labels = np.asarray(dev["label"])
