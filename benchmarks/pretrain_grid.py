@@ -220,8 +220,10 @@ def tune_lr(args) -> dict:
                             RUNS / "tune", extra=(*TUNE_SPLIT, "--lr", lr),
                             make_init=lambda: pretrain_cell(objective, args, need_encoder=True))
 
-    ensure_encoders({arm for _, arm in todo}, args)
-    _parallel([lambda t=t, a=a, lr=lr: cell(t, a, lr) for t, a in todo for lr in TUNE_LRS])
+    missing = [(t, a, lr) for t, a in todo for lr in TUNE_LRS
+               if not (RESULTS / "tune" / "finetune" / t / f"{a}-lr{lr}_seed{TUNE_SEED}.json").exists()]
+    ensure_encoders({a for _, a, _ in missing}, args)  # only for cells still to run
+    _parallel([lambda t=t, a=a, lr=lr: cell(t, a, lr) for t, a, lr in missing])
     for task, arm in todo:  # the cells exist now: read them, in a fixed order
         scores = {lr: json.loads(cell(task, arm, lr).read_text())["summary"]["final_dev"]["accuracy"]
                   for lr in TUNE_LRS}
