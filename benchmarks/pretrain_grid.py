@@ -291,6 +291,13 @@ def _fmt(values: list[float]) -> str:
     return f"{m:.1f} ± {s:.1f}"
 
 
+def mean_curve(cells: list[dict]) -> dict[float, float]:
+    """{epoch: mean held-out accuracy x100} over the cells' evaluations."""
+    epochs = sorted({e["epoch"] for c in cells for e in c["evals"]})
+    return {ep: 100 * statistics.fmean(e["accuracy"] for c in cells for e in c["evals"] if e["epoch"] == ep)
+            for ep in epochs}
+
+
 def plot_curves(task: str, cells: list[dict], arms: dict | None = None) -> Path | None:
     """One line per arm (mean over seeds), pretrained arms solid, scratch dashed; ``arms`` defaults to ARMS."""
     import matplotlib
@@ -302,12 +309,11 @@ def plot_curves(task: str, cells: list[dict], arms: dict | None = None) -> Path 
     drawn = False
     arms = ARMS if arms is None else arms
     for i, arm in enumerate(arms):
-        runs = [c["evals"] for c in cells if c["arm"] == arm]
+        runs = [c for c in cells if c["arm"] == arm]
         if not runs:
             continue
-        epochs = sorted({e["epoch"] for r in runs for e in r})
-        mean = [statistics.fmean(e["accuracy"] for r in runs for e in r if e["epoch"] == ep) for ep in epochs]
-        ax.plot(epochs, [100 * m for m in mean], marker="o", ms=3, color=f"C{i}",
+        curve = mean_curve(runs)
+        ax.plot(list(curve), list(curve.values()), marker="o", ms=3, color=f"C{i}",
                 ls="-" if arms[arm][0] else "--", label=f"{arm} ({len(runs)} seeds)")
         drawn = True
     if not drawn:

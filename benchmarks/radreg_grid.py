@@ -247,13 +247,12 @@ def _render_objective(objective: str, cells: list[dict]) -> list[str]:
         if not rc:
             continue
         acc = lambda c: c["summary"]["final_dev"]["accuracy"]  # noqa: E731
-        diffs = [acc(rc[s]) - acc(pc[s]) for s in rc if s in pc]
-        se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+        d = pg.paired([*rc.values(), *pc.values()], arm, objective)
         lines += [f"#### {task}", "", "| arm | accuracy | seeds |", "| --- | --- | --- |",
                   f"| {objective} | {pg._fmt([acc(c) for c in pc.values()])} | {len(pc)} |",
                   f"| {arm} | {pg._fmt([acc(c) for c in rc.values()])} | {len(rc)} |", "",
                   f"Paired difference ({arm} - {objective}, same seeds): "
-                  + (f"{100 * statistics.fmean(diffs):+.1f} ± {100 * se:.1f} (n={len(diffs)})" if diffs else "-"), ""]
+                  + (f"{d[0]:+.1f} ± {d[1]:.1f} (n={d[2]})" if d else "-"), ""]
         lines += convergence(list(pc.values()), list(rc.values()), objective)
         plot = _plot(task, list(rc.values()) + list(pc.values()), objective)
         if plot:
@@ -272,12 +271,7 @@ def _render_objective(objective: str, cells: list[dict]) -> list[str]:
 def convergence(plain: list[dict], radreg: list[dict], objective: str = "mae") -> list[str]:
     """Mean held-out accuracy of both arms at each evaluation, and the first one where each arm reaches the plain
     arm's final mean accuracy (the paper's faster-convergence claim, at our evaluation grain)."""
-    def curve(cells):
-        epochs = sorted({e["epoch"] for c in cells for e in c["evals"]})
-        return {ep: 100 * statistics.fmean(e["accuracy"] for c in cells for e in c["evals"] if e["epoch"] == ep)
-                for ep in epochs}
-
-    arms = {objective: curve(plain), f"{objective}+radreg": curve(radreg)}
+    arms = {objective: pg.mean_curve(plain), f"{objective}+radreg": pg.mean_curve(radreg)}
     epochs = sorted(set.intersection(*(set(c) for c in arms.values())))
     if not epochs:
         return []
