@@ -226,6 +226,17 @@ def _embedding_width(module: torch.nn.Module) -> int:
                      "embed_fn and forward_from_embeddings")
 
 
+class _SharedDropout:
+    """What the perturbation regularizers share for ``dropout=shared``: the replay hook and its release."""
+
+    replay: DropoutReplay | None = None
+
+    def close(self) -> None:
+        """Release the hook ``dropout=shared`` puts on the model."""
+        if self.replay is not None:
+            self.replay.detach()
+
+
 class _Perturbable:
     """One batch, ready to be re-run with perturbed input embeddings: clean outputs, padding mask, noise shape.
 
@@ -315,7 +326,7 @@ class SmartAdversarialConfig:
 
 
 @register("regularizer", "smart-adv", SmartAdversarialConfig)
-class SmartAdversarial:
+class SmartAdversarial(_SharedDropout):
     """SMART's smoothness-inducing adversarial regularizer R_s alone (Jiang et al., ACL 2020).
 
     Args:
@@ -378,11 +389,6 @@ class SmartAdversarial:
                       f"sequences, so the ascent does not move them and R_s is only a dropout term: {cause}. "
                       "The share is logged as smart_zero_grad.", stacklevel=2)
 
-    def close(self) -> None:
-        """Release the hook ``dropout=shared`` puts on the model."""
-        if self.replay is not None:
-            self.replay.detach()
-
     def log(self) -> dict[str, float]:
         """Extra values for the training log: the share of sequences whose noise gradient was exactly zero."""
         return {} if self.zero_grad is None else {"smart_zero_grad": self.zero_grad}
@@ -407,7 +413,7 @@ class R3FConfig:
 
 
 @register("regularizer", "r3f", R3FConfig)
-class R3F:
+class R3F(_SharedDropout):
     """R3F: one random-noise forward and a symmetric KL, no ascent (Aghajanyan et al., ICLR 2021)."""
 
     def __init__(self, weight: float = 1.0, sigma: float = 1e-5, noise: str = "normal",
@@ -420,11 +426,6 @@ class R3F:
         self.weight, self.sigma, self.noise, self.regression = weight, sigma, noise, regression
         self.embed_fn, self.forward_fn = embed_fn, forward_from_embeddings
         self.replay = DropoutReplay() if dropout == "shared" else None
-
-    def close(self) -> None:
-        """Release the hook ``dropout=shared`` puts on the model."""
-        if self.replay is not None:
-            self.replay.detach()
 
     def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
         p = _Perturbable(model, batch, outputs, self.regression, self.embed_fn, self.forward_fn, self.replay)
