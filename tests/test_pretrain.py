@@ -82,6 +82,11 @@ def test_pretrain_finetune_evaluate(images, tmp_path):
     got = json.loads(r.stdout)
     assert got["examples"] == 6 and got["accuracy"] == pytest.approx(s["best_dev"]["accuracy"])
     assert got["loss"] == pytest.approx(s["best_dev"]["loss"], rel=1e-5)
+    # a folder of mixed sizes is resized to the training size, not refused
+    Image.fromarray(val.images[0]).resize((48, 40)).save(tmp_path / "val" / "cat" / "big.png")
+    r = run_cli("evaluate", "--checkpoint", ft / "best", "--task", "image-classification", "--data", tmp_path / "val")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["examples"] == 7
 
 
 def test_context_encoder_and_linear_probe(images, tmp_path):

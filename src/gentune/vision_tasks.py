@@ -223,11 +223,13 @@ def image_classification_job(cfg: FinetuneConfig):
 
 def evaluate_images(checkpoint: str, data: str, batch_size: int = 256) -> dict:
     """Accuracy of an image classifier checkpoint on an image folder or archive; its class folders are matched
-    to the checkpoint's classes by name (a folder the checkpoint does not know is an error that names it)."""
+    to the checkpoint's classes by name (a folder the checkpoint does not know is an error that names it). Images
+    of another size than the training images, mixed sizes included, are resized to it (bicubic)."""
     from accelerate import Accelerator
 
     model, meta = load_classifier(checkpoint)
-    ds = align_classes(load_images(data), meta["classes"], checkpoint)
+    # images of another size, or of mixed sizes, are resized at decoding to the size the model was trained on
+    ds = align_classes(load_images(data, image_size=meta.get("image_size")), meta["classes"], checkpoint)
     accelerator = Accelerator()
     dl = torch.utils.data.DataLoader(ImageDataset(ds), batch_size=batch_size, shuffle=False,
                                      collate_fn=ImageCollator(EvalTransform(tuple(meta["mean"]), tuple(meta["std"]),
