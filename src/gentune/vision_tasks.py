@@ -228,12 +228,10 @@ def evaluate_images(checkpoint: str, data: str, batch_size: int = 256) -> dict:
     from accelerate import Accelerator
 
     model, meta = load_classifier(checkpoint)
-    # images of another size, or of mixed sizes, are resized at decoding to the size the model was trained on
     ds = align_classes(load_images(data, image_size=meta.get("image_size")), meta["classes"], checkpoint)
     accelerator = Accelerator()
     dl = torch.utils.data.DataLoader(ImageDataset(ds), batch_size=batch_size, shuffle=False,
-                                     collate_fn=ImageCollator(EvalTransform(tuple(meta["mean"]), tuple(meta["std"]),
-                                                                            size=meta.get("image_size"))))
+                                     collate_fn=ImageCollator(EvalTransform(tuple(meta["mean"]), tuple(meta["std"]))))
     model, dl = accelerator.prepare(model, dl)
     return {"task": "image-classification", "file": str(data), "examples": len(ds),
             **evaluate_classifier(model, dl, accelerator)}
