@@ -166,11 +166,16 @@ def tune(args, objective: str = "mae") -> dict:
     return choice
 
 
-def overhead(args, steps: int = 12) -> dict:
-    """RadReg's extra pretraining step time: MAE steps with and without it, alternating, in one process."""
-    path = RESULTS / "overhead.json"
-    choice_path = RESULTS / "choice.json"
-    choice = json.loads(choice_path.read_text()) if choice_path.exists() else {"weight": 0.1, "head": "mlp"}
+def overhead_path(objective: str = "mae") -> Path:
+    return RESULTS / ("overhead.json" if objective == "mae" else f"overhead-{objective}.json")
+
+
+def overhead(args, steps: int = 12, objective: str = "mae") -> dict:
+    """RadReg's extra pretraining step time: OBJECTIVE's steps (its grid encoder and options, batch 256) with and
+    without RadReg at the tuned settings, alternating, in one process."""
+    path = overhead_path(objective)
+    chosen = choice_path(objective)
+    choice = json.loads(chosen.read_text()) if chosen.exists() else {"weight": 0.1, "head": "mlp"}
     choice = {"weight": choice["weight"], "head": choice["head"]}
     if path.exists() and json.loads(path.read_text()).get("radreg") == choice:
         return json.loads(path.read_text())  # measured with the chosen settings already
@@ -182,48 +187,56 @@ def overhead(args, steps: int = 12) -> dict:
     from gentune.regularizers.radreg import RadReg
     from gentune.vision_tasks import held_out_split, pixel_stats
 
+    encoder, flags = pg.PRETRAIN[objective]
+    # the grid's --set OBJECTIVE.KEY=VALUE options (strings: the objectives validate them)
+    options = dict(flags[i + 1].split(".", 1)[1].split("=", 1) for i, f in enumerate(flags)
+                   if f == "--set" and flags[i + 1].startswith(f"{objective}."))
+    lr = float(flags[flags.index("--lr") + 1]) if "--lr" in flags else 1e-4
     train, _ = held_out_split(args.data, None, 5000, 0)
     mean, std = pixel_stats(train.images)
     transform = TrainTransform(32, (0.2, 1.0), mean=tuple(mean), std=tuple(std))
-    objective = registry.create("objective", "mae")
-    times = {"mae": [], "mae+radreg": []}
+    loss_fn = registry.create("objective", objective, **options)
+    times = {objective: [], f"{objective}+radreg": []}
     arms = {}
     for name in times:
         torch.manual_seed(0)
-        model = objective.build(create_encoder("vit-tiny-p4"))
+        model = loss_fn.build(create_encoder(encoder))
         regs = [RadReg(images=train.images, weight=choice["weight"], head=choice["head"], mean=mean, std=std)] \
-            if name != "mae" else []
-        arms[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4), regs)
+            if name != objective else []
+        arms[name] = (model, torch.optim.AdamW(model.parameters(), lr=lr), regs)
     for step in range(steps + 2):
         x = {"pixel_values": transform(torch.from_numpy(train.images[step * 256:(step + 1) * 256]))}
         for name, (model, opt, regs) in arms.items():
             t0 = time.perf_counter()
-            loss = objective(model, x)["loss"] + sum(sum(r(model, x, None).values()) for r in regs)
+            loss = loss_fn(model, x)["loss"] + sum(sum(r(model, x, None).values()) for r in regs)
             loss.backward()
             opt.step()
             opt.zero_grad()
             if step >= 2:  # two warm-up steps
                 times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    result = {"seconds_per_step": med, "ratio": med["mae+radreg"] / med["mae"], "steps": steps, "batch": 256,
-              "radreg": choice, "threads": torch.get_num_threads(), "machine": pg.machine()}
+    result = {"seconds_per_step": med, "ratio": med[f"{objective}+radreg"] / med[objective], "steps": steps,
+              "batch": 256, "objective": objective, "encoder": encoder, "radreg": choice,
+              "threads": torch.get_num_threads(), "machine": pg.machine()}
     pg._write(path, result)
     return result
 
 
 def render() -> str:
     cells = [json.loads(p.read_text()) for p in sorted((RESULTS / "finetune").glob("*/*.json"))]
-    over_path = RESULTS / "overhead.json"
-    if not cells and not any(choice_path(o).exists() for o in OBJECTIVES) and not over_path.exists():
+    if not cells and not any(choice_path(o).exists() or overhead_path(o).exists() for o in OBJECTIVES):
         return ""
     lines = ["## RadReg (`benchmarks/radreg_grid.py`)", ""]
     for objective in OBJECTIVES:
         lines += _render_objective(objective, [c for c in cells if c["arm"] == f"{objective}+radreg"])
-    if over_path.exists():
-        o = json.loads(over_path.read_text())
-        lines += [f"Pretraining step time (MAE vit-tiny-p4, batch 256, {o['steps']} alternating steps, "
-                  f"{o['threads']} threads): {o['seconds_per_step']['mae']:.2f} s without RadReg, "
-                  f"{o['seconds_per_step']['mae+radreg']:.2f} s with it ({100 * (o['ratio'] - 1):+.0f}%).", ""]
+    for objective in OBJECTIVES:
+        if overhead_path(objective).exists():
+            o = json.loads(overhead_path(objective).read_text())
+            name = {"mae": "MAE", "context-encoder": "context encoder"}[objective]
+            lines += [f"Pretraining step time ({name} {pg.PRETRAIN[objective][0]}, batch 256, {o['steps']} "
+                      f"alternating steps, {o['threads']} threads): {o['seconds_per_step'][objective]:.2f} s without "
+                      f"RadReg, {o['seconds_per_step'][objective + '+radreg']:.2f} s with it "
+                      f"({100 * (o['ratio'] - 1):+.0f}%).", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -350,7 +363,8 @@ def main() -> int:
         for objective in args.objectives:
             run_objective(objective, args)
         if args.stage in ("all", "overhead"):
-            overhead(args)
+            for objective in args.objectives:
+                overhead(args, objective=objective)
     if args.smoke:
         print(render())
         return 0
