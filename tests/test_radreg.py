@@ -55,6 +55,44 @@ def test_mlp_heads_stay_in_the_ball_and_ascent_increases_the_objective():
     assert torch.all(heads.w2.norm(dim=1) <= 1 + 1e-6)
 
 
+def _dead_heads(m: int, d: int, hidden: int) -> MLPHeads:
+    """MLP heads whose every W1 entry is negative: dead on any non-negative representation."""
+    heads = MLPHeads(m, d, hidden, 1.0, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        heads.w1.abs_().neg_()
+    return heads
+
+
+def test_revive_negates_exactly_the_units_dead_on_the_batch():
+    h = torch.rand(10, 6)  # non-negative, as after a ReLU
+    heads = _dead_heads(2, 6, 5)
+    with torch.no_grad():
+        heads.w1[0, :2].abs_()  # head 0's first two units are alive
+    before = heads.w1.detach().clone()
+    assert heads.revive(h) == 2 * 5 - 2
+    assert torch.equal(heads.w1[0, :2], before[0, :2])  # live units untouched
+    assert torch.equal(heads.w1[0, 2:], -before[0, 2:]) and torch.equal(heads.w1[1], -before[1])
+    active = torch.einsum("mkd,nd->mnk", heads.w1, h) > 0
+    assert active.any(dim=1).all()  # every unit is active on some input now
+    assert heads.revive(h) == 0
+
+
+def test_ascent_brings_dead_heads_back():
+    """All units dead on non-negative features: no gradient reaches them, so without revival the ascent is stuck
+    at exactly 0 (the failure that switched RadReg off on a ReLU encoder); with it the objective turns positive."""
+    torch.manual_seed(5)
+    h = normalize_scale(torch.rand(16, 8))
+    signs = rademacher_signs(3, 16, torch.Generator().manual_seed(0))
+    stuck = _dead_heads(3, 8, 4)
+    stuck.revive = lambda h: 0
+    ascent(stuck, h, signs, steps=30, lr=0.2, mu=0.0, normalized=True)
+    assert head_objective(stuck, h, signs).item() == 0.0
+    heads = _dead_heads(3, 8, 4)
+    assert ascent(heads, h, signs, steps=30, lr=0.2, mu=0.0, normalized=True) >= 3 * 4  # all on the first step
+    assert head_objective(heads, h, signs).item() > 0.01
+    assert torch.all(heads.w1.pow(2).sum((1, 2)).sqrt() <= 1 + 1e-6)
+
+
 def test_gradients_by_finite_differences():
     torch.manual_seed(3)
     h = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)

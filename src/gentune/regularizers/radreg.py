@@ -98,6 +98,22 @@ class MLPHeads(torch.nn.Module):
         return torch.einsum("mnk,mk->mn", hidden, self.w2.to(h.dtype))
 
     @torch.no_grad()
+    def revive(self, h: torch.Tensor) -> int:
+        """Negate every hidden unit's W1 row that is inactive on all of ``h``; returns how many were.
+
+        A ReLU unit with w^T h_i <= 0 on the whole batch outputs 0 and gets no gradient, so the ascent can never
+        bring it back, and the encoder, descending on the same objective, can move the representations into every
+        unit's dead half-space: on non-negative features (a ReLU network's) all units of all heads died within a
+        few hundred steps and the penalty was exactly 0 from then on, while the class's complexity was not.
+        -w keeps the row's norm (the head stays in its ball) and is active wherever w was below 0, so a unit dead
+        on the batch comes back active on it (unless it is orthogonal to every h_i); deterministic, so a resumed
+        run continues exactly.
+        """
+        dead = (torch.einsum("mkd,nd->mnk", self.w1.to(h.dtype), h) <= 0).all(dim=1)  # (m, hidden)
+        self.w1[dead] *= -1
+        return int(dead.sum())
+
+    @torch.no_grad()
     def project(self) -> None:
         """Each head's W1 onto the Frobenius ball and w2 onto the l2 ball of radius ``bound``."""
         for w, dims in ((self.w1, (1, 2)), (self.w2, (1,))):
@@ -111,14 +127,18 @@ def head_objective(heads: torch.nn.Module, h: torch.Tensor, signs: torch.Tensor)
 
 
 def ascent(heads: torch.nn.Module, h: torch.Tensor, signs: torch.Tensor, steps: int, lr: float, mu: float,
-           normalized: bool = False) -> None:
+           normalized: bool = False) -> int:
     """T projected gradient-ascent steps of the heads on head_objective - (mu/2) ||theta||^2 (``h`` detached).
+    MLP heads first revive their units dead on ``h`` (:meth:`MLPHeads.revive`); returns how many were revived.
 
     ``normalized``: each head's step on each weight is ``lr * bound`` long in the gradient's direction, whatever
     the gradient's size (on normalised features it is about 1/sqrt(n): plain steps would barely move).
     """
     h = h.detach()
+    revived = 0
     for _ in range(steps):
+        if isinstance(heads, MLPHeads):
+            revived += heads.revive(h)
         params = list(heads.parameters())
         # the sum over heads: each head's ascent step does not depend on how many heads there are
         value = signs.shape[0] * head_objective(heads, h, signs) - 0.5 * mu * sum(p.pow(2).sum() for p in params)
@@ -131,6 +151,7 @@ def ascent(heads: torch.nn.Module, h: torch.Tensor, signs: torch.Tensor, steps: 
                 else:
                     p.add_(g, alpha=lr)
         heads.project()
+    return revived
 
 
 class _GatherShares(torch.autograd.Function):
@@ -205,6 +226,7 @@ class RadReg:
         self.heads: MLPHeads | None = None
         self._pending: dict | None = None
         self.last: float | None = None  # the unweighted estimate of the last step, for the log
+        self.revived: int | None = None  # MLP heads: hidden units revived in the last step, for the log
 
     def _batch(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalised images (n, 3, H, W), their indices in the downstream pool)."""
@@ -273,14 +295,17 @@ class RadReg:
                 if self._pending is not None:
                     self.heads.load_state_dict(self._pending)
                     self._pending = None
-            ascent(self.heads, h, signs, self.steps, self.lr, self.mu, normalized=True)
+            self.revived = ascent(self.heads, h, signs, self.steps, self.lr, self.mu, normalized=True)
             estimate = head_objective(self.heads, h, signs)
         self.last = float(estimate.detach())
         return {"radreg": self.weight * estimate}
 
     def log(self) -> dict[str, float]:
         """Extra values for the training log: the unweighted complexity estimate."""
-        return {} if self.last is None else {"radreg_complexity": self.last}
+        out = {} if self.last is None else {"radreg_complexity": self.last}
+        if self.revived is not None:
+            out["radreg_revived_units"] = float(self.revived)
+        return out
 
     def state_dict(self) -> dict:
         # a copy: the ascent updates the heads in place after the state is taken
