@@ -56,19 +56,25 @@ NOTES = {
         "training", "  images) is MAE's own pretraining set, so the penalty brings no information about the "
         "downstream inputs", "  that pretraining lacks and only constrains the encoder (on cat-dog the pool is the "
         "9,000 cat and dog", "  images). lambda and the head class were tuned on cat-dog only (one seed, 2-epoch "
-        "pretraining).", ""],
+        "pretraining).", "",
+        "- Both MAE pairs (and MAE's tuning) ran before MLP heads revived their dead units. A 2-epoch MAE run with "
+        "revival", "  revives 6 to 16 of the 256 units per step (units inactive on a whole batch of 16);", "  whether "
+        "units died for good in these runs is not known (their logs stayed on the GPU machine). They are to be", "  run again (on a GPU the RadReg arm alone, since the plain MAE "
+        "cells ran there).", ""],
     "context-encoder cat-dog": [
-        "- RadReg is above the plain context encoder by +1.3 ± 0.4, on all 5 seeds (+0.2 to +2.4): the paper's "
-        "direction,", "  by about three standard errors. It also reaches the plain arm's final accuracy at epoch 25 "
-        "instead of 30", "  (the evaluation grain is 5 epochs): the faster convergence the paper reports, here and "
-        "not with MAE.", "- These runs use MLP heads with dead-unit revival: before it, every head unit died within "
-        "about 900 steps", "  on the encoder's non-negative features and the penalty was exactly 0 (see "
-        "docs/methods/radreg.md).", ""],
+        "- RadReg is above the plain context encoder by +1.5 ± 0.5, on all 5 seeds (+0.5 to +2.9): the paper's "
+        "direction,", "  by about three standard errors. Both arms reach the plain arm's final accuracy at epoch 25 "
+        "(evaluations", "  every 5 epochs): no faster convergence at this grain.",
+        "- Both arms ran on the CPU in float32; pretrain_grid.py's plain cells (H200, bf16) give 67.8 ± 1.1 and a "
+        "pair of", "  +1.3 ± 0.4, the same direction. These runs use MLP heads with dead-unit revival: without it "
+        "every head", "  unit died within about 900 steps on this encoder's non-negative features and the penalty "
+        "was exactly 0", "  (docs/methods/radreg.md).", ""],
     "context-encoder cifar10": [
-        "- RadReg is below the plain context encoder by -1.2 ± 0.4 (all 5 seeds lower), and never reaches its final "
-        "accuracy:", "  the same pattern as MAE (up on cat-dog, down on 10 classes). It fits the explanation given "
-        "for MAE (on", "  cifar10 RadReg's pool is the pretraining set itself), but does not prove it: lambda was "
-        "tuned on cat-dog", "  only (one seed), so a lambda too strong for 10 classes is the other candidate.", ""],
+        "- RadReg is below the plain context encoder by -0.8 ± 0.3 (all 5 seeds lower, -0.1 to -2.0) and never "
+        "reaches its", "  final accuracy: the same pattern as MAE (up on cat-dog, down on 10 classes). It fits the "
+        "explanation given", "  for MAE (on cifar10 RadReg's pool is the pretraining set itself) but does not prove "
+        "it: lambda was tuned", "  on cat-dog only (one seed), so a lambda too strong for 10 classes is the other "
+        "candidate.", ""],
 }
 CANDIDATES = [{"weight": w, "head": h} for h in ("linear", "mlp") for w in (0.01, 0.1, 1.0)]
 TUNE_EPOCHS = "2"
