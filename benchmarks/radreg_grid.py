@@ -4,7 +4,10 @@ benchmarks/pretrain_grid.py.
 
 - RadReg's unlabeled downstream data for a task are the task's training pool without labels: the training images
   of the task's classes, the held-out validation images excluded (the labelled fine-tuning images of every seed
-  are drawn from this pool). One OBJECTIVE+RadReg pretraining per task; the plain runs are pretrain_grid.py's.
+  are drawn from this pool). One OBJECTIVE+RadReg pretraining per task; the plain runs are pretrain_grid.py's,
+  unless those ran under another (device, mixed precision) than the RadReg arm (bf16 on a GPU against float32 on
+  a CPU): then this script pretrains and fine-tunes the plain arm again under the RadReg arm's setting and pairs
+  with that one, so that a pair differs only in RadReg.
 - lambda and the head class are chosen per objective on a validation split only (``--stage tune``): for each
   candidate, a shortened OBJECTIVE+RadReg pretraining (``TUNE_EPOCHS``) and a shortened cat-dog fine-tuning with a
   seed that is not reported (7), scored on a *tuning* split: the reported held-out images (split seed 0) are
@@ -17,7 +20,7 @@ benchmarks/pretrain_grid.py.
   its standard error, the fine-tuning curves of both arms in one plot per task with a convergence table, and
   RadReg's pretraining step-time overhead measured in one process with the two step kinds interleaved.
 
-    python benchmarks/radreg_grid.py --stage tune        # about 1.5 h per objective on 2 cores
+    python benchmarks/radreg_grid.py --stage tune        # 10 min (context encoder) to 40 min (MAE) on 2 cores
     python benchmarks/radreg_grid.py                     # the full runs (needs pretrain_grid.py's plain runs)
     python benchmarks/radreg_grid.py --objectives mae    # one objective only
     python benchmarks/radreg_grid.py --stage overhead    # only the step-time measurement (minutes)
