@@ -208,10 +208,13 @@ def overhead(args, steps: int = 12, objective: str = "mae") -> dict:
     from gentune.regularizers.radreg import RadReg
     from gentune.vision_tasks import held_out_split, pixel_stats
 
+    from gentune.config import PretrainConfig, apply_overrides
+
     encoder, flags = pg.PRETRAIN[objective]
-    # the grid's --set OBJECTIVE.KEY=VALUE options (strings: the objectives validate them)
-    options = dict(flags[i + 1].split(".", 1)[1].split("=", 1) for i, f in enumerate(flags)
-                   if f == "--set" and flags[i + 1].startswith(f"{objective}."))
+    # the grid's --set options, read as gentune pretrain reads them
+    cfg = apply_overrides(PretrainConfig(objective=objective),
+                          [flags[i + 1] for i, f in enumerate(flags) if f == "--set"])
+    options = cfg.objective_options.get(objective, {})
     lr = float(flags[flags.index("--lr") + 1]) if "--lr" in flags else 1e-4
     train, _ = held_out_split(args.data, None, 5000, 0)
     mean, std = pixel_stats(train.images)
