@@ -198,7 +198,7 @@ def tune(args, objective: str = "mae", task: str = TUNE_TASK) -> dict:
     reference = scores[0]
     rows = [{**c, "accuracy": a} for c, a in zip(names.values(), scores[1:])]
     best = max(rows, key=lambda r: r["accuracy"])
-    choice = {"weight": best["weight"], "head": best["head"], "candidates": rows, "plain_mae": reference,
+    choice = {"weight": best["weight"], "head": best["head"], "candidates": rows, "plain": reference,
               "objective": objective, "task": task,
               "protocol": f"{objective}+RadReg pretraining {TUNE_EPOCHS} epochs, {task} fine-tuning seed {TUNE_SEED}, "
                           f"{' '.join(protocol)}: the tuning split, not the reported one"}
@@ -326,7 +326,7 @@ def _render_objective(objective: str, cells: list[dict]) -> list[str]:
     if path.exists():
         c = json.loads(path.read_text())
         lines += [f"Choice on the validation split ({c['protocol']}): lambda {c['weight']}, {c['head']} heads "
-                  f"(plain {objective} under the same protocol: {100 * c['plain_mae']:.1f}).", "",
+                  f"(plain {objective} under the same protocol: {100 * c['plain']:.1f}).", "",
                   "| head | lambda | cat-dog accuracy |", "| --- | --- | --- |",
                   *[f"| {r['head']} | {r['weight']} | {100 * r['accuracy']:.1f} |" for r in c["candidates"]], ""]
     for task in pg.TASKS:
@@ -376,7 +376,7 @@ def _render_own(objective: str, task: str) -> list[str]:
     c, reported = json.loads(path.read_text()), json.loads(choice_path(objective).read_text())
     lines = [f"Ablation, lambda and head tuned on {task}'s own tuning split (`--stage per-task`; {c['protocol']}): "
              f"lambda {c['weight']}, {c['head']} heads (plain {objective} under the same protocol: "
-             f"{100 * c['plain_mae']:.1f}).", "",
+             f"{100 * c['plain']:.1f}).", "",
              f"| head | lambda | {task} accuracy |", "| --- | --- | --- |",
              *[f"| {r['head']} | {r['weight']} | {100 * r['accuracy']:.1f} |" for r in c["candidates"]], ""]
     if (c["weight"], c["head"]) == (reported["weight"], reported["head"]):
@@ -386,14 +386,22 @@ def _render_own(objective: str, task: str) -> list[str]:
     if not own:
         return lines
     acc = lambda x: x["summary"]["final_dev"]["accuracy"]  # noqa: E731
-    d = pg.paired([*own, *plain_cells(objective, task)[0]], arm, objective)
+    # the plain cells run under the ablation arm's setting: this script's own plain arm or pretrain_grid.py's
+    plains = [[json.loads(p.read_text()) for p in sorted((r / "finetune" / task).glob(f"{objective}_seed*.json"))]
+              for r in (RESULTS, pg.RESULTS)]
+    plain = next((cs for cs in plains if cs and {setting(x) for x in cs} == {setting(x) for x in own}),
+                 plain_cells(objective, task)[0])
+    d = pg.paired([*own, *plain], arm, objective)
     pre = RESULTS / "pretrain" / f"{arm}-{task}.json"
     return lines + [
         "| arm | accuracy | seeds | paired difference to " + objective + " |", "| --- | --- | --- | --- |",
         f"| {arm} | {pg._fmt([acc(x) for x in own])} | {len(own)} | "
         + (f"{d[0]:+.1f} ± {d[1]:.1f} (n={d[2]})" if d else "-") + " |", "",
         *([f"- pretraining: `{json.loads(pre.read_text())['command']}`"] if pre.exists() else []),
-        f"- machine: {own[0].get('machine', '-')}", "", *NOTES.get(f"{objective} {task} own", [])]
+        f"- machine: {own[0].get('machine', '-')}",
+        *(["- **the two arms ran under different settings**: rerun on one machine kind to pair them"]
+          if {setting(x) for x in own} != {setting(x) for x in plain} else []),
+        "", *NOTES.get(f"{objective} {task} own", [])]
 
 
 def convergence(plain: list[dict], radreg: list[dict], objective: str = "mae") -> list[str]:
