@@ -27,7 +27,7 @@ benchmarks/pretrain_grid.py.
     python benchmarks/radreg_grid.py                     # the full runs (needs pretrain_grid.py's plain runs)
     python benchmarks/radreg_grid.py --objectives mae    # one objective only
     python benchmarks/radreg_grid.py --stage overhead    # only the step-time measurement (minutes)
-    python benchmarks/radreg_grid.py --stage per-task    # the tuning-task ablation (MAE: 4 min on an H200; CE: 25 min on 2 cores)
+    python benchmarks/radreg_grid.py --stage per-task    # tuning-task ablation: MAE 4 min (H200), CE 25 min (2 cores)
     python benchmarks/radreg_grid.py --render
     python benchmarks/radreg_grid.py --smoke             # minutes: tuning, pretraining, fine-tuning with 3-step runs
     python benchmarks/radreg_grid.py --jobs 6            # 6 runs at once (a GPU machine with many cores)
