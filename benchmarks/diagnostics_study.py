@@ -60,7 +60,9 @@ NOTES = [
     "not evidence.",
     "- MAE + RadReg's scale-free linear complexity on the cat-dog pool (0.0261) is not below plain MAE's (0.0257): "
     "RadReg", "  penalised the MLP-head complexity (the tuned choice) during pretraining, and the linear-head "
-    "measure after it shows", "  no reduction.",
+    "measure after it shows", "  no reduction. That MAE + RadReg checkpoint predates the dead-unit revival of "
+    "RadReg's MLP heads", "  (docs/methods/radreg.md), so for part of its pretraining the penalty was 0; the "
+    "study has not been rerun on", "  the revived one.",
     "- Checkpoints: the image encoders were pretrained on an H200 (benchmarks/pretrain_grid.py, radreg_grid.py); "
     "the", "  context-encoder-2ep run, the fine-tuning and the measurements ran on the 2-core CPU machine.",
 ]
