@@ -313,12 +313,16 @@ def setting(cell: dict) -> tuple:
     return cell["summary"].get("device"), cell["summary"].get("mixed_precision")
 
 
-def plain_cells(objective: str, task: str) -> tuple[list[dict], bool]:
+def plain_cells(objective: str, task: str, like: set | None = None) -> tuple[list[dict], bool]:
     """The plain arm RadReg is paired with on ``task``, and whether it is this script's own: its own cells when it
-    ran them (because pretrain_grid.py's ran under another setting than the RadReg arm), else pretrain_grid.py's."""
-    own = sorted((RESULTS / "finetune" / task).glob(f"{objective}_seed*.json"))
-    paths = own or sorted((pg.RESULTS / "finetune" / task).glob(f"{objective}_seed*.json"))
-    return [json.loads(p.read_text()) for p in paths], bool(own)
+    ran them (because pretrain_grid.py's ran under another setting than the RadReg arm), else pretrain_grid.py's.
+    ``like``: the settings of the arm to pair with; the first of the two whose cells ran under them wins."""
+    sources = [[json.loads(p.read_text()) for p in sorted((r / "finetune" / task).glob(f"{objective}_seed*.json"))]
+               for r in (RESULTS, pg.RESULTS)]
+    match = next((i for i, cs in enumerate(sources) if cs and {setting(c) for c in cs} == like), None)
+    if like is not None and match is not None:
+        return sources[match], match == 0
+    return sources[0] or sources[1], bool(sources[0])
 
 
 def _render_objective(objective: str, cells: list[dict]) -> list[str]:
@@ -391,11 +395,7 @@ def _render_own(objective: str, task: str) -> list[str]:
     if not own:
         return lines
     acc = lambda x: x["summary"]["final_dev"]["accuracy"]  # noqa: E731
-    # the plain cells run under the ablation arm's setting: this script's own plain arm or pretrain_grid.py's
-    plains = [[json.loads(p.read_text()) for p in sorted((r / "finetune" / task).glob(f"{objective}_seed*.json"))]
-              for r in (RESULTS, pg.RESULTS)]
-    plain = next((cs for cs in plains if cs and {setting(x) for x in cs} == {setting(x) for x in own}),
-                 plain_cells(objective, task)[0])
+    plain = plain_cells(objective, task, like={setting(x) for x in own})[0]  # run under the ablation arm's setting
     d = pg.paired([*own, *plain], arm, objective)
     pre = RESULTS / "pretrain" / f"{arm}-{task}.json"
     return lines + [
