@@ -313,12 +313,17 @@ def setting(cell: dict) -> tuple:
     return cell["summary"].get("device"), cell["summary"].get("mixed_precision")
 
 
+def plain_sources(objective: str, task: str) -> list[list[dict]]:
+    """The plain arm's fine-tuning cells on ``task``: this script's own (same-setting reruns), pretrain_grid.py's."""
+    return [[json.loads(p.read_text()) for p in sorted((r / "finetune" / task).glob(f"{objective}_seed*.json"))]
+            for r in (RESULTS, pg.RESULTS)]
+
+
 def plain_cells(objective: str, task: str, like: set | None = None) -> tuple[list[dict], bool]:
     """The plain arm RadReg is paired with on ``task``, and whether it is this script's own: its own cells when it
     ran them (because pretrain_grid.py's ran under another setting than the RadReg arm), else pretrain_grid.py's.
     ``like``: the settings of the arm to pair with; the first of the two whose cells ran under them wins."""
-    sources = [[json.loads(p.read_text()) for p in sorted((r / "finetune" / task).glob(f"{objective}_seed*.json"))]
-               for r in (RESULTS, pg.RESULTS)]
+    sources = plain_sources(objective, task)
     match = next((i for i, cs in enumerate(sources) if cs and {setting(c) for c in cs} == like), None)
     if like is not None and match is not None:
         return sources[match], match == 0
@@ -336,8 +341,7 @@ def _render_objective(objective: str, cells: list[dict]) -> list[str]:
         c = json.loads(path.read_text())
         lines += [f"Choice on the validation split ({c['protocol']}): lambda {c['weight']}, {c['head']} heads "
                   f"(plain {objective} under the same protocol: {100 * c['plain']:.1f}).", "",
-                  "| head | lambda | cat-dog accuracy |", "| --- | --- | --- |",
-                  *[f"| {r['head']} | {r['weight']} | {100 * r['accuracy']:.1f} |" for r in c["candidates"]], ""]
+                  *_candidates(c, TUNE_TASK)]
     for task in pg.TASKS:
         rc = {c["seed"]: c for c in cells if c["task"] == task}
         if not rc:
@@ -376,6 +380,12 @@ def _render_objective(objective: str, cells: list[dict]) -> list[str]:
     return lines
 
 
+def _candidates(choice: dict, task: str) -> list[str]:
+    """A tuning choice's candidates and their accuracy on ``task``'s tuning split, as a table."""
+    return ["| head | lambda | " + task + " accuracy |", "| --- | --- | --- |",
+            *[f"| {r['head']} | {r['weight']} | {100 * r['accuracy']:.1f} |" for r in choice["candidates"]], ""]
+
+
 def _render_own(objective: str, task: str) -> list[str]:
     """The tuning-task ablation on ``task``: its choice on the task's own tuning split and, where that differs from
     the reported choice, its arm against the same plain arm."""
@@ -385,9 +395,7 @@ def _render_own(objective: str, task: str) -> list[str]:
     c, reported = json.loads(path.read_text()), json.loads(choice_path(objective).read_text())
     lines = [f"Ablation, lambda and head tuned on {task}'s own tuning split (`--stage per-task`; {c['protocol']}): "
              f"lambda {c['weight']}, {c['head']} heads (plain {objective} under the same protocol: "
-             f"{100 * c['plain']:.1f}).", "",
-             f"| head | lambda | {task} accuracy |", "| --- | --- | --- |",
-             *[f"| {r['head']} | {r['weight']} | {100 * r['accuracy']:.1f} |" for r in c["candidates"]], ""]
+             f"{100 * c['plain']:.1f}).", "", *_candidates(c, task)]
     if (c["weight"], c["head"]) == (reported["weight"], reported["head"]):
         return lines + [f"The same choice as on {TUNE_TASK}: the pair above is this ablation's too.", ""]
     arm = objective + OWN
@@ -465,8 +473,7 @@ def same_setting_plain(objective: str, args) -> None:
     encoder, flags = pg.PRETRAIN[objective]
     for task in args.tasks:
         radreg = [json.loads(p.read_text()) for p in (RESULTS / "finetune" / task).glob(f"{objective}+radreg_seed*")]
-        theirs = [json.loads(p.read_text())
-                  for p in (pg.RESULTS / "finetune" / task).glob(f"{objective}_seed*.json")]
+        theirs = plain_sources(objective, task)[1]
         if not radreg or not theirs or {setting(c) for c in radreg} == {setting(c) for c in theirs}:
             continue
         init = RUNS / "pretrain" / objective / "encoder"
