@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from gentune._fs import atomic_dir
+from gentune.fs import atomic_dir
 from gentune.cli import main
 
 from conftest import run_cli

@@ -15,7 +15,7 @@ from scipy import stats
 from gentune.diagnostics import (complexity_curve, generalization_gap, heterogeneity, rademacher_complexity,
                                  transferability)
 from gentune.errors import GentuneError
-from gentune.regularizers.radreg import MLPHeads
+from gentune.diagnostics.rademacher import MLPHeads
 
 
 def enumerated_linear(h: np.ndarray, bound: float) -> float:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from gentune.regularizers.radreg import (LinearHeads, MLPHeads, RadReg, ascent, head_objective, linear_complexity,
-                                         normalize_scale, rademacher_signs)
+from gentune.diagnostics.rademacher import (LinearHeads, MLPHeads, ascent, head_objective, linear_complexity,
+                                            normalize_scale, rademacher_signs)
+from gentune.regularizers.radreg import RadReg
 
 
 def all_signs(n: int) -> torch.Tensor:
@@ -162,7 +163,7 @@ def test_ascent_heads_in_the_hook_track_the_pool_closed_form():
                  weight=1.0, ascent_steps=5)
     for _ in range(60):
         reg(model, {}, None)
-    x, idx = reg._batch(torch.device("cpu"))
+    x, idx = next(reg.stream)
     with torch.no_grad():
         h = normalize_scale(model.encoder.forward_features(x))
     closed = linear_complexity(h, reg._pool_signs[:, idx]).item()

@@ -201,7 +201,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(glue, tiny_model, tmp_path
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    from gentune._fs import recover_dir
+    from gentune.fs import recover_dir
 
     assert not (part / "summary.json").exists() and recover_dir(part / "checkpoint") is not None
     subprocess.run([sys.executable, str(script), *_cli_args(glue, tiny_model, part, regs)], check=True, env=env,

@@ -7,15 +7,16 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from gentune import registry
 from gentune.errors import GentuneError
-from gentune.models.vision import (ConvDecoder, ConvEncoder, VisionTransformer, create_encoder, drop_path,
-                                   load_encoder,
-                                   patchify, save_encoder, sincos_pos_embed, unpatchify)
-from gentune.objectives.context_encoder import (ContextEncoder, Discriminator, _bce, block_mask, center_mask,
+from gentune.models.checkpoint import load_encoder, save_encoder
+from gentune.models.vision import (ConvDecoder, ConvEncoder, VisionTransformer, create_encoder, drop_path, patchify,
+                                   sincos_pos_embed, unpatchify)
+from gentune.objectives.context_encoder import (ContextEncoder, Discriminator, block_mask, center_mask,
                                                 context_encoder_model, context_loss, region_mask)
 from gentune.objectives.image_classification import ImageClassification, ImageClassifier, param_groups
 from gentune.objectives.mae import MAE, MaskedAutoencoder, mae_flops, mae_loss, random_masking
@@ -266,15 +267,19 @@ def test_context_encoder_adversarial_terms_train_the_right_parameters():
     out = result["output"]
     assert set(result) >= {"loss", "reconstruction", "adversarial", "discriminator"}
     disc, gen = list(model.discriminator.parameters()), list(model.encoder.parameters())
-    d_loss = _bce(out["d_real"], 1.0) + _bce(out["d_fake"], 0.0)
-    g_loss = context_loss(out["recon"], x, out["mask"]) + 0.5 * _bce(out["d_fake_gen"], 1.0)
+
+    def bce(logits, target):  # the standard GAN losses, written out
+        return -(target * F.logsigmoid(logits) + (1 - target) * F.logsigmoid(-logits)).mean()
+
+    d_loss = bce(out["d_real"], 1.0) + bce(out["d_fake"], 0.0)
+    g_loss = context_loss(out["recon"], x, out["mask"]) + 0.5 * bce(out["d_fake_gen"], 1.0)
     assert result["loss"].item() == pytest.approx((d_loss + g_loss).item(), rel=1e-6)
     total = torch.autograd.grad(result["loss"], disc + gen, retain_graph=True)
     want_d = torch.autograd.grad(d_loss, disc, retain_graph=True)
     want_g = torch.autograd.grad(g_loss, gen, retain_graph=True)
     for got, want in zip(total, [*want_d, *want_g]):
         assert torch.allclose(got, want, atol=1e-7)
-    assert any(g.abs().sum() > 0 for g in torch.autograd.grad(_bce(out["d_fake_gen"], 1.0), gen, retain_graph=True))
+    assert any(g.abs().sum() > 0 for g in torch.autograd.grad(bce(out["d_fake_gen"], 1.0), gen, retain_graph=True))
     with pytest.raises(GentuneError, match="discriminator"):
         ContextEncoder(adv_weight=0.1)(context_encoder_model("conv-tiny"), {"pixel_values": x})
     with pytest.raises(GentuneError, match="mask"):
@@ -308,7 +313,21 @@ def test_finetuning_trains_the_encoder_and_matches_cross_entropy():
     q = torch.full((4, 3), 0.1 / 3).scatter_(1, batch["labels"][:, None], 0.9 + 0.1 / 3).double()
     assert result["loss"].item() == pytest.approx(-(q * logits.log_softmax(-1)).sum(1).mean().item(), rel=1e-5)
     result["loss"].backward()
-    assert model.encoder.blocks[0].qkv.weight.grad is not None
+    # the encoder gets the loss's gradient: its directional derivative along the gradient matches finite
+    # differences of the loss (a detached or frozen encoder would give None or 0; a wrong one another slope)
+    w = model.encoder.blocks[0].qkv.weight
+    g = w.grad.detach().clone()
+    assert g.abs().sum() > 0
+    with torch.no_grad():
+        def loss_at(t):
+            w.add_(t * g)
+            value = ImageClassification(label_smoothing=0.1)(model, batch)["loss"].double()
+            w.sub_(t * g)
+            return value
+        model.eval()  # no dropout or drop-path: the same function at both points
+        h = 1e-3 / g.norm()
+        slope = (loss_at(h) - loss_at(-h)) / (2 * h)
+    assert slope.item() == pytest.approx(g.pow(2).sum().item(), rel=2e-2)
 
 
 @pytest.mark.parametrize("make", [lambda: tiny_vit(depth=3), lambda: ConvEncoder((4, 8, 8, 8))])

@@ -5,6 +5,9 @@ Public API (nothing heavy is imported until used)::
     import gentune
     summary = gentune.finetune(task="rte", out="runs/rte", train_size=1000)
     metrics = gentune.evaluate(checkpoint="runs/rte/best", task="rte", data="test.tsv")
+    summary = gentune.pretrain(objective="mae", data="images/", out="runs/mae")
+
+    from gentune.train import Job, fit      # the loop itself, in process, callable many times
 """
 
 from __future__ import annotations
@@ -15,46 +18,45 @@ from .registry import create, list_methods, register
 __version__ = "0.1.0"
 
 
+def _config(kind: str, config, kwargs: dict, source: str):
+    from .config import apply_mapping
+    from .tasks import for_name, for_objective
+
+    if config is None:
+        if kind == "finetune":
+            config = for_name(str(kwargs.get("task", ""))).config()
+        else:
+            config = for_objective(str(kwargs.get("objective", "mae"))).config()
+    return apply_mapping(config, kwargs, source)
+
+
 def finetune(config=None, **kwargs) -> dict:
-    """Fine-tune a model; keyword arguments are :class:`gentune.config.FinetuneConfig` fields.
+    """Fine-tune a model; keyword arguments are the task's config fields (``task="rte"``: see
+    :class:`gentune.tasks.text_classification.TextClassificationConfig`; ``task="image-classification"``:
+    :class:`gentune.tasks.image_classification.ImageClassificationConfig`).
 
     ``regularizer_options`` takes ``{name: {option: value}}``. Returns the summary dict (also written to
     ``OUT/summary.json``).
     """
-    from .config import FinetuneConfig, apply_mapping
-    from .finetuning import finetune as _finetune
+    from .tasks import finetune as _finetune
 
-    cfg = config if config is not None else FinetuneConfig()
-    cfg = apply_mapping(cfg, kwargs, "finetune()")
-    return _finetune(cfg)
+    return _finetune(_config("finetune", config, kwargs, "finetune()"))
 
 
 def pretrain(config=None, **kwargs) -> dict:
     """Pretrain an image encoder (``objective="mae"`` or ``"context-encoder"``); keyword arguments are
-    :class:`gentune.config.PretrainConfig` fields, ``objective_options`` takes ``{name: {option: value}}``.
-    Returns the summary dict; the encoder is saved to ``OUT/encoder``."""
-    from .config import PretrainConfig, apply_mapping
-    from .pretraining import pretrain as _pretrain
+    :class:`gentune.tasks.image_pretraining.ImagePretrainingConfig` fields, ``objective_options`` takes ``{name:
+    {option: value}}``. Returns the summary dict; the encoder is saved to ``OUT/encoder``."""
+    from .tasks import pretrain as _pretrain
 
-    cfg = config if config is not None else PretrainConfig()
-    cfg = apply_mapping(cfg, kwargs, "pretrain()")
-    return _pretrain(cfg)
+    return _pretrain(_config("pretrain", config, kwargs, "pretrain()"))
 
 
 def evaluate(checkpoint: str, task: str, data: str, batch_size: int = 64) -> dict:
-    """Metrics of a fine-tuned checkpoint on any file of the task's formats."""
-    from .finetuning import evaluate as _evaluate
+    """Metrics of a fine-tuned checkpoint on any file (or image folder) of the task's formats."""
+    from .tasks import evaluate as _evaluate
 
     return _evaluate(checkpoint, task, data, batch_size=batch_size)
 
 
-def __getattr__(name: str):
-    if name in ("FinetuneConfig", "PretrainConfig"):
-        from . import config
-
-        return getattr(config, name)
-    raise AttributeError(f"module 'gentune' has no attribute {name!r}")
-
-
-__all__ = ["FinetuneConfig", "GentuneError", "PretrainConfig", "create", "evaluate", "finetune", "list_methods",
-           "pretrain", "register", "__version__"]
+__all__ = ["GentuneError", "create", "evaluate", "finetune", "list_methods", "pretrain", "register", "__version__"]

@@ -1,14 +1,21 @@
-"""Run configuration: a dataclass, YAML files and dotted ``key=value`` overrides (config at the edge only).
+"""Run configuration: typed dataclass schemas filled from YAML files, mappings and dotted ``key=value``
+overrides, all through one typed path (OmegaConf structured configs); config exists at the edge only.
 
-Precedence: dataclass defaults < ``--config FILE.yaml`` < explicit CLI flags < ``--set key=value``.
-Regularizer options live under their registered name: ``--set l2sp.alpha=0.1`` or, in YAML,
-``regularizer_options: {l2sp: {alpha: 0.1}}``. An unknown key is a user error that names it.
+Precedence: dataclass defaults < ``--config FILE.yaml`` < explicit CLI flags < ``--set key=value``. A method's
+options live under its registered name: ``--set l2sp.alpha=0.1`` or, in YAML, ``regularizer_options: {l2sp:
+{alpha: 0.1}}`` (``objective_options`` likewise), and are checked against that method's own option schema. An
+unknown key or a value of the wrong type is a :class:`GentuneError` naming the key and where it came from.
+
+YAML is read with YAML 1.2's scalars, not PyYAML's 1.1 ones: ``1e-4`` is a number and ``no``/``off`` stay text,
+so ``lr: 1e-4`` and ``mixed_precision: no`` mean in a file what they mean after ``--set`` (OmegaConf's own loader
+reads ``no`` as false, which a text field would then store as "False").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +25,10 @@ from typing import Any
 import yaml
 
 from .errors import GentuneError
-from .models.hf import DEFAULT_MODEL
+
+# the option mappings of a config, by the registry kind of their keys
+OPTION_FIELDS = {"regularizer_options": "regularizer", "objective_options": "objective"}
+_NULLS = ("null", "none", "~", "")
 
 
 @dataclass
@@ -64,6 +74,7 @@ class RunConfig:
         ]
 
     def validate(self) -> None:
+        """Value checks (types are checked when the config is filled); a user error names the key."""
         for ok, msg in self._checks():
             if not ok:
                 raise GentuneError(f"config: {msg}")
@@ -76,189 +87,38 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-IMAGE_TASK = "image-classification"
+# ----------------------------------------------------------------------------------------------- YAML
 
 
-@dataclass
-class FinetuneConfig(RunConfig):
-    """A fine-tuning run: a text task (GLUE family) or ``image-classification`` on an image folder."""
-
-    task: str = ""
-    data_dir: str | None = None
-    train: str | None = None
-    dev: str | None = None  # text: a dev file; images: a validation image folder/archive (else split from data)
-    model: str = DEFAULT_MODEL  # text: a HF model; images without init: a backbone name (vit-tiny-p4, ...)
-    max_length: int = 128
-    train_size: int | None = None
-    # image-classification
-    data: str | None = None  # an image folder <root>/<class>/<file>, or a .tar.gz of one
-    init: str | None = None  # a pretrained encoder directory (gentune pretrain OUT/encoder), or none
-    classes: list[str] | None = None  # a subset of the class folders, in this order (labels 0..k-1)
-    labels_per_class: int | None = None  # label budget: this many seeded training images per class
-    val_size: int = 5000  # images held out of data for validation (when no dev is given)
-    split_seed: int = 0  # the held-out split; fixed, so pretraining and fine-tuning hold out the same images
-    # images held out with this seed (val_size of them) are removed first, then split_seed splits the rest: a
-    # tuning split that never touches the reported validation images (exclude_split_seed=0, split_seed=1)
-    exclude_split_seed: int | None = None
-    linear_probe: bool = False  # freeze the encoder, train the head only
-    head: str = "linear"  # linear | mlp | bn-linear (MAE's linear-probe head)
-    pool: str | None = None  # ViT encoders: cls | mean (MAE fine-tunes with mean); None: the encoder's own (cls)
-    layer_decay: float = 1.0  # layer-wise lr decay (1: off)
-    augment: bool = True  # random resized crop and flip on training images
-    image_size: int | None = None  # resize every image to this size (default: the images' own, one size)
-
-    _TEXT_ONLY = {"data_dir": None, "train": None, "train_size": None}
-    _IMAGE_ONLY = {"data": None, "init": None, "classes": None, "labels_per_class": None, "linear_probe": False,
-                   "image_size": None, "exclude_split_seed": None, "pool": None}
-
-    def _checks(self) -> list[tuple[bool, str]]:
-        image = self.task == IMAGE_TASK
-        foreign = self._TEXT_ONLY if image else self._IMAGE_ONLY
-        for key, default in foreign.items():
-            if getattr(self, key) != default:
-                kind = "text" if image else "image-classification"
-                return [(False, f"{key} applies to {kind} tasks only, not to task {self.task!r}")]
-        return [
-            (bool(self.task), "task is required (--task)"),
-            *super()._checks(),
-            (self.max_length >= 8, "max_length must be at least 8"),
-            (self.train_size is None or self.train_size > 0, "train_size must be positive"),
-            (not image or bool(self.data), "image-classification needs --data (an image folder or archive)"),
-            (self.labels_per_class is None or self.labels_per_class > 0, "labels_per_class must be positive"),
-            (self.val_size >= 0, "val_size must be >= 0"),
-            (self.exclude_split_seed is None or type(self.exclude_split_seed) is int,
-             "exclude_split_seed must be an integer"),
-            (self.head in ("linear", "mlp", "bn-linear"), "head must be linear, mlp or bn-linear"),
-            (self.pool in (None, "cls", "mean"), "pool must be cls or mean"),
-            (0 < self.layer_decay <= 1, "layer_decay must be in (0, 1]"),
-        ]
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans and numbers (see the module docstring)."""
 
 
-@dataclass
-class PretrainConfig(RunConfig):
-    """An unsupervised pretraining run of an image encoder (``mae`` or ``context-encoder``)."""
-
-    objective: str = "mae"
-    objective_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    data: str = ""  # an image folder or archive; labels are ignored
-    model: str = ""  # backbone name; empty: vit-tiny-p4 for mae, conv-small for context-encoder
-    val_size: int = 5000  # held out (the same split as fine-tuning's), for the validation loss
-    split_seed: int = 0
-    exclude_split_seed: int | None = None  # as in fine-tuning: these held-out images are removed first
-    augment: bool = True
-    crop_scale: float = 0.2  # random resized crop: smallest area fraction
-    image_size: int | None = None  # resize every image to this size (default: the images' own, one size)
-    epochs: float = 10.0
-    batch_size: int = 256
-    eval_batch_size: int = 256
-    lr: float = 1.5e-3
-    weight_decay: float = 0.05
-    adam_beta2: float = 0.95
-    warmup_ratio: float = 0.05
-    max_grad_norm: float = 0.0
-    save_steps: int = 200
-
-    def _checks(self) -> list[tuple[bool, str]]:
-        return [
-            (bool(self.data), "data is required (--data: an image folder or archive)"),
-            *super()._checks(),
-            (self.val_size >= 0, "val_size must be >= 0"),
-            (self.exclude_split_seed is None or type(self.exclude_split_seed) is int,
-             "exclude_split_seed must be an integer"),
-            (0 < self.crop_scale <= 1, "crop_scale must be in (0, 1]"),
-        ]
-
-    def validate(self) -> None:
-        super().validate()
-        for name in self.objective_options:
-            if name != self.objective:
-                raise GentuneError(f"config: options given for objective {name!r}, but the objective is "
-                                   f"{self.objective!r}")
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)?\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
 
 
-def _coerce(value: str, like: Any, key: str):
-    """Parse a ``--set`` string with YAML rules, then check it against the field's current type."""
-    try:
-        parsed = yaml.safe_load(value) if value != "" else None
-    except yaml.YAMLError:
-        parsed = value
-    if isinstance(like, bool) and not isinstance(parsed, bool):
-        raise GentuneError(f"--set {key}: expected true/false, got {value!r}")
-    if isinstance(like, (int, float)) and not isinstance(like, bool):
-        try:  # YAML 1.1 reads "3e-5" as a string, so numbers are parsed by Python's rules
-            return int(value) if isinstance(like, int) else float(value)
-        except ValueError:
-            kind = "an integer" if isinstance(like, int) else "a number"
-            raise GentuneError(f"--set {key}: expected {kind}, got {value!r}") from None
-    if isinstance(like, (list, tuple)) and isinstance(parsed, str):
-        return type(like)(s for s in parsed.split(",") if s)
-    if isinstance(like, str):  # a text field keeps the text as given (YAML would read "no" as false, "1" as 1)
-        return value
-    return parsed
+def parse_yaml(text: str):
+    """A YAML document with the loader above."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
-def _fits(value, hint) -> bool:
-    """Whether ``value`` has the type of a config annotation (int, float, bool, str, lists, dicts, unions)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, h) for h in args)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if hint in (list, tuple) or origin in (list, tuple):
-        return isinstance(value, (list, tuple)) and (not args or all(_fits(v, args[0]) for v in value))
-    if hint is dict or origin is dict:
-        return isinstance(value, dict) and (not args or all(_fits(k, args[0]) and _fits(v, args[1])
-                                                            for k, v in value.items()))
-    return True  # an annotation this check does not know: left to the consumer
-
-
-def check_type(value, hint, where: str) -> None:
-    """A one-line error naming ``where`` when ``value`` does not fit the annotation ``hint``."""
-    if not _fits(value, hint):
-        kind = str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
-        raise GentuneError(f"{where}: expected {kind}, got {value!r}")
-
-
-def hints(cls) -> dict[str, Any]:
-    """The resolved field annotations of a config dataclass."""
-    return typing.get_type_hints(cls)
-
-
-def apply_mapping(cfg: RunConfig, data: dict, source: str) -> RunConfig:
-    """Set config keys from a mapping (a YAML file, the Python API); every value is checked against its field's
-    type, and an unknown key or a wrong type is a one-line error naming ``source`` and the key."""
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    types_ = hints(type(cfg))
-    for key, value in data.items():
-        if key not in fields:
-            raise GentuneError(f"{source}: unknown config key {key!r}")
-        if key == "regularizer" and isinstance(value, str):
-            value = [value]
-        if isinstance(value, tuple):
-            value = list(value)
-        elif isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        check_type(value, types_[key], f"{source}: {key}")
-        setattr(cfg, key, value)
-    return cfg
-
-
-def load_yaml(cfg: RunConfig, path: str) -> RunConfig:
+def read_yaml(path: str | os.PathLike) -> dict:
+    """A YAML file's mapping; a missing, non-UTF-8, malformed or non-mapping file is a one-line error."""
     p = Path(path)
     if not p.is_file():
         raise GentuneError(f"{p}: no such config file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = parse_yaml(p.read_text()) or {}
     except UnicodeDecodeError as e:
         raise GentuneError(f"{p}: not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
@@ -267,59 +127,212 @@ def load_yaml(cfg: RunConfig, path: str) -> RunConfig:
         raise GentuneError(f"{p}{line}: malformed YAML") from None
     if not isinstance(data, dict):
         raise GentuneError(f"{p}: expected a mapping of config keys")
-    return apply_mapping(cfg, data, str(p))
+    return data
 
 
-def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply ``key=value`` strings; ``name.option=value`` sets an option of regularizer (or objective) ``name``."""
+def dump_yaml(cfg) -> str:
+    return yaml.safe_dump(cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------- typing
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _strip_optional(hint):
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else hint
+    return hint
+
+
+def _kind(hint) -> str:
+    """A type annotation in words, for error messages."""
+    base = _strip_optional(hint)
+    origin = typing.get_origin(base) or base
+    words = {bool: "true/false", int: "an integer", float: "a number", str: "text", list: "a list",
+             tuple: "a list", dict: "a mapping"}
+    kind = words.get(origin, str(base).replace("typing.", ""))
+    return kind + (" or null" if base is not hint else "")
+
+
+def _precheck(value, hint, where: str) -> None:
+    """What OmegaConf would quietly convert but is a mistake: a number other than 0/1 for a boolean, a number for
+    a text field's list (``classes: 5``)."""
+    base = _strip_optional(hint)
+    if base is bool and isinstance(value, (int, float)) and not isinstance(value, bool) and value not in (0, 1):
+        raise GentuneError(f"{where}: expected {_kind(hint)}, got {value!r}")
+
+
+def _structured(schema, values: dict | None = None):
+    """The OmegaConf node of a dataclass schema (or instance), with ``values`` merged in."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(schema)
+    if values:
+        node = OmegaConf.merge(node, values)
+    return node
+
+
+def _typed(schema, data: dict, source: str, prefix: str | None = "") -> Any:
+    """``data`` merged into ``schema`` (a dataclass or an instance) through OmegaConf: converted values, or a
+    one-line error naming ``source`` and the key (``prefix`` None: ``source`` names the key already)."""
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    cls = schema if isinstance(schema, type) else type(schema)
+    hints = _hints(cls)
+
+    def where(key) -> str:
+        return source if prefix is None else f"{source}: {prefix}{key}"
+
+    for key, value in data.items():
+        if key in hints:
+            _precheck(value, hints[key], where(key))
+    try:
+        return _to_object(_structured(schema, data))
+    except ConfigKeyError as e:
+        key = str(getattr(e, "key", None) or getattr(e, "full_key", "?"))
+        raise GentuneError(f"{source}: unknown config key {(prefix or '') + key!r}") from None
+    except OmegaConfBaseException as e:
+        key = str(getattr(e, "full_key", "") or "").split(".")[0] or "?"
+        raise GentuneError(f"{where(key)}: expected {_kind(hints.get(key, Any))}, got {data.get(key, '?')!r}") \
+            from None
+
+
+def _to_object(node):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(node)
+
+
+def method_options(kind: str, name: str, options: dict, source: str, prefix: str | None = "") -> dict:
+    """``options`` of registered ``name`` checked against its schema: the given keys, values converted."""
     from . import registry
 
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    if not isinstance(options, dict):
+        raise GentuneError(f"{source}: {prefix or ''}{name}: expected a mapping of options, got {options!r}")
+    entry = registry.get(kind, name)
+    known = [f.name for f in dataclasses.fields(entry.config)] if entry.config else []
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise GentuneError(f"{source}: {kind} {name!r} has no option {unknown[0]!r} "
+                           f"(options: {', '.join(known) or 'none'})")
+    if not options:
+        return {}
+    typed = _typed(entry.config, options, source, None if prefix is None else f"{prefix}{name}.")
+    return {k: getattr(typed, k) for k in options}
+
+
+def apply_mapping(cfg, data: dict, source: str, prefix: str | None = ""):
+    """Set config keys from a mapping (a YAML file, the Python API, the command line); returns a new config of
+    the same class. Every value is checked against its field's type and every method option against its method's
+    schema; an unknown key or a wrong type is a one-line error naming ``source`` and the key."""
+    if not isinstance(data, dict):
+        raise GentuneError(f"{source}: expected a mapping of config keys")
+    clean = {}
+    for key, value in data.items():
+        if key == "regularizer" and isinstance(value, str):
+            value = [value]
+        if isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        clean[key] = value
+    for key, kind in OPTION_FIELDS.items():
+        if key in clean and isinstance(clean[key], dict) and hasattr(cfg, key):
+            merged = {name: dict(opts) for name, opts in getattr(cfg, key).items()}
+            for name, opts in clean[key].items():
+                name = _registered(kind, name, source, key)
+                checked = method_options(kind, name, opts, source, None if prefix is None else f"{key}.")
+                merged[name] = {**merged.get(name, {}), **checked}
+            clean[key] = merged
+    return _typed(cfg, clean, source, prefix)
+
+
+def _registered(kind: str, name, source: str, where: str) -> str:
+    from . import registry
+
+    if not isinstance(name, str) or name not in registry.list_methods(kind):
+        raise GentuneError(f"{source}: {where}: unknown {kind} {name!r} (known: "
+                           f"{', '.join(registry.list_methods(kind))})")
+    return name
+
+
+def load_yaml(cfg, path: str):
+    """``cfg`` updated from a YAML file (see :func:`apply_mapping`)."""
+    return apply_mapping(cfg, read_yaml(path), str(path))
+
+
+def _parse_value(text: str, hint):
+    """A ``--set`` value by its field's type: text fields keep the text, lists take ``a,b,c``, everything else is
+    read as YAML (``3e-5``, ``true``, ``[1, 2]``)."""
+    if text.strip().lower() in _NULLS:
+        return None
+    base = _strip_optional(hint)
+    origin = typing.get_origin(base) or base
+    if base is str:
+        return text
+    if origin in (list, tuple) and not text.lstrip().startswith("["):
+        return [s for s in text.split(",") if s]
+    try:
+        return parse_yaml(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _method_name(kinds: list[str], name: str) -> tuple[str, str] | None:
+    from . import registry
+
+    for kind in kinds:
+        for known in registry.list_methods(kind):
+            if known.replace("-", "_") == name.replace("-", "_"):
+                return kind, known
+    return None
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """Apply ``key=value`` strings; ``name.option=value`` sets an option of regularizer (or objective) ``name``.
+    Returns a new config of the same class."""
+    from . import registry
+
+    fields = _hints(type(cfg))
+    kinds = [kind for key, kind in OPTION_FIELDS.items() if key in fields]
     for item in overrides:
         if "=" not in item:
             raise GentuneError(f"--set {item!r}: expected key=value")
-        key, value = item.split("=", 1)
+        key, text = item.split("=", 1)
         key = key.strip()
         # field and option names take - or _; registry names (context-encoder, smart-adv) keep their hyphens
         parts = key.split(".")
         parts[-1] = parts[-1].replace("-", "_")
-        if len(parts) == 1:
-            key = parts[0]
-        if parts[0] in ("regularizer_options", "objective_options"):
+        if parts[0] in OPTION_FIELDS:
             parts = parts[1:]
         if len(parts) == 1 and parts[0] in fields:
-            like = getattr(cfg, parts[0])
-            if like is None:  # an optional field: check against its annotation ("int | None" -> int)
-                base = str(fields[parts[0]].type).split(" ")[0]
-                like = [] if base.startswith("list") else {"int": 0, "float": 0.0, "str": ""}.get(base, None)
-            new = _coerce(value, like, key) if value.lower() not in ("null", "none", "") else None
-            check_type(new, hints(type(cfg))[parts[0]], f"--set {key}")
-            setattr(cfg, parts[0], new)
+            cfg = apply_mapping(cfg, {parts[0]: _parse_value(text, fields[parts[0]])}, f"--set {key}", None)
             continue
-        kinds = ["regularizer"] + (["objective"] if hasattr(cfg, "objective_options") else [])
-        if len(parts) == 2:
-            parts[0] = next((n for k in kinds for n in registry.list_methods(k)
-                             if n.replace("-", "_") == parts[0].replace("-", "_")), parts[0])
-        kind = next((k for k in kinds if len(parts) == 2 and parts[0] in registry.list_methods(k)), None)
-        if kind:
-            name, option = parts
-            entry = registry.get(kind, name)
-            options = {f.name: f for f in dataclasses.fields(entry.config)} if entry.config else {}
-            if option not in options:
-                raise GentuneError(f"--set {key}: {kind} {name!r} has no option {option!r} "
-                                   f"(options: {', '.join(options) or 'none'})")
-            default = options[option].default
-            hint = hints(entry.config)[option]
-            if default is None:  # an optional option: parse by its annotation ("bool | None" -> bool)
-                base = next((h for h in typing.get_args(hint) if h is not type(None)), None)
-                default = {bool: False, int: 0, float: 0.0, str: ""}.get(base)
-            new = _coerce(value, default, key) if value.lower() not in ("null", "none") else None
-            check_type(new, hint, f"--set {key}")
-            getattr(cfg, f"{kind}_options").setdefault(name, {})[option] = new
-            continue
-        raise GentuneError(f"--set {key}: unknown config key {key!r}")
+        found = _method_name(kinds, parts[0]) if len(parts) == 2 else None
+        if found is None:
+            raise GentuneError(f"--set {key}: unknown config key {key!r}")
+        kind, name = found
+        schema = registry.options(kind, name)
+        option = parts[1]
+        if option not in schema:
+            raise GentuneError(f"--set {key}: {kind} {name!r} has no option {option!r} "
+                               f"(options: {', '.join(schema) or 'none'})")
+        value = _parse_value(text, _hints(registry.get(kind, name).config)[option])
+        cfg = apply_mapping(cfg, {f"{kind}_options": {name: {option: value}}}, f"--set {key}", None)
     return cfg
 
 
-def dump_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+def known_fields(cls) -> set[str]:
+    """The keys of a config class."""
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def load_saved(cls, data: dict, source: str):
+    """A config of ``cls`` from what a run wrote (its config.yaml): keys ``cls`` does not have (written by an
+    earlier version, whose fine-tuning config held every task's keys) are left out, the rest typed as usual."""
+    keep = {k: v for k, v in data.items() if k in known_fields(cls)}
+    return apply_mapping(cls(), keep, source)

@@ -19,15 +19,16 @@ import html
 import io
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ._fs import write_json_atomic, write_text_atomic
-from .config import IMAGE_TASK
 from .errors import GentuneError
+from .fs import write_json_atomic, write_text_atomic
+
+IMAGE_TASK = "image-classification"
 
 FEATURES = "features"
 
@@ -45,35 +46,23 @@ class Representation:
 
 def load_representation(checkpoint: str) -> Representation:
     """The representation of a text (Hugging Face) or image (gentune) checkpoint; errors name the path."""
+    from .models.checkpoint import load_encoder, read_meta
+
     path = Path(checkpoint)
-    meta_file = path / "gentune.json"
-    try:
-        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GentuneError(f"{meta_file}: malformed JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise GentuneError(f"{meta_file}: expected a JSON object")
-    if meta.get("architecture") in ("vit", "conv"):
-        if "classes" in meta:  # an image classifier: its encoder is what the head sees
-            from .vision_tasks import load_classifier
-
-            model, meta = load_classifier(checkpoint)
-            encoder = model.encoder
-        else:
-            from .models.vision import load_encoder
-
-            encoder, meta = load_encoder(checkpoint)
+    meta = (read_meta(path) if path.is_dir() else None) or {}
+    if meta.get("kind") in ("image-encoder", "image-classifier"):  # a classifier: its encoder is what the head sees
+        encoder, meta = load_encoder(checkpoint)
         encoder.eval()
         return Representation(str(checkpoint), "image", encoder.forward_features, meta)
     from transformers import AutoModel
 
-    from .models.hf import _quiet_transformers, load_tokenizer, resolve_model_path
+    from .models.hf import load_tokenizer, quiet_transformers, resolve_model_path
 
     name = resolve_model_path(checkpoint)
     if not (Path(name) / "config.json").is_file() and path.exists():
         raise GentuneError(f"{checkpoint}: not a checkpoint (no gentune.json of an image model, no config.json)")
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model, info = AutoModel.from_pretrained(name, output_loading_info=True)
     except OSError as e:
         raise GentuneError(f"{checkpoint}: cannot load a model ({str(e).splitlines()[0]})") from None
@@ -123,14 +112,14 @@ def _batches_text(rep: Representation, task: str, data: str, limit: int, seed: i
 def _batches_image(rep: Representation, data: str, limit: int, seed: int):
     from .data.images import EvalTransform, ImageCollator, ImageDataset, load_images
 
-    size = (rep.meta.get("config") or rep.meta.get("encoder_config") or {}).get("image_size") \
+    size = (rep.meta.get("config") or {}).get("image_size") \
         or rep.meta.get("image_size")  # conv encoders: the size they were trained on
     ds = load_images(data, image_size=size)
     if len(ds) > limit:
         ds = ds.select(np.sort(np.random.default_rng(seed).choice(len(ds), limit, replace=False)))
     mean, std = rep.meta.get("mean"), rep.meta.get("std")
     if mean is None:
-        from .vision_tasks import pixel_stats
+        from .data.splits import pixel_stats
 
         mean, std = pixel_stats(ds.images)
     dl = torch.utils.data.DataLoader(ImageDataset(ds), batch_size=256,
@@ -171,12 +160,14 @@ def extract(rep: Representation, task: str, data: str, cache: Path, limit: int =
 
 
 def run_gap(checkpoint: str) -> dict | None:
-    """Training vs held-out metrics of a fine-tuned checkpoint, recomputed from its run's config.yaml (the
-    parent of ``best/``); None when the checkpoint is not part of a gentune fine-tuning run."""
+    """Training vs held-out metrics of a fine-tuned checkpoint, recomputed from its run's config.yaml (the parent
+    of ``best/``) on the data its task assembles for training (``datasets(cfg)``, the same code); None when the
+    checkpoint is not part of a gentune fine-tuning run, or the run had no held-out data."""
     import yaml
 
-    from .config import FinetuneConfig, apply_mapping
+    from .config import load_saved
     from .diagnostics import generalization_gap
+    from .tasks import for_name
 
     run = Path(checkpoint).parent
     if Path(checkpoint).name != "best" or not (run / "config.yaml").is_file():
@@ -185,49 +176,17 @@ def run_gap(checkpoint: str) -> dict | None:
         saved = yaml.safe_load((run / "config.yaml").read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise GentuneError(f"{run / 'config.yaml'}: malformed ({type(e).__name__})") from None
-    if not isinstance(saved, dict):
-        raise GentuneError(f"{run / 'config.yaml'}: not a run's config")
-    cfg = apply_mapping(FinetuneConfig(), saved, str(run / "config.yaml"))
-    if cfg.task == IMAGE_TASK:
-        from accelerate import Accelerator
-
-        from .data.images import EvalTransform, ImageCollator, ImageDataset, labels_per_class
-        from .vision_tasks import evaluate_classifier, held_out_split, load_classifier, select_classes
-
-        model, meta = load_classifier(checkpoint)
-        train, val = held_out_split(cfg.data, cfg.dev, cfg.val_size, cfg.split_seed, cfg.image_size,
-                                    cfg.exclude_split_seed)
-        if val is None:
-            return None
-        if cfg.classes:
-            train, val = select_classes(train, cfg.classes), select_classes(val, cfg.classes)
-        if cfg.labels_per_class:
-            train = labels_per_class(train, cfg.labels_per_class, cfg.seed)
-        collate = ImageCollator(EvalTransform(tuple(meta["mean"]), tuple(meta["std"])))
-        acc = Accelerator(cpu=not torch.cuda.is_available())
-        scores = [evaluate_classifier(model, torch.utils.data.DataLoader(ImageDataset(d), batch_size=256,
-                                                                        collate_fn=collate), acc)
-                  for d in (train, val)]
-    else:
-        from accelerate import Accelerator
-
-        from .data import get_task, load_splits, stratified_subsample
-        from .finetuning import evaluate_model
-        from .models.hf import load_checkpoint, load_tokenizer
-        from .objectives.classification import Collator, tokenize
-
-        spec = get_task(cfg.task)
-        model, _ = load_checkpoint(checkpoint, spec)
-        tokenizer = load_tokenizer(checkpoint)
-        train, dev = load_splits(spec, cfg.data_dir, cfg.train, cfg.dev)
-        if cfg.train_size:
-            train = stratified_subsample(train, cfg.train_size, cfg.seed, spec.is_regression)
-        acc = Accelerator(cpu=not torch.cuda.is_available())
-        collate = Collator(tokenizer, spec.is_regression)
-        scores = [evaluate_model(model, torch.utils.data.DataLoader(tokenize(d, tokenizer, cfg.max_length,
-                                                                             spec.text_pair), batch_size=64,
-                                                                    collate_fn=collate), spec, acc)
-                  for d in (train, dev)]
+    if not isinstance(saved, dict) or "task" not in saved:
+        raise GentuneError(f"{run / 'config.yaml'}: not a fine-tuning run's config")
+    task = for_name(str(saved["task"]))
+    if task.load is None or task.score is None:
+        return None
+    cfg = load_saved(task.config, saved, str(run / "config.yaml"))
+    data = task.datasets(cfg)
+    if data.heldout is None:
+        return None
+    model = task.load(checkpoint, cfg.task)
+    scores = [task.score(model, d) for d in (data.train, data.heldout)]  # at each task's own batch size
     # best/ is the best of the run's evaluations on this same held-out set: with more than one, the held-out score
     # was selected on itself and the gap is biased low (evaluate once, at the end, for an unbiased gap)
     metrics = run / "metrics.jsonl"
@@ -309,6 +268,27 @@ def report_html(results: dict, projections: dict) -> str:
             f"{imgs}</body></html>")
 
 
+@dataclass
+class DiagnoseConfig:
+    """What ``gentune diagnose`` takes (flags, ``--config FILE.yaml`` and ``--set key=value`` alike)."""
+
+    checkpoint: list[str] = field(default_factory=list)  # checkpoints to diagnose (repeatable --checkpoint)
+    task: str = ""  # a text task, or image-classification
+    data: str = ""  # downstream data: a file of the task's formats, or an image folder
+    pretrain_data: str | None = None  # pretraining-distribution data, for heterogeneity
+    out: str = ""
+    max_examples: int = 2000  # examples drawn from each data set (seeded)
+    n_sigma: int = 200  # sign vectors of the Monte Carlo estimate
+    bound: float = 1.0  # the heads' norm bound B
+    mlp: bool = True  # the MLP-head estimate (the slow one)
+    seed: int = 0
+
+    def validate(self) -> None:
+        for key in ("task", "data", "out"):
+            if not getattr(self, key):
+                raise GentuneError(f"diagnose: {key} is required (--{key})")
+
+
 def diagnose(checkpoints: list[str], task: str, data: str, out: str, pretrain_data: str | None = None,
              max_examples: int = 2000, n_sigma: int = 200, bound: float = 1.0, mlp: bool = True,
              seed: int = 0) -> dict:
@@ -365,4 +345,4 @@ def diagnose(checkpoints: list[str], task: str, data: str, out: str, pretrain_da
     return results
 
 
-__all__ = ["diagnose", "extract", "load_representation", "report_html", "run_gap"]
+__all__ = ["DiagnoseConfig", "diagnose", "extract", "load_representation", "report_html", "run_gap"]

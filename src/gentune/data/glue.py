@@ -3,7 +3,7 @@
 Formats (every one is also what held-out test files of the same task look like):
 
 - ``*.json``: ``{"0": {"text_a": ..., "text_b": ... or null, "label": ...}, ...}`` (or a list of such objects).
-- ``*.tsv``: the task's GLUE column layout (see :data:`gentune.data.tasks.TASKS`), with or without a header,
+- ``*.tsv``: the task's GLUE column layout (see :data:`gentune.data.text_tasks.TASKS`), with or without a header,
   an optional UTF-8 BOM (MRPC), and a variable number of annotator labels before the last column (MNLI/SNLI).
 - ``*.csv``: LM-BFF ``label,sentence`` with no header.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GentuneError
-from .tasks import TaskSpec
+from .text_tasks import TaskSpec
 
 ENV_VAR = "GENTUNE_DATA"
 SPLIT_ALIASES = {"train": ("train",), "dev": ("dev", "dev_matched", "validation")}

@@ -648,3 +648,57 @@ class ImageCollator:
         if state.get("generator") is not None:
             self.generator = self.generator or torch.Generator()
             self.generator.set_state(state["generator"])
+
+
+class ImageStream:
+    """An endless stream of normalised batches from a pool of images: ``next(stream) -> (x, idx)``, x (n, 3, H, W)
+    float pixels normalised with ``mean``/``std``, idx (n,) their positions in the pool. The pool is cycled in
+    permutations drawn from ``generator`` (a fresh one after every pass); ``state_dict`` holds the position, the
+    generator's state is its owner's to save.
+
+    Args:
+        images: uint8 (N, H, W, 3) array or tensor.
+        batch_size: n.
+        generator: draws the permutations.
+        mean, std: per-channel normalisation of pixels in [0, 1]; None for none.
+    """
+
+    def __init__(self, images, batch_size: int, generator: torch.Generator, mean=None, std=None):
+        self.images = torch.as_tensor(images)
+        self.batch_size, self.generator, self.mean, self.std = batch_size, generator, mean, std
+        self.order: torch.Tensor | None = None  # the current pass over the pool
+        self.pos = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        picked, have = [], 0
+        while have < self.batch_size:
+            if self.order is None or self.pos >= len(self.order):
+                self.order, self.pos = torch.randperm(len(self.images), generator=self.generator), 0
+            take = self.order[self.pos:self.pos + self.batch_size - have]
+            picked.append(take)
+            self.pos += len(take)
+            have += len(take)
+        idx = torch.cat(picked)
+        x = self.images[idx].permute(0, 3, 1, 2).float() / 255.0
+        if self.mean is not None:
+            x = (x - torch.tensor(self.mean).view(1, 3, 1, 1)) / torch.tensor(self.std).view(1, 3, 1, 1)
+        return x, idx
+
+    def state_dict(self) -> dict:
+        return {"order": self.order, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order, self.pos = state.get("order"), state.get("pos", 0)
+
+
+def image_stream(path: str, batch_size: int, generator: torch.Generator, image_size: int | None = None, mean=None,
+                 std=None) -> ImageStream:
+    """An :class:`ImageStream` over the images of a folder or archive (labels ignored), resized to
+    ``image_size``."""
+    return ImageStream(load_images(path, image_size=image_size).images, batch_size, generator, mean, std)

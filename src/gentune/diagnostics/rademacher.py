@@ -5,8 +5,9 @@ For features h_1..h_n (the pretrained encoder on n downstream inputs) and a head
 
     R_hat(F o h) = E_sigma [ sup_{f in F} (1/n) sum_i sigma_i f(h_i) ],     sigma_i uniform in {-1, +1}.
 
-The sup per sign vector reuses RadReg's pieces (``gentune.regularizers.radreg``): the closed form
-``linear_complexity`` for linear heads, ``MLPHeads`` + ``ascent`` for two-layer ReLU heads. The expectation over
+The sup per sign vector: the closed form ``linear_complexity`` for linear heads, ``MLPHeads`` + ``ascent``
+(projected gradient ascent) for two-layer ReLU heads. RadReg (``gentune.regularizers.radreg``) penalises the same
+quantities during pretraining and imports them from here. The expectation over
 sigma is a Monte Carlo mean (with a normal 95% interval), or exact by enumerating all 2^n sign vectors.
 
 Bounds returned next to the estimate (bounds on the expectation over sigma, not on every sign vector):
@@ -31,12 +32,131 @@ import numpy as np
 import torch
 
 from ..errors import GentuneError
-from ..regularizers.radreg import MLPHeads, ascent, linear_complexity, normalize_scale, rademacher_signs
+from ..tensors import widen
 
 HEADS = ("linear", "mlp")
 MAX_EXHAUSTIVE = 16  # 2^16 = 65,536 sign vectors
 _Z95 = 1.959963984540054  # the standard normal 0.975 quantile
 _CHUNK = 1 << 22  # heads x samples x hidden units per batched ascent: ~32 MB of float64 activations
+
+
+def rademacher_signs(m: int, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """(m, n) independent uniform signs in {-1, +1} (float32)."""
+    bits = torch.randint(0, 2, (m, n), generator=generator)
+    return (bits * 2 - 1).float().to(device)
+
+
+def normalize_scale(h: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """h / sqrt(mean_i ||h_i||^2): the batch's root-mean-square norm becomes 1, directions are unchanged.
+
+    Args:
+        h: (n, d) representations.
+    """
+    return h / (h.pow(2).sum(-1).mean() + eps).sqrt()
+
+
+def linear_complexity(h: torch.Tensor, signs: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
+    """(1/m) sum_j (B/n) ||sum_i sigma_ji h_i||_2: the closed-form sup over linear heads with ||theta||_2 <= B.
+
+    Args:
+        h: (n, d) representations.
+        signs: (m, n) Rademacher signs.
+    """
+    h = widen(h)
+    return (bound / h.shape[0]) * (signs.to(h.dtype) @ h).norm(dim=-1).mean()
+
+
+class LinearHeads(torch.nn.Module):
+    """m linear heads theta_j (||theta_j||_2 <= bound), for the ascent path; the closed form is what training uses."""
+
+    def __init__(self, m: int, dim: int, bound: float, generator: torch.Generator | None = None):
+        super().__init__()
+        self.bound = bound
+        theta = torch.randn(m, dim, generator=generator)
+        self.theta = torch.nn.Parameter(theta * (0.5 * bound / theta.norm(dim=1, keepdim=True)))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (m, n)."""
+        return self.theta.to(h.dtype) @ h.T
+
+    @torch.no_grad()
+    def project(self) -> None:
+        norm = self.theta.norm(dim=1, keepdim=True)
+        self.theta.mul_((self.bound / norm.clamp(min=1e-12)).clamp(max=1.0))
+
+
+class MLPHeads(torch.nn.Module):
+    """m two-layer ReLU heads d -> hidden -> 1 evaluated in one batched call; weights projected onto norm balls."""
+
+    def __init__(self, m: int, dim: int, hidden: int, bound: float, generator: torch.Generator | None = None):
+        super().__init__()
+        self.bound = bound
+        w1 = torch.randn(m, hidden, dim, generator=generator)
+        w2 = torch.randn(m, hidden, generator=generator)
+        self.w1 = torch.nn.Parameter(w1 * (0.5 * bound / w1[0].norm()))
+        self.w2 = torch.nn.Parameter(w2 * (0.5 * bound / w2[0].norm()))
+        self.project()  # a head drawn larger than head 0 would start outside its ball (and overstate the sup)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (m, n): every head on every representation."""
+        hidden = torch.relu(torch.einsum("mkd,nd->mnk", self.w1.to(h.dtype), h))
+        return torch.einsum("mnk,mk->mn", hidden, self.w2.to(h.dtype))
+
+    @torch.no_grad()
+    def revive(self, h: torch.Tensor) -> int:
+        """Negate every hidden unit's W1 row that is inactive on all of ``h``; returns how many were.
+
+        A ReLU unit with w^T h_i <= 0 on the whole batch outputs 0 and gets no gradient, so the ascent can never
+        bring it back, and the encoder, descending on the same objective, can move the representations into every
+        unit's dead half-space: on non-negative features (a ReLU network's) all units of all heads died within
+        about 900 steps and the penalty was exactly 0 from then on, while the class's complexity was not.
+        -w keeps the row's norm (the head stays in its ball) and is active wherever w was below 0, so a unit dead
+        on the batch comes back active on it (unless it is orthogonal to every h_i); deterministic, so a resumed
+        run continues exactly.
+        """
+        dead = (torch.einsum("mkd,nd->mnk", self.w1.to(h.dtype), h) <= 0).all(dim=1)  # (m, hidden)
+        self.w1[dead] *= -1
+        return int(dead.sum())
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """Each head's W1 onto the Frobenius ball and w2 onto the l2 ball of radius ``bound``."""
+        for w, dims in ((self.w1, (1, 2)), (self.w2, (1,))):
+            norm = w.pow(2).sum(dims, keepdim=True).sqrt()
+            w.mul_((self.bound / norm.clamp(min=1e-12)).clamp(max=1.0))
+
+
+def head_objective(heads: torch.nn.Module, h: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """(1/m) sum_j (1/n) sum_i sigma_ji f_j(h_i)."""
+    return (signs.to(h.dtype) * heads(h)).mean()
+
+
+def ascent(heads: torch.nn.Module, h: torch.Tensor, signs: torch.Tensor, steps: int, lr: float, mu: float,
+           normalized: bool = False) -> int:
+    """T projected gradient-ascent steps of the heads on head_objective - (mu/2) ||theta||^2 (``h`` detached).
+    MLP heads first revive their units dead on ``h`` (:meth:`MLPHeads.revive`); returns how many were revived.
+
+    ``normalized``: each head's step on each weight is ``lr * bound`` long in the gradient's direction, whatever
+    the gradient's size (on normalised features it is about 1/sqrt(n): plain steps would barely move).
+    """
+    h = h.detach()
+    revived = 0
+    for _ in range(steps):
+        if isinstance(heads, MLPHeads):
+            revived += heads.revive(h)
+        params = list(heads.parameters())
+        # the sum over heads: each head's ascent step does not depend on how many heads there are
+        value = signs.shape[0] * head_objective(heads, h, signs) - 0.5 * mu * sum(p.pow(2).sum() for p in params)
+        grads = torch.autograd.grad(value, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                if normalized:  # per head: the norm over all but the first (head) dimension
+                    norm = g.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *([1] * (g.ndim - 1)))
+                    p.add_(g / norm, alpha=lr * heads.bound)
+                else:
+                    p.add_(g, alpha=lr)
+        heads.project()
+    return revived
 
 
 def as_features(x, name: str = "features") -> torch.Tensor:

@@ -14,8 +14,10 @@ What the subclass adds to the Trainer, and nothing else:
   parent's loss during training. Evaluation losses stay the plain task loss.
 - The mean of each term since the last log (``smart_adv``, ``bregman``, ``l2sp``, ...) is logged next to ``loss``.
 - ``after_step(model)`` runs once per optimizer step (not per micro-batch under gradient accumulation).
-- Regularizers built from names get ``total_steps`` (when they have that option and it was left at 0) from the
-  Trainer's ``max_steps`` at the start of every ``train()`` call.
+- Every regularizer is set up (``setup(context)``, the same protocol as gentune's own loop) at the start of every
+  ``train()`` call with the Trainer's ``max_steps`` and the model: SMART's teacher schedule takes the run's length
+  from there. Regularizers built from names are rebuilt first (fresh state).
+- A term name two regularizers share is kept under ``<regularizer>/<term>`` (the loop's rule), so both count.
 - Regularizer state (SMART's momentum teacher, L2-SP's anchor, step counters) is saved as
   ``gentune_regularizers.pt`` in every ``checkpoint-N/`` folder and restored by
   ``trainer.train(resume_from_checkpoint=...)`` (a path or ``True``).
@@ -23,10 +25,8 @@ What the subclass adds to the Trainer, and nothing else:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,87 +34,15 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from .. import registry
 from ..errors import GentuneError
+from ..regularizers.base import Context, as_regularizer, build_regularizers, collect_terms, parse_specs, \
+    regularized_loss
 
 logger = logging.getLogger(__name__)
 
 #: File name of the regularizer state inside each ``checkpoint-N/`` folder.
 REGULARIZER_STATE_NAME = "gentune_regularizers.pt"
 _FORMAT = 1
-# Attribute values _zero_total_steps never looks inside (a teacher model, tensors, classes, functions, modules).
-_NOT_PLAIN = (torch.nn.Module, torch.Tensor, type, types.FunctionType, types.MethodType, types.ModuleType)
-
-
-@dataclasses.dataclass
-class _Spec:
-    """One requested regularizer: a registry name with options, or an object built by the caller."""
-
-    name: str
-    options: dict | None = None  # None for an object built by the caller
-    obj: Any = None
-
-
-def _parse(regularizers) -> list[_Spec]:
-    """Normalise the ``regularizers`` argument to a list of specs (validation of names happens at build)."""
-    if regularizers is None:
-        return []
-    if isinstance(regularizers, str):
-        regularizers = [regularizers]
-    if isinstance(regularizers, Mapping):
-        items = list(regularizers.items())
-    else:
-        items = []
-        for item in regularizers:
-            if isinstance(item, str):
-                items.append((item, None))
-            elif isinstance(item, Mapping):  # {name: options} inside a list
-                items.extend(item.items())
-            elif callable(item):
-                items.append((None, item))
-            else:
-                raise GentuneError(f"regularizers: expected a name, a {{name: options}} dict or a regularizer "
-                                   f"object, got {item!r}")
-    specs = []
-    for name, value in items:
-        if name is None:  # an object built by the caller
-            specs.append(_Spec(getattr(value, "name", None) or type(value).__name__, obj=value))
-            continue
-        if not isinstance(name, str):
-            raise GentuneError(f"regularizers: names must be strings, got {name!r}")
-        if value is None:
-            value = {}
-        if not isinstance(value, Mapping):
-            raise GentuneError(f"regularizers: options of {name!r} must be a dict, got {type(value).__name__}")
-        specs.append(_Spec(name, options=dict(value)))
-    return specs
-
-
-def _has_option(name: str, option: str) -> bool:
-    config = registry.get("regularizer", name).config
-    return config is not None and option in {f.name for f in dataclasses.fields(config)}
-
-
-def _build(spec: _Spec, total_steps: int) -> Any:
-    """A fresh regularizer from a name spec; ``total_steps`` fills that option when it was left unset or 0."""
-    options = dict(spec.options)
-    if total_steps > 0 and not options.get("total_steps") and _has_option(spec.name, "total_steps"):
-        options["total_steps"] = total_steps
-    return registry.create("regularizer", spec.name, **options)  # GentuneError on unknown names and options
-
-
-def _zero_total_steps(obj: Any, depth: int = 2, seen: set | None = None) -> list[Any]:
-    """``obj`` and its plain sub-objects (e.g. ``Smart.bregman``) whose ``total_steps`` attribute is 0 or None."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return []
-    seen.add(id(obj))
-    found = [obj] if getattr(obj, "total_steps", 1) in (0, None) else []
-    if depth > 0:
-        for value in getattr(obj, "__dict__", {}).values():
-            if hasattr(value, "__dict__") and not isinstance(value, _NOT_PLAIN):
-                found += _zero_total_steps(value, depth - 1, seen)
-    return found
 
 
 class RegularizerCallback(TrainerCallback):
@@ -158,25 +86,25 @@ class RegularizedTrainer(Trainer):
         regularizers: What to add to the loss. One of: a dict ``{name: options}`` (options a dict or ``None``);
             a single name; a list whose items are registry names (``"smart"``), ``{name: options}`` dicts, or
             regularizer objects already built (``gentune.create("regularizer", "l2sp", alpha=0.1)`` or any
-            callable ``reg(model, batch, outputs) -> dict[str, Tensor]``). ``None`` or empty: a plain Trainer.
+            callable ``reg(model, batch, outputs) -> dict[str, Tensor]``, with any of the protocol's optional
+            methods). ``None`` or empty: a plain Trainer.
         **kwargs: Passed to :class:`transformers.Trainer`.
 
     Raises:
         GentuneError: An unknown regularizer name or option, or an item that is not a name, a dict or a callable.
 
     Attributes:
-        regularizers: The regularizer objects in use, in the order given. Those built from names are rebuilt
-            at the start of every ``train()`` call (fresh state, ``total_steps`` filled in); objects passed in
-            are used as they are (a ``total_steps`` attribute left at 0 is set).
+        regularizers: The regularizer objects in use, in the order given (objects that are not
+            :class:`gentune.regularizers.Regularizer` are wrapped). Those built from names are rebuilt at the start
+            of every ``train()`` call (fresh state); every one is set up with the run's length and model.
         regularizer_names: One name per regularizer (the registry name, or the object's class name).
     """
 
     def __init__(self, *args, regularizers=None, **kwargs):
-        self._reg_specs = _parse(regularizers)
+        self._reg_specs = parse_specs(regularizers)
         # Built now so unknown names and options fail before any work, and compute_loss works before train().
-        self.regularizers: list[Any] = [s.obj if s.obj is not None else _build(s, 0) for s in self._reg_specs]
-        self.regularizer_names: list[str] = [s.name for s in self._reg_specs]
-        self._auto_total_steps: list[Any] = []  # caller-built objects whose total_steps we set
+        self.regularizers: list[Any] = [self._build(i) for i in range(len(self._reg_specs))]
+        self.regularizer_names: list[str] = [name for name, _, _ in self._reg_specs]
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_counts: dict[str, int] = {}
         self._resume_dir: str | None = None
@@ -184,6 +112,10 @@ class RegularizedTrainer(Trainer):
         self._model_uses_num_items: bool | None = None  # probed on the first regularized micro-batch that matters
         super().__init__(*args, **kwargs)
         self.add_callback(RegularizerCallback(self))
+
+    def _build(self, i: int):
+        name, options, obj = self._reg_specs[i]
+        return as_regularizer(obj, name) if obj is not None else build_regularizers([{name: options}])[0]
 
     # ---- training entry point: remember where a resumed run comes from ----
 
@@ -233,15 +165,11 @@ class RegularizedTrainer(Trainer):
                                              num_items_in_batch=num_items_in_batch)
         # Evaluation runs under no_grad in eval mode: no regularizers there (SMART's ascent needs gradients).
         if self.regularizers and model.training and torch.is_grad_enabled():
-            terms: dict[str, torch.Tensor] = {}
-            for reg in self.regularizers:
-                for name, term in reg(model, inputs, outputs).items():
-                    terms[name] = terms[name] + term if name in terms else term  # same name twice: both count
+            terms = collect_terms(self.regularizers, model, inputs, outputs)
             if terms:
                 for name, term in terms.items():
                     self._record(name, term)
-                extra = sum(terms.values()) * self._term_scale(model, inputs, num_items_in_batch)
-                loss = loss + extra.to(loss.dtype)
+                loss = regularized_loss(loss, terms, self._term_scale(model, inputs, num_items_in_batch))
         return (loss, outputs) if return_outputs else loss
 
     def _term_scale(self, model, inputs, num_items_in_batch) -> float:
@@ -314,18 +242,15 @@ class RegularizedTrainer(Trainer):
     # ---- callback targets ----
 
     def _begin_regularizers(self, max_steps: int) -> None:
-        """Build this run's regularizers (``total_steps`` = ``max_steps``), then restore a resumed state."""
-        for i, spec in enumerate(self._reg_specs):
-            if spec.obj is None:
-                if hasattr(self.regularizers[i], "close"):  # the previous train() call's: release its hooks
-                    self.regularizers[i].close()
-                self.regularizers[i] = _build(spec, max_steps)
-            else:
-                for target in _zero_total_steps(spec.obj):
-                    if not any(target is t for t in self._auto_total_steps):
-                        self._auto_total_steps.append(target)
-        for target in self._auto_total_steps:
-            target.total_steps = max_steps
+        """Rebuild the regularizers made from names (fresh state), set every one up for this run, then restore a
+        resumed state."""
+        for i, (_, _, obj) in enumerate(self._reg_specs):
+            if obj is None:
+                self.regularizers[i].close()  # the previous train() call's: release its hooks
+                self.regularizers[i] = self._build(i)
+        context = Context(total_steps=max_steps, model=self.accelerator.unwrap_model(self.model))
+        for reg in self.regularizers:
+            reg.setup(context)
         self._term_sums, self._term_counts = {}, {}
         if self._resume_dir is not None:
             self.load_regularizer_state(self._resume_dir)
@@ -334,8 +259,7 @@ class RegularizedTrainer(Trainer):
         if self.accelerator.optimizer_step_was_skipped:  # fp16: the grad scaler skipped it; the weights did not move
             return
         for reg in self.regularizers:
-            if hasattr(reg, "after_step"):
-                reg.after_step(self.model_wrapped)
+            reg.after_step(self.model_wrapped)
 
     def _save_regularizers_at_step(self, step: int) -> None:
         if self.args.save_only_model:  # such checkpoints cannot be resumed: no optimizer, no regularizer state
@@ -359,7 +283,7 @@ class RegularizedTrainer(Trainer):
         """
         if not self.args.should_save:
             return
-        states = [reg.state_dict() if hasattr(reg, "state_dict") else None for reg in self.regularizers]
+        states = [reg.state_dict() for reg in self.regularizers]
         blob = {"format": _FORMAT, "names": list(self.regularizer_names), "states": states}
         path = os.path.join(folder, REGULARIZER_STATE_NAME)
         torch.save(blob, path + ".tmp")
@@ -379,7 +303,7 @@ class RegularizedTrainer(Trainer):
         """
         path = os.path.join(folder, REGULARIZER_STATE_NAME)
         if not os.path.isfile(path):
-            if any(hasattr(reg, "load_state_dict") for reg in self.regularizers):
+            if any(reg.state_dict() for reg in self.regularizers):
                 logger.warning("gentune: %s has no %s; the regularizers start fresh", folder, REGULARIZER_STATE_NAME)
             return
         blob = torch.load(path, map_location=self.args.device, weights_only=True)
@@ -389,5 +313,5 @@ class RegularizedTrainer(Trainer):
             raise GentuneError(f"{path}: the checkpoint holds regularizers {blob['names']}, this trainer has "
                                f"{self.regularizer_names}")
         for reg, state in zip(self.regularizers, blob["states"]):
-            if state is not None and hasattr(reg, "load_state_dict"):
+            if state is not None:
                 reg.load_state_dict(state)

@@ -5,22 +5,17 @@ style of the Context Encoder (Pathak et al., "Context Encoders: Feature Learning
 
 Every encoder has ``forward_features(x) -> (B, feature_dim)``, the representation h(x) a downstream head sees,
 and ``num_layers`` / ``layer_id(param_name)`` for layer-wise lr decay (0 = the input side, ``num_layers`` = the
-head side). Encoders are saved as ``model.safetensors`` plus ``gentune.json`` (architecture and arguments).
+head side). :class:`ImageClassifier` puts a head on any of them. Saving and loading: :mod:`gentune.models.checkpoint`.
 """
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._fs import atomic_dir, recover_dir
 from ..errors import GentuneError
 
-WEIGHTS, META = "model.safetensors", "gentune.json"
 POOLS = ("cls", "mean")
 
 
@@ -191,7 +186,7 @@ class VisionTransformer(nn.Module):
         return 2 * (embed + transformer_macs(1 + keep, self.dim, self.mlp_ratio, self.depth))
 
 
-def _norm(c: int) -> nn.GroupNorm:
+def group_norm(c: int) -> nn.GroupNorm:
     # GroupNorm, not BatchNorm: no running statistics to sync across processes or to freeze for a probe
     return nn.GroupNorm(min(8, max(1, c // 4)), c)
 
@@ -210,8 +205,8 @@ class ConvEncoder(nn.Module):
         self.feature_dim, self.num_layers, self.reduction = widths[-1], len(widths), 2 ** len(widths)
         blocks, c = [], in_chans
         for w in widths:
-            blocks.append(nn.Sequential(nn.Conv2d(c, w, 3, 2, 1, bias=False), _norm(w), nn.ReLU(inplace=True),
-                                        nn.Conv2d(w, w, 3, 1, 1, bias=False), _norm(w), nn.ReLU(inplace=True)))
+            blocks.append(nn.Sequential(nn.Conv2d(c, w, 3, 2, 1, bias=False), group_norm(w), nn.ReLU(inplace=True),
+                                        nn.Conv2d(w, w, 3, 1, 1, bias=False), group_norm(w), nn.ReLU(inplace=True)))
             c = w
         self.blocks = nn.ModuleList(blocks)
 
@@ -239,12 +234,60 @@ class ConvDecoder(nn.Module):
         rev = [int(w) for w in reversed(widths)]
         layers = []
         for cin, cout in zip(rev, rev[1:]):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), _norm(cout), nn.ReLU(inplace=True)]
+            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), group_norm(cout), nn.ReLU(inplace=True)]
         layers.append(nn.ConvTranspose2d(rev[-1], out_chans, 4, 2, 1))
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
+
+
+HEADS = ("linear", "mlp", "bn-linear")
+
+
+class ImageClassifier(nn.Module):
+    """An encoder with ``forward_features`` and a classification head.
+
+    Args:
+        encoder: (B, C, H, W) -> (B, feature_dim) through ``forward_features``.
+        head: ``"linear"``; ``"mlp"`` (Linear-GELU-Linear, hidden = feature_dim); ``"bn-linear"`` (MAE's linear
+            probe: BatchNorm without affine parameters, then Linear).
+        linear_probe: freeze the encoder (no gradients, always in eval mode, features under no_grad).
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, head: str = "linear", linear_probe: bool = False):
+        super().__init__()
+        d = encoder.feature_dim
+        if head == "linear":
+            self.head = nn.Linear(d, num_classes)
+        elif head == "mlp":
+            self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, num_classes))
+        elif head == "bn-linear":
+            self.head = nn.Sequential(nn.BatchNorm1d(d, affine=False, eps=1e-6), nn.Linear(d, num_classes))
+        else:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        self.encoder, self.linear_probe, self.num_classes = encoder, linear_probe, num_classes
+        last = self.head if isinstance(self.head, nn.Linear) else self.head[-1]
+        nn.init.trunc_normal_(last.weight, std=0.01)  # MAE's head init: small logits at the start
+        nn.init.zeros_(last.bias)
+        if linear_probe:
+            encoder.requires_grad_(False)
+            encoder.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.linear_probe:
+            self.encoder.eval()  # no dropout / drop-path in a frozen encoder
+        return self
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, num_classes) logits."""
+        if self.linear_probe:
+            with torch.no_grad():
+                features = self.encoder.forward_features(pixel_values)
+        else:
+            features = self.encoder.forward_features(pixel_values)
+        return self.head(features)
 
 
 VIT_SIZES = {
@@ -278,55 +321,3 @@ def create_encoder(name: str, **overrides) -> nn.Module:
         raise GentuneError(f"encoder {name!r}: {e}") from None
     encoder.size_name = name
     return encoder
-
-
-def save_encoder(encoder: nn.Module, out_dir: str | Path, meta: dict | None = None) -> Path:
-    """Write ``model.safetensors`` and ``gentune.json`` into ``out_dir``, atomically (a ``.tmp`` sibling renamed).
-
-    gentune.json holds ``architecture`` ("vit" or "conv"), ``config`` (the constructor arguments), ``encoder``
-    (the size name, if made by :func:`create_encoder`) and ``meta``.
-    """
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    info = {**(meta or {}), "architecture": encoder.architecture, "config": encoder.config,
-            "encoder": getattr(encoder, "size_name", None)}
-    with atomic_dir(out) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, str(tmp / WEIGHTS),
-                  metadata={"format": "pt"})
-        (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
-    return out
-
-
-def load_encoder(path: str | Path, **overrides) -> tuple[nn.Module, dict]:
-    """(encoder, gentune.json contents) from a :func:`save_encoder` directory; ``overrides`` change arguments
-    that do not change the weights (``pool``, ``drop_path``)."""
-    from safetensors.torch import load_file
-
-    found = recover_dir(Path(path))
-    if found is None:
-        raise GentuneError(f"encoder {str(path)!r}: no such directory")
-    meta_path = found / META
-    if not meta_path.is_file():
-        raise GentuneError(f"{meta_path}: missing (not a gentune encoder directory)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GentuneError(f"{meta_path}: malformed JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("architecture") not in ARCHITECTURES \
-            or not isinstance(meta.get("config"), dict):
-        raise GentuneError(f"{meta_path}: not an encoder description (needs 'architecture' in "
-                           f"{sorted(ARCHITECTURES)} and a 'config' object)")
-    try:
-        encoder = ARCHITECTURES[meta["architecture"]](**{**meta["config"], **overrides})
-    except (TypeError, ValueError) as e:
-        raise GentuneError(f"{meta_path}: bad encoder config ({e})") from None
-    if meta.get("encoder"):
-        encoder.size_name = meta["encoder"]
-    if not (found / WEIGHTS).is_file():
-        raise GentuneError(f"{found / WEIGHTS}: missing")
-    try:
-        encoder.load_state_dict(load_file(str(found / WEIGHTS)))
-    except Exception as e:  # safetensors header errors, or weights that do not fit the config
-        raise GentuneError(f"{found / WEIGHTS}: cannot load ({str(e).splitlines()[0]})") from None
-    return encoder, meta

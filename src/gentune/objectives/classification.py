@@ -6,8 +6,6 @@ regularizers see the raw logits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
@@ -33,14 +31,13 @@ def predictions(logits: torch.Tensor, regression: bool) -> torch.Tensor:
     return logits.float().squeeze(-1) if regression else logits.argmax(-1)
 
 
-@dataclass
-class SequenceClassificationConfig:
-    regression: bool = False
-
-
-@register("objective", "sequence-classification", SequenceClassificationConfig)
+@register("objective", "sequence-classification")
 class SequenceClassification:
-    """Supervised fine-tuning of a Hugging Face sequence classifier (classification or regression)."""
+    """Supervised fine-tuning of a Hugging Face sequence classifier (classification or regression).
+
+    Args:
+        regression: mean squared error on one output instead of cross-entropy.
+    """
 
     def __init__(self, regression: bool = False):
         self.regression = regression
@@ -85,3 +82,6 @@ class Collator:
         batch = dict(self.tokenizer.pad(inputs, return_tensors="pt"))
         batch["labels"] = torch.tensor(labels, dtype=torch.float32 if self.regression else torch.long)
         return batch
+
+
+SequenceClassificationConfig = SequenceClassification.Config

@@ -28,9 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import GentuneError
-from ..models.vision import ConvDecoder, ConvEncoder, _norm, create_encoder
+from ..models.vision import ConvDecoder, ConvEncoder, create_encoder, group_norm
 from ..registry import register
-from ..regularizers._common import widen
+from ..tensors import widen
 
 MASKS = ("center", "blocks", "regions")
 
@@ -106,7 +106,7 @@ class Discriminator(nn.Module):
         super().__init__()
         layers, c = [], in_chans
         for i, w in enumerate(widths):
-            layers += [nn.Conv2d(c, w, 4, 2, 1, bias=i == 0), *([] if i == 0 else [_norm(w)]), nn.LeakyReLU(0.2)]
+            layers += [nn.Conv2d(c, w, 4, 2, 1, bias=i == 0), *([] if i == 0 else [group_norm(w)]), nn.LeakyReLU(0.2)]
             c = w
         layers.append(nn.Conv2d(c, 1, image_size // 2 ** len(widths)))
         self.net = nn.Sequential(*layers)
@@ -160,17 +160,7 @@ def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
-@dataclass
-class ContextEncoderConfig:
-    mask: str = "center"  # or "blocks", "regions"
-    size: int | None = None  # center: side of the square (H/2); blocks: side of each block (H/4); regions: cell (H/8)
-    ratio: float = 0.25  # blocks and regions: the fraction of the image removed
-    overlap: int = 0  # ring of visible pixels around the hole also scored
-    overlap_weight: float = 10.0
-    adv_weight: float = 0.0  # 0: no adversarial term (the paper: 0.001)
-
-
-@register("objective", "context-encoder", ContextEncoderConfig)
+@register("objective", "context-encoder")
 class ContextEncoder:
     """Context encoder inpainting loss (Pathak et al., CVPR 2016) for a :class:`ContextEncoderModel`.
 
@@ -178,11 +168,19 @@ class ContextEncoder:
     ``adversarial`` and ``discriminator`` (the last two only when ``adv_weight`` > 0).
 
     Args:
+        mask: ``center``, ``blocks`` or ``regions``.
+        size: center: the square's side (H/2); blocks: each block's side (H/4); regions: the noise cell (H/8).
+        ratio: blocks and regions: the fraction of the image removed.
+        overlap: a ring of this many visible pixels around the hole is also scored ...
+        overlap_weight: ... with this weight (the paper's code: 10).
+        adv_weight: the adversarial term's weight (0: none; the paper: 0.001).
         generator: draws the random masks (the global RNG if None). Code, not config.
     """
 
+    default_encoder = "conv-small"  # what `gentune pretrain --objective context-encoder` trains without --model
+
     def __init__(self, mask: str = "center", size: int | None = None, ratio: float = 0.25, overlap: int = 0,
-                 overlap_weight: float = 10.0, adv_weight: float = 0.0, generator: torch.Generator | None = None):
+                 overlap_weight: float = 10.0, adv_weight: float = 0.0, *, generator: torch.Generator | None = None):
         if mask not in MASKS:
             raise ValueError(f"context-encoder: mask must be one of {MASKS}, got {mask!r}")
         if not 0.0 < ratio < 1.0:
@@ -203,6 +201,10 @@ class ContextEncoder:
             raise GentuneError(f"context-encoder: size {self.size} must be smaller than the images ({image_size})")
         disc = Discriminator(in_chans=encoder.in_chans, image_size=image_size) if self.adv_weight > 0 else None
         return ContextEncoderModel(encoder, ConvDecoder(encoder.widths, encoder.in_chans), disc, image_size)
+
+    def flops(self, encoder: ConvEncoder) -> None:
+        """Not counted for the conv encoder-decoder (the summary shows none)."""
+        return None
 
     @torch.no_grad()
     def reconstruct(self, model, pixel_values: torch.Tensor, generator: torch.Generator | None = None):
@@ -231,3 +233,6 @@ class ContextEncoder:
             result.update(loss=rec + self.adv_weight * adv + disc, adversarial=adv.detach(),
                           discriminator=disc.detach())
         return result
+
+
+ContextEncoderConfig = ContextEncoder.Config

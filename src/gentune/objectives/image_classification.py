@@ -7,63 +7,16 @@ The loss is cross-entropy computed here in float32 on the logits the model retur
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models.vision import HEADS, ImageClassifier  # noqa: F401  (the model this objective trains)
 from ..registry import register
-from ..regularizers._common import unwrap, widen
+from ..tensors import unwrap, widen
 
-HEADS = ("linear", "mlp", "bn-linear")
 # parameters never decayed, beyond every 1-d tensor (biases, norm scales): MAE's no_weight_decay list
 NO_DECAY = ("cls_token", "pos_embed", "mask_token")
-
-
-class ImageClassifier(nn.Module):
-    """An encoder with ``forward_features`` and a classification head.
-
-    Args:
-        encoder: (B, C, H, W) -> (B, feature_dim) through ``forward_features``.
-        head: ``"linear"``; ``"mlp"`` (Linear-GELU-Linear, hidden = feature_dim); ``"bn-linear"`` (MAE's linear
-            probe: BatchNorm without affine parameters, then Linear).
-        linear_probe: freeze the encoder (no gradients, always in eval mode, features under no_grad).
-    """
-
-    def __init__(self, encoder: nn.Module, num_classes: int, head: str = "linear", linear_probe: bool = False):
-        super().__init__()
-        d = encoder.feature_dim
-        if head == "linear":
-            self.head = nn.Linear(d, num_classes)
-        elif head == "mlp":
-            self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, num_classes))
-        elif head == "bn-linear":
-            self.head = nn.Sequential(nn.BatchNorm1d(d, affine=False, eps=1e-6), nn.Linear(d, num_classes))
-        else:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-        self.encoder, self.linear_probe, self.num_classes = encoder, linear_probe, num_classes
-        last = self.head if isinstance(self.head, nn.Linear) else self.head[-1]
-        nn.init.trunc_normal_(last.weight, std=0.01)  # MAE's head init: small logits at the start
-        nn.init.zeros_(last.bias)
-        if linear_probe:
-            encoder.requires_grad_(False)
-            encoder.eval()
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.linear_probe:
-            self.encoder.eval()  # no dropout / drop-path in a frozen encoder
-        return self
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, num_classes) logits."""
-        if self.linear_probe:
-            with torch.no_grad():
-                features = self.encoder.forward_features(pixel_values)
-        else:
-            features = self.encoder.forward_features(pixel_values)
-        return self.head(features)
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
@@ -101,14 +54,13 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: 
     return [groups[k] for k in sorted(groups)]
 
 
-@dataclass
-class ImageClassificationConfig:
-    label_smoothing: float = 0.0
-
-
-@register("objective", "image-classification", ImageClassificationConfig)
+@register("objective", "image-classification")
 class ImageClassification:
-    """Supervised image classification (cross-entropy on an :class:`ImageClassifier`'s logits)."""
+    """Supervised image classification (cross-entropy on an :class:`ImageClassifier`'s logits).
+
+    Args:
+        label_smoothing: the cross-entropy's label smoothing.
+    """
 
     def __init__(self, label_smoothing: float = 0.0):
         if not 0.0 <= label_smoothing < 1.0:
@@ -119,3 +71,6 @@ class ImageClassification:
         logits = model(batch["pixel_values"])
         loss = F.cross_entropy(widen(logits), batch["labels"].long(), label_smoothing=self.label_smoothing)
         return {"loss": loss, "output": logits}
+
+
+ImageClassificationConfig = ImageClassification.Config

@@ -18,7 +18,7 @@ from ..models.vision import Block, VisionTransformer, init_transformer, patchify
     transformer_macs
 from ..registry import register
 from ..errors import GentuneError
-from ..regularizers._common import unwrap, widen
+from ..tensors import unwrap, widen
 
 
 def random_masking(batch: int, num_patches: int, mask_ratio: float, generator: torch.Generator | None = None,
@@ -119,25 +119,22 @@ def mae_flops(encoder: VisionTransformer, decoder_dim: int = 128, decoder_depth:
     return encoder.flops(keep) + 2 * decoder
 
 
-@dataclass
-class MAEConfig:
-    mask_ratio: float = 0.75
-    norm_pix_loss: bool = True
-    decoder_dim: int = 128  # the decoder built by MAE.build (pretraining keeps only the encoder)
-    decoder_depth: int = 2
-    decoder_heads: int = 4
-
-
-@register("objective", "mae", MAEConfig)
+@register("objective", "mae")
 class MAE:
     """Masked autoencoder pretraining loss (He et al., CVPR 2022) for a :class:`MaskedAutoencoder`.
 
     Args:
+        mask_ratio: the fraction of patches removed.
+        norm_pix_loss: normalise each target patch by its own mean and variance (MAE's default).
+        decoder_dim, decoder_depth, decoder_heads: the decoder :meth:`build` makes (pretraining keeps only the
+            encoder).
         generator: draws the masks (the global RNG if None). Code, not config.
     """
 
+    default_encoder = "vit-tiny-p4"  # what `gentune pretrain --objective mae` trains without --model
+
     def __init__(self, mask_ratio: float = 0.75, norm_pix_loss: bool = True, decoder_dim: int = 128,
-                 decoder_depth: int = 2, decoder_heads: int = 4, generator: torch.Generator | None = None):
+                 decoder_depth: int = 2, decoder_heads: int = 4, *, generator: torch.Generator | None = None):
         if not 0.0 < mask_ratio < 1.0:  # 0 removes nothing: no patch to score, a 0/0 loss
             raise ValueError(f"mae: mask_ratio must be in (0, 1), got {mask_ratio}")
         if decoder_dim % 4 or decoder_dim % decoder_heads:
@@ -148,11 +145,16 @@ class MAE:
         self.mask_ratio, self.norm_pix_loss, self.generator = mask_ratio, norm_pix_loss, generator
         self.decoder = {"decoder_dim": decoder_dim, "decoder_depth": decoder_depth, "decoder_heads": decoder_heads}
 
-    def build(self, encoder: VisionTransformer) -> MaskedAutoencoder:
-        """The model this objective trains: ``encoder`` with a fresh MAE decoder."""
+    def build(self, encoder: VisionTransformer, image_size: int | None = None) -> MaskedAutoencoder:
+        """The model this objective trains: ``encoder`` with a fresh MAE decoder (a ViT is built for one image
+        size, so ``image_size`` is not needed)."""
         if not isinstance(encoder, VisionTransformer):
             raise GentuneError(f"mae needs a vision transformer encoder (vit-*), got {type(encoder).__name__}")
         return MaskedAutoencoder(encoder, **self.decoder)
+
+    def flops(self, encoder: VisionTransformer) -> int:
+        """Analytic forward FLOPs per image (:func:`mae_flops`)."""
+        return mae_flops(encoder, self.decoder["decoder_dim"], self.decoder["decoder_depth"], self.mask_ratio)
 
     @torch.no_grad()
     def reconstruct(self, model, pixel_values: torch.Tensor, generator: torch.Generator | None = None):
@@ -177,3 +179,6 @@ class MAE:
         out = model(x, mask_ratio=self.mask_ratio, generator=self.generator)
         target = patchify(x, unwrap(model).encoder.patch_size)
         return {"loss": mae_loss(out["pred"], target, out["mask"], self.norm_pix_loss), "output": out}
+
+
+MAEConfig = MAE.Config

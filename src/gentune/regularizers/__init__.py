@@ -1,21 +1,15 @@
-"""Regularizers: what keeps a fine-tuned model general.
+"""Regularizers: what keeps a fine-tuned (or pretrained) model general.
 
-Every regularizer has one hook shape (DESIGN.md rule 2)::
+Every regularizer follows one protocol (:mod:`gentune.regularizers.base`; DESIGN.md rule 2)::
 
-    terms = regularizer(model, batch, outputs)   # dict of named scalar loss terms, added to the task loss
-    regularizer.after_step(model)                # optional, after each optimizer step (state such as a teacher)
+    reg.setup(context)                   # run length, model, the task's data
+    terms = reg(model, batch, outputs)   # dict of named scalar loss terms, added to the task loss
+    reg.before_step(model) / reg.after_step(model) / reg.log() / reg.state_dict() / reg.close()
 
-Stateful regularizers also implement ``state_dict()`` / ``load_state_dict()`` so checkpoints and resume carry
-their state. Registered names: ``gentune list``.
+with no-op defaults in :class:`Regularizer`. Registered names: ``gentune list``.
 """
 
-from typing import Any, Protocol, runtime_checkable
-
-import torch
-
 from . import bregman, l2sp, radreg, smart  # noqa: F401  (registers)
+from .base import Context, Regularizer, build_regularizers, collect_terms, regularized_loss
 
-
-@runtime_checkable
-class Regularizer(Protocol):
-    def __call__(self, model: torch.nn.Module, batch: dict, outputs: Any) -> dict[str, torch.Tensor]: ...
+__all__ = ["Context", "Regularizer", "build_regularizers", "collect_terms", "regularized_loss"]

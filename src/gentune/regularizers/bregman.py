@@ -16,12 +16,12 @@ optimizer step), runs without dropout and without gradients, and is saved in che
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 
 from ..registry import register
-from ._common import unwrap
+from ..tensors import unwrap
+from .base import Context, Regularizer
 from .smart import SmartAdversarial, logits_of, smoothness_divergence
 
 
@@ -55,38 +55,40 @@ def beta_at(step: int, total_steps: int, beta: float, beta_early: float, early_f
     return beta_early if step < early_fraction * total_steps else beta
 
 
-@dataclass
-class BregmanConfig:
-    mu: float = 1.0
-    beta: float = 0.999
-    beta_early: float = 0.99
-    early_fraction: float = 0.1
-    total_steps: int = 0  # filled in by the training loop when left at 0
-    momentum: bool = True  # False: teacher = the previous iterate (beta = 0)
-    inner_steps: int = 1  # S: optimizer steps between teacher updates
-    regression: bool | None = None
-
-
-@register("regularizer", "bregman", BregmanConfig)
-class Bregman:
+@register("regularizer", "bregman")
+class Bregman(Regularizer):
     """SMART's Bregman proximal point term R_B with a momentum teacher (Jiang et al., ACL 2020).
 
     Args:
+        mu: the weight of R_B (in ``smart``, 0 switches it off).
+        beta: the teacher's momentum after the first ``early_fraction`` of the steps.
+        beta_early: the momentum before that.
+        early_fraction: the share of ``total_steps`` that uses ``beta_early``.
+        total_steps: the run's optimizer steps; 0: the run's own, given by :meth:`setup`.
+        momentum: False: the teacher is the previous iterate (beta = 0), the paper's plain proximal point.
+        inner_steps: S, optimizer steps between teacher updates.
+        regression: squared error instead of the symmetric KL; None infers it from the output width (1).
         embed_fn, forward_from_embeddings: for a plain ``nn.Module`` (see ``smart-adv``): the teacher's outputs
             are ``forward_from_embeddings(teacher, embed_fn(teacher, batch), batch)``.
     """
 
     def __init__(self, mu: float = 1.0, beta: float = 0.999, beta_early: float = 0.99, early_fraction: float = 0.1,
-                 total_steps: int = 0, momentum: bool = True, inner_steps: int = 1, regression: bool | None = None,
+                 total_steps: int = 0, momentum: bool = True, inner_steps: int = 1, regression: bool | None = None, *,
                  embed_fn=None, forward_from_embeddings=None):
         if inner_steps < 1:
             raise ValueError(f"bregman: inner_steps must be >= 1, got {inner_steps}")
         self.mu, self.beta, self.beta_early, self.early_fraction = mu, beta, beta_early, early_fraction
         self.total_steps, self.momentum, self.inner_steps, self.regression = total_steps, momentum, inner_steps, regression
+        self._run_length = not total_steps  # left at 0: each run's setup() gives it
         self.embed_fn, self.forward_fn = embed_fn, forward_from_embeddings
         self.teacher: torch.nn.Module | None = None
         self._pending: dict | None = None  # a checkpointed teacher, applied once the model is seen
         self.step = 0
+
+    def setup(self, context: Context) -> None:
+        """Take the run's length for the momentum schedule, unless ``total_steps`` was given."""
+        if self._run_length:
+            self.total_steps = context.total_steps
 
     def _ensure_teacher(self, model) -> torch.nn.Module:
         if self.teacher is None:
@@ -129,51 +131,35 @@ class Bregman:
             self._pending = state["teacher"]
 
 
-@dataclass
-class SmartConfig:
-    adv_weight: float = 1.0  # lambda_s; 0 switches R_s off
-    sigma: float = 1e-5
-    eps: float = 1e-5
-    eta: float = 1e-3
-    steps: int = 1
-    norm: str = "inf"
-    granularity: str = "token"
-    step_style: str = "paper"
-    start_step: int = 0
-    dropout: str = "independent"
-    mu: float = 1.0  # 0 switches R_B off
-    beta: float = 0.999
-    beta_early: float = 0.99
-    early_fraction: float = 0.1
-    total_steps: int = 0
-    momentum: bool = True
-    inner_steps: int = 1
-    regression: bool | None = None
+@register("regularizer", "smart")
+class Smart(Regularizer):
+    """SMART: adversarial smoothness R_s plus the Bregman momentum-teacher term R_B (Jiang et al., ACL 2020).
 
-
-@register("regularizer", "smart", SmartConfig)
-class Smart:
-    """SMART: adversarial smoothness R_s plus the Bregman momentum-teacher term R_B (Jiang et al., ACL 2020)."""
+    Args:
+        adv_weight: lambda_s, the weight of R_s (0 switches it off); ``sigma`` ... ``dropout``: R_s's options
+            (see :class:`~gentune.regularizers.smart.SmartAdversarial`).
+        mu: the weight of R_B (0 switches it off); ``beta`` ... ``inner_steps``: R_B's options (see
+            :class:`Bregman`).
+        regression: both terms' divergence; None infers it from the output width.
+        embed_fn, forward_from_embeddings: for a plain module (see ``smart-adv``).
+    """
 
     def __init__(self, adv_weight: float = 1.0, sigma: float = 1e-5, eps: float = 1e-5, eta: float = 1e-3,
                  steps: int = 1, norm: str = "inf", granularity: str = "token", step_style: str = "paper",
                  start_step: int = 0, dropout: str = "independent", mu: float = 1.0, beta: float = 0.999,
                  beta_early: float = 0.99, early_fraction: float = 0.1, total_steps: int = 0, momentum: bool = True,
-                 inner_steps: int = 1, regression: bool | None = None, embed_fn=None, forward_from_embeddings=None):
+                 inner_steps: int = 1, regression: bool | None = None, *, embed_fn=None,
+                 forward_from_embeddings=None):
         plain = {"embed_fn": embed_fn, "forward_from_embeddings": forward_from_embeddings}
         self.adversarial = SmartAdversarial(adv_weight, sigma, eps, eta, steps, norm, granularity, step_style,
                                             start_step, dropout, regression, **plain)
         self.bregman = (Bregman(mu, beta, beta_early, early_fraction, total_steps, momentum, inner_steps, regression,
                                 **plain) if mu else None)
 
-    @property
-    def total_steps(self) -> int:
-        return self.bregman.total_steps if self.bregman else 0
-
-    @total_steps.setter
-    def total_steps(self, value: int) -> None:
+    def setup(self, context: Context) -> None:
+        self.adversarial.setup(context)
         if self.bregman:
-            self.bregman.total_steps = value
+            self.bregman.setup(context)
 
     def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
         # R_B first: its teacher is deep-copied on the first call, before R_s attaches hooks to the model
@@ -201,3 +187,7 @@ class Smart:
         self.adversarial.load_state_dict(state["adversarial"])
         if self.bregman and state["bregman"] is not None:
             self.bregman.load_state_dict(state["bregman"])
+
+
+BregmanConfig = Bregman.Config
+SmartConfig = Smart.Config

@@ -9,12 +9,11 @@ the freshly initialised head (selected by name prefix).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ..registry import register
-from ._common import unwrap, widen
+from ..tensors import unwrap, widen
+from .base import Regularizer
 
 
 def l2sp_penalty(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor], head: set[str],
@@ -43,16 +42,15 @@ def l2sp_penalty(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor
     return total
 
 
-@dataclass
-class L2SPConfig:
-    alpha: float = 0.01
-    beta: float = 0.01
-    head_prefixes: tuple[str, ...] = ("classifier", "score", "head", "pre_classifier")
+@register("regularizer", "l2sp")
+class L2SP(Regularizer):
+    """L2-SP: penalise the distance to the pretrained starting point (Li et al., ICML 2018).
 
-
-@register("regularizer", "l2sp", L2SPConfig)
-class L2SP:
-    """L2-SP: penalise the distance to the pretrained starting point (Li et al., ICML 2018)."""
+    Args:
+        alpha: weight of the distance of the pretrained parameters to their starting point.
+        beta: weight of the plain L2 penalty on the new head.
+        head_prefixes: parameter-name prefixes of the new head (penalised towards 0).
+    """
 
     def __init__(self, alpha: float = 0.01, beta: float = 0.01,
                  head_prefixes: tuple[str, ...] = ("classifier", "score", "head", "pre_classifier")):
@@ -81,3 +79,6 @@ class L2SP:
 
     def load_state_dict(self, state: dict) -> None:
         self.anchor = state["anchor"]
+
+
+L2SPConfig = L2SP.Config

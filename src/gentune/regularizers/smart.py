@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import GentuneError
 from ..registry import register
-from ._common import unwrap, widen
+from ..tensors import unwrap, widen
+from .base import Context, Regularizer
 
 NORMS = ("inf", "l2")
 GRANULARITIES = ("token", "sequence")
@@ -98,7 +99,9 @@ def embedding_module(model: torch.nn.Module) -> torch.nn.Module:
     """The input token-embedding module of a (possibly DDP- or PEFT-wrapped) Hugging Face model."""
     inner = unwrap(model)
     if not hasattr(inner, "get_input_embeddings"):
-        raise TypeError(f"{type(inner).__name__} has no get_input_embeddings(); SMART perturbs input embeddings")
+        raise GentuneError(f"{type(inner).__name__} has no get_input_embeddings(): SMART and R3F perturb the input "
+                           "token embeddings of a text model (a plain module needs embed_fn and "
+                           "forward_from_embeddings)")
     return inner.get_input_embeddings()
 
 
@@ -205,12 +208,20 @@ def adversarial_delta(forward: Callable[[torch.Tensor], torch.Tensor], clean: to
 
 
 def logits_of(outputs) -> torch.Tensor:
-    """The logits of a Hugging Face output object, an output dict, or a plain tensor."""
+    """The logits of a Hugging Face output object, an output dict, or a plain tensor.
+
+    Raises:
+        GentuneError: the outputs hold no logits (e.g. a reconstruction objective's), so there is no prediction
+            to compare.
+    """
     if isinstance(outputs, torch.Tensor):
         return outputs
-    if isinstance(outputs, dict):
-        return outputs["logits"]
-    return outputs.logits
+    logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
+    if logits is None:
+        have = ", ".join(outputs) if isinstance(outputs, dict) else type(outputs).__name__
+        raise GentuneError(f"the model's outputs have no logits ({have}): SMART, R3F and the Bregman term compare a "
+                           "classifier's or regressor's predictions")
+    return logits
 
 
 def _embedding_width(module: torch.nn.Module) -> int:
@@ -224,17 +235,6 @@ def _embedding_width(module: torch.nn.Module) -> int:
         return weight.shape[1]
     raise ValueError(f"cannot tell the width of the input embeddings ({type(module).__name__}): give "
                      "embed_fn and forward_from_embeddings")
-
-
-class _SharedDropout:
-    """What the perturbation regularizers share for ``dropout=shared``: the replay hook and its release."""
-
-    replay: DropoutReplay | None = None
-
-    def close(self) -> None:
-        """Release the hook ``dropout=shared`` puts on the model."""
-        if self.replay is not None:
-            self.replay.detach()
 
 
 class _Perturbable:
@@ -310,26 +310,22 @@ class _Perturbable:
 DROPOUT = ("independent", "shared")
 
 
-@dataclass
-class SmartAdversarialConfig:
-    weight: float = 1.0  # lambda_s
-    sigma: float = 1e-5
-    eps: float = 1e-5
-    eta: float = 1e-3
-    steps: int = 1  # K
-    norm: str = "inf"
-    granularity: str = "token"
-    step_style: str = "paper"  # or "mtdnn"
-    start_step: int = 0  # optimizer steps before R_s is switched on
-    dropout: str = "independent"  # or "shared": perturbed forwards replay the clean forward's dropout masks
-    regression: bool | None = None  # None: inferred from the output width (1 -> regression)
-
-
-@register("regularizer", "smart-adv", SmartAdversarialConfig)
-class SmartAdversarial(_SharedDropout):
+@register("regularizer", "smart-adv")
+class SmartAdversarial(Regularizer):
     """SMART's smoothness-inducing adversarial regularizer R_s alone (Jiang et al., ACL 2020).
 
     Args:
+        weight: lambda_s, the weight of R_s (0 switches it off).
+        sigma: standard deviation of the initial noise.
+        eps: radius of the perturbation ball.
+        eta: ascent step size.
+        steps: K, ascent steps.
+        norm: ``inf`` or ``l2``, the norm of the ball and of the step normalisation.
+        granularity: ``token`` (a ball per token) or ``sequence``.
+        step_style: ``paper`` (projected normalised ascent) or ``mtdnn`` (the official code's step).
+        start_step: optimizer steps before R_s is switched on.
+        dropout: ``independent`` (the paper's code) or ``shared`` (perturbed forwards replay the clean masks).
+        regression: squared error instead of the symmetric KL; None infers it from the output width (1).
         embed_fn, forward_from_embeddings: for a model without ``get_input_embeddings()``:
             ``embed_fn(model, batch)`` gives the (batch, length, hidden) input embeddings and
             ``forward_from_embeddings(model, embeddings, batch)`` the outputs computed from them. Not part of the
@@ -338,7 +334,7 @@ class SmartAdversarial(_SharedDropout):
 
     def __init__(self, weight: float = 1.0, sigma: float = 1e-5, eps: float = 1e-5, eta: float = 1e-3,
                  steps: int = 1, norm: str = "inf", granularity: str = "token", step_style: str = "paper",
-                 start_step: int = 0, dropout: str = "independent", regression: bool | None = None,
+                 start_step: int = 0, dropout: str = "independent", regression: bool | None = None, *,
                  embed_fn=None, forward_from_embeddings=None):
         for key, value, allowed in (("norm", norm, NORMS), ("granularity", granularity, GRANULARITIES),
                                     ("step_style", step_style, ("paper", "mtdnn"))):
@@ -355,6 +351,16 @@ class SmartAdversarial(_SharedDropout):
         self.skipped = 0  # steps whose noise gradient was not finite
         self.zero_grad: float | None = None  # share of the last batch's sequences whose noise gradient was 0
         self._warned = False
+
+    def setup(self, context: Context) -> None:
+        """Check, before the first step, that the model has input embeddings to perturb."""
+        if context.model is not None and self.embed_fn is None and self.weight:
+            embedding_module(context.model)
+
+    def close(self) -> None:
+        """Release the hook ``dropout=shared`` puts on the model."""
+        if self.replay is not None:
+            self.replay.detach()
 
     def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
         if self.step < self.start_step or self.weight == 0:
@@ -403,21 +409,21 @@ class SmartAdversarial(_SharedDropout):
         self.step, self.skipped = state["step"], state["skipped"]
 
 
-@dataclass
-class R3FConfig:
-    weight: float = 1.0
-    sigma: float = 1e-5
-    noise: str = "normal"  # or "uniform" in [-sigma, sigma]
-    dropout: str = "independent"  # or "shared", as for smart-adv
-    regression: bool | None = None
+@register("regularizer", "r3f")
+class R3F(Regularizer):
+    """R3F: one random-noise forward and a symmetric KL, no ascent (Aghajanyan et al., ICLR 2021).
 
-
-@register("regularizer", "r3f", R3FConfig)
-class R3F(_SharedDropout):
-    """R3F: one random-noise forward and a symmetric KL, no ascent (Aghajanyan et al., ICLR 2021)."""
+    Args:
+        weight: the term's weight.
+        sigma: the noise scale: the standard deviation (``normal``) or the half-width (``uniform``).
+        noise: ``normal`` or ``uniform`` in [-sigma, sigma].
+        dropout: ``independent`` or ``shared``, as for ``smart-adv``.
+        regression: squared error instead of the symmetric KL; None infers it from the output width (1).
+        embed_fn, forward_from_embeddings: as for ``smart-adv``.
+    """
 
     def __init__(self, weight: float = 1.0, sigma: float = 1e-5, noise: str = "normal",
-                 dropout: str = "independent", regression: bool | None = None, embed_fn=None,
+                 dropout: str = "independent", regression: bool | None = None, *, embed_fn=None,
                  forward_from_embeddings=None):
         if noise not in ("normal", "uniform"):
             raise ValueError("r3f: noise must be 'normal' or 'uniform'")
@@ -427,6 +433,9 @@ class R3F(_SharedDropout):
         self.embed_fn, self.forward_fn = embed_fn, forward_from_embeddings
         self.replay = DropoutReplay() if dropout == "shared" else None
 
+    setup = SmartAdversarial.setup
+    close = SmartAdversarial.close
+
     def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
         p = _Perturbable(model, batch, outputs, self.regression, self.embed_fn, self.forward_fn, self.replay)
         if self.noise == "normal":
@@ -434,3 +443,7 @@ class R3F(_SharedDropout):
         else:
             delta = (torch.rand(p.shape, device=p.mask.device) * 2 - 1) * self.sigma
         return {"r3f": self.weight * smoothness_divergence(p.forward(delta * p.mask), p.clean, p.regression)}
+
+
+SmartAdversarialConfig = SmartAdversarial.Config
+R3FConfig = R3F.Config

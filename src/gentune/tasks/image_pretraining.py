@@ -1,29 +1,74 @@
-"""Unsupervised pretraining jobs for the one loop: masked autoencoder (``mae``) and context encoder
-(``context-encoder``) on an image folder or archive, labels ignored.
+"""Unsupervised pretraining of an image encoder on an image folder or archive, labels ignored: masked autoencoder
+(``mae``) and context encoder (``context-encoder``).
 
-The validation images are held out with ``split_seed`` exactly as ``gentune finetune --task
-image-classification`` holds them out, so a pretrained encoder has never seen the images it is evaluated on.
-The run saves OUT/encoder (what fine-tuning's ``--init`` takes, with the pixel normalisation it was trained
-with) and OUT/reconstructions.png (validation images: original / masked / reconstruction).
+The validation images are held out with ``split_seed`` exactly as image classification holds them out, so a
+pretrained encoder has never seen the images it is evaluated on. The run saves OUT/encoder (what fine-tuning's
+``--init`` takes, with the pixel normalisation it was trained with) and OUT/reconstructions.png (validation
+images: original / masked / reconstruction).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from . import registry
-from .config import PretrainConfig
-from .data.images import BatchAugment, EvalTransform, ImageCollator, ImageDataset, TrainTransform, keep_uint8, unlabeled
-from .errors import GentuneError
-from .models.vision import save_encoder
-from .train import Job, begin, run
-from .vision_tasks import encoder_for, held_out_split, pixel_stats
+from ..config import RunConfig
+from ..data.images import (BatchAugment, EvalTransform, ImageCollator, ImageDataset, TrainTransform, image_stream,
+                           keep_uint8, unlabeled)
+from ..data.splits import held_out_split, pixel_stats
+from ..errors import GentuneError
+from ..models.checkpoint import save_encoder
+from ..registry import create, get
+from ..train import Job
+from .base import Splits, Task, register_task
+from .image_classification import encoder_for
 
-DEFAULT_ENCODERS = {"mae": "vit-tiny-p4", "context-encoder": "conv-small"}
+OBJECTIVES = ("mae", "context-encoder")
 SAMPLES = 8  # validation images in reconstructions.png
+
+
+@dataclass
+class ImagePretrainingConfig(RunConfig):
+    """An unsupervised pretraining run of an image encoder (``mae`` or ``context-encoder``)."""
+
+    objective: str = "mae"
+    objective_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    data: str = ""  # an image folder or archive; labels are ignored
+    model: str = ""  # encoder name; empty: the objective's own (vit-tiny-p4 for mae, conv-small for context-encoder)
+    val_size: int = 5000  # held out (the same split as fine-tuning's), for the validation loss
+    split_seed: int = 0
+    exclude_split_seed: int | None = None  # as in fine-tuning: these held-out images are removed first
+    augment: bool = True
+    crop_scale: float = 0.2  # random resized crop: smallest area fraction
+    image_size: int | None = None  # resize every image to this size (default: the images' own, one size)
+    epochs: float = 10.0
+    batch_size: int = 256
+    eval_batch_size: int = 256
+    lr: float = 1.5e-3
+    weight_decay: float = 0.05
+    adam_beta2: float = 0.95
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 0.0
+    save_steps: int = 200
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        return [
+            (bool(self.data), "data is required (--data: an image folder or archive)"),
+            *super()._checks(),
+            (self.val_size >= 0, "val_size must be >= 0"),
+            (0 < self.crop_scale <= 1, "crop_scale must be in (0, 1]"),
+        ]
+
+    def validate(self) -> None:
+        super().validate()
+        for name in self.objective_options:
+            if name != self.objective:
+                raise GentuneError(f"config: options given for objective {name!r}, but the objective is "
+                                   f"{self.objective!r}")
 
 
 def validation_loss(objective, seed: int = 0):
@@ -74,31 +119,29 @@ def save_reconstructions(objective, model, images: torch.Tensor, mean, std, path
     return path
 
 
-def pretrain(cfg: PretrainConfig) -> dict:
-    """Pretrain an image encoder with ``cfg.objective``; returns the run summary (also OUT/summary.json)."""
-    if cfg.objective not in DEFAULT_ENCODERS:
-        registry.get("objective", cfg.objective)  # names an unknown objective with the known ones
+def check(cfg: ImagePretrainingConfig) -> None:
+    if cfg.objective not in OBJECTIVES:
+        get("objective", cfg.objective)  # names an unknown objective with the known ones
         raise GentuneError(f"objective {cfg.objective!r} is not a pretraining objective "
-                           f"(pretraining: {', '.join(DEFAULT_ENCODERS)})")
-    radreg_data = cfg.regularizer_options.get("radreg", {}).get("data")
-    if "radreg" in cfg.regularizer and radreg_data and not Path(str(radreg_data)).exists():
-        raise GentuneError(f"radreg.data {radreg_data}: no such file or folder")  # before OUT gets a config.yaml
-    started = begin(cfg)
-    if isinstance(started, dict):
-        return started
-    accelerator, status = started
-    train, val = held_out_split(cfg.data, None, cfg.val_size, cfg.split_seed, cfg.image_size,
-                                cfg.exclude_split_seed)
-    train = unlabeled(train)
-    val = unlabeled(val) if val is not None else None
+                           f"(pretraining: {', '.join(OBJECTIVES)})")
+
+
+def datasets(cfg: ImagePretrainingConfig) -> Splits:
+    """(unlabeled training images, unlabeled validation images or None)."""
+    train, val = held_out_split(cfg.data, None, cfg.val_size, cfg.split_seed, cfg.image_size, cfg.exclude_split_seed)
+    return Splits(unlabeled(train), unlabeled(val) if val is not None else None)
+
+
+def build(cfg: ImagePretrainingConfig) -> Job:
+    data = datasets(cfg)
+    train, val = data.train, data.heldout
     mean, std = pixel_stats(train.images)
     size = train.images.shape[1]
-    objective = registry.create("objective", cfg.objective, **cfg.objective_options.get(cfg.objective, {}))
-    name = cfg.model or DEFAULT_ENCODERS[cfg.objective]
+    objective = create("objective", cfg.objective, **cfg.objective_options.get(cfg.objective, {}))
+    name = cfg.model or objective.default_encoder
     encoder = encoder_for(name, size)
     try:
-        model = objective.build(encoder, image_size=size) if cfg.objective == "context-encoder" \
-            else objective.build(encoder)
+        model = objective.build(encoder, image_size=size)
     except ValueError as e:  # options that do not fit the encoder (decoder width and heads, ...)
         raise GentuneError(f"{cfg.objective}: {e}") from None
     augment = TrainTransform(size=size, scale=(cfg.crop_scale, 1.0), mean=tuple(mean), std=tuple(std)) \
@@ -107,19 +150,13 @@ def pretrain(cfg: PretrainConfig) -> dict:
     meta = {"objective": cfg.objective, "objective_options": cfg.objective_options.get(cfg.objective, {}),
             "data": cfg.data, "mean": mean, "std": std, "image_size": size, "val_size": cfg.val_size,
             "split_seed": cfg.split_seed, "exclude_split_seed": cfg.exclude_split_seed}
-    flops = None
-    if cfg.objective == "mae":
-        from .objectives.mae import mae_flops
-
-        flops = mae_flops(encoder, objective.decoder["decoder_dim"], objective.decoder["decoder_depth"],
-                          objective.mask_ratio)
 
     def on_end(final, out: Path) -> None:
         if val is not None and len(val):
             images = evaluation(torch.from_numpy(val.images[:SAMPLES]).to(next(final.parameters()).device))
             save_reconstructions(objective, final, images, mean, std, out / "reconstructions.png")
 
-    job = Job(
+    return Job(
         model=model,
         objective=objective,
         train_set=ImageDataset(train),
@@ -137,11 +174,21 @@ def pretrain(cfg: PretrainConfig) -> dict:
         summary={"task": "pretrain", "objective": cfg.objective, "model": name,
                  "parameters": sum(p.numel() for p in model.parameters()),
                  "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
-                 "forward_flops_per_image": flops},
+                 "forward_flops_per_image": objective.flops(encoder)},
         on_end=on_end,
-        reg_defaults={"mean": list(mean), "std": list(std), "image_size": size},
+        context={"mean": list(mean), "std": list(std), "image_size": size, "unlabeled": image_stream},
     )
-    return run(cfg, job, accelerator, status)
 
 
-__all__ = ["pretrain", "save_reconstructions", "validation_loss"]
+TASK = register_task(Task(
+    name="image-pretraining",
+    config=ImagePretrainingConfig,
+    build=build,
+    datasets=datasets,
+    stage="pretrain",
+    summary="unsupervised pretraining of an image encoder on an image folder (labels ignored)",
+    objectives=OBJECTIVES,
+    check=check,
+))
+
+__all__ = ["TASK", "ImagePretrainingConfig", "build", "datasets", "save_reconstructions", "validation_loss"]

@@ -1,4 +1,4 @@
-"""Atomic writes: an interrupted run never corrupts what an earlier one wrote."""
+"""Atomic writes: an interrupted run never corrupts what an earlier one wrote (shared by every layer)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Small helpers shared by the regularizers."""
+"""Small tensor helpers shared by objectives, regularizers and diagnostics (a neutral module: it imports nothing
+of gentune)."""
+
+from __future__ import annotations
 
 import torch
 
@@ -11,3 +14,6 @@ def widen(x: torch.Tensor) -> torch.Tensor:
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a DistributedDataParallel wrapper (the model itself otherwise)."""
     return getattr(model, "module", model)
+
+
+__all__ = ["unwrap", "widen"]

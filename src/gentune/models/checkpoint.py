@@ -1,0 +1,238 @@
+"""One checkpoint format for every model gentune saves: a folder with the weights and ``gentune.json``.
+
+``gentune.json`` (schema version 1) always holds:
+
+- ``gentune``: the schema version (1);
+- ``kind``: ``text-classifier`` (a Hugging Face ``save_pretrained`` folder with its tokenizer: ``config.json``,
+  ``model.safetensors``, tokenizer files), ``image-encoder`` or ``image-classifier`` (``model.safetensors`` of
+  the module's ``state_dict``);
+- ``architecture``: ``hf`` for text models, ``vit`` or ``conv`` for image models, with ``config`` (the image
+  encoder's constructor arguments) and ``encoder`` (its size name, when it has one);
+- what made it: ``task``, ``step``, ``dev`` (the metrics of the saved step), and the kind's own fields: ``labels``,
+  ``base_model``, ``max_length`` (text classifiers); ``classes``, ``head``, ``linear_probe``, ``init`` (image
+  classifiers); ``objective``, ``objective_options``, ``data`` and the held-out split (image encoders); ``mean``,
+  ``std`` and ``image_size`` (both image kinds: the pixel normalisation the model was trained with).
+
+Folders written by earlier versions (no ``kind``; an image classifier's encoder arguments under
+``encoder_config``) are read the same way. Every save is atomic: written to ``<dir>.tmp`` and renamed, so a killed
+save never leaves a half-written folder where a good one stood.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import GentuneError
+from ..fs import atomic_dir, recover_dir
+
+META = "gentune.json"
+WEIGHTS = "model.safetensors"
+VERSION = 1
+KINDS = ("text-classifier", "image-encoder", "image-classifier")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GentuneError(f"{path}: malformed JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise GentuneError(f"{path}: expected a JSON object")
+    return meta
+
+
+def read_meta(path: str | Path) -> dict | None:
+    """The checkpoint description of folder ``path`` in the current schema (earlier layouts upgraded), or None
+    when it has no ``gentune.json`` (a plain Hugging Face model folder)."""
+    folder = recover_dir(Path(path)) or Path(path)
+    file = folder / META
+    if not file.is_file():
+        return None
+    meta = _read_json(file)
+    if "kind" not in meta:  # written before the schema had a version
+        arch = meta.get("architecture")
+        if arch in ("vit", "conv"):
+            if "classes" in meta:
+                meta["kind"] = "image-classifier"
+                meta.setdefault("config", meta.pop("encoder_config", None))
+            else:
+                meta["kind"] = "image-encoder"
+        elif (folder / "config.json").is_file():
+            meta["kind"], meta["architecture"] = "text-classifier", "hf"
+    meta.setdefault("gentune", VERSION)
+    return meta
+
+
+def kind_of(path: str | Path) -> str | None:
+    """``text-classifier``, ``image-encoder``, ``image-classifier``, ``hf`` (a Hugging Face folder without
+    gentune.json) or None (not a model folder)."""
+    meta = read_meta(path)
+    if meta is not None:
+        return meta.get("kind")
+    folder = Path(path)
+    return "hf" if (folder / "config.json").is_file() else None
+
+
+def _describe(kind: str, meta: dict, model=None) -> dict:
+    info = {"gentune": VERSION, "kind": kind, **meta}
+    if kind == "text-classifier":
+        info["architecture"] = "hf"
+    else:
+        encoder = model if kind == "image-encoder" else model.encoder
+        info.update(architecture=encoder.architecture, config=encoder.config,
+                    encoder=getattr(encoder, "size_name", None))
+    return info
+
+
+def _save_module(module: torch.nn.Module, directory: Path, info: dict) -> Path:
+    from safetensors.torch import save_file
+
+    with atomic_dir(Path(directory)) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp / WEIGHTS),
+                  metadata={"format": "pt"})
+        (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
+    return Path(directory)
+
+
+def save_encoder(encoder: torch.nn.Module, directory: str | Path, meta: dict | None = None) -> Path:
+    """An image encoder (``forward_features``, ``architecture``, ``config``) as an ``image-encoder`` folder."""
+    return _save_module(encoder, Path(directory), _describe("image-encoder", dict(meta or {}), encoder))
+
+
+def save_image_classifier(model: torch.nn.Module, directory: str | Path, meta: dict) -> Path:
+    """An :class:`gentune.models.vision.ImageClassifier` as an ``image-classifier`` folder."""
+    return _save_module(model, Path(directory), _describe("image-classifier", dict(meta), model))
+
+
+def save_text_classifier(model, tokenizer, directory: str | Path, meta: dict) -> Path:
+    """``save_pretrained`` (safetensors) + tokenizer + ``gentune.json`` as a ``text-classifier`` folder."""
+    from .hf import quiet_transformers
+
+    with atomic_dir(Path(directory)) as tmp, quiet_transformers():
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / META).write_text(json.dumps(_describe("text-classifier", dict(meta)), indent=2))
+    return Path(directory)
+
+
+def _image_folder(path: str | Path, want: str) -> tuple[Path, dict]:
+    found = recover_dir(Path(path))
+    if found is None:
+        raise GentuneError(f"{want} {str(path)!r}: no such directory")
+    meta = read_meta(found)
+    if meta is None:
+        raise GentuneError(f"{found / META}: missing (not a gentune {want} directory)")
+    from .vision import ARCHITECTURES
+
+    if meta.get("architecture") not in ARCHITECTURES or not isinstance(meta.get("config"), dict):
+        raise GentuneError(f"{found / META}: not an {want} description (needs 'architecture' in "
+                           f"{sorted(ARCHITECTURES)} and a 'config' object)")
+    return found, meta
+
+
+def _load_weights(module: torch.nn.Module, file: Path, prefix: str = "") -> None:
+    """Weights from a safetensors file; with ``prefix``, only the tensors under it (the encoder of a classifier)."""
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise GentuneError(f"{file}: missing")
+    try:
+        state = load_file(str(file))
+        if prefix:
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        module.load_state_dict(state)
+    except Exception as e:  # safetensors header errors, or weights that do not fit the config
+        raise GentuneError(f"{file}: cannot load ({str(e).splitlines()[0]})") from None
+
+
+def _build_encoder(meta: dict, where: Path, **overrides) -> torch.nn.Module:
+    from .vision import ARCHITECTURES
+
+    try:
+        encoder = ARCHITECTURES[meta["architecture"]](**{**meta["config"], **overrides})
+    except (TypeError, ValueError) as e:
+        raise GentuneError(f"{where}: bad encoder config ({e})") from None
+    if meta.get("encoder"):
+        encoder.size_name = meta["encoder"]
+    return encoder
+
+
+def load_encoder(path: str | Path, **overrides) -> tuple[torch.nn.Module, dict]:
+    """(encoder, gentune.json) from an ``image-encoder`` folder, or the encoder of an ``image-classifier``
+    folder; ``overrides`` change arguments that do not change the weights (``pool``, ``drop_path``)."""
+    found, meta = _image_folder(path, "encoder")
+    encoder = _build_encoder(meta, found / META, **overrides)
+    _load_weights(encoder, found / WEIGHTS, prefix="encoder." if meta["kind"] == "image-classifier" else "")
+    return encoder, meta
+
+
+def load_image_classifier(path: str | Path):
+    """(classifier in eval mode, gentune.json) from an ``image-classifier`` folder."""
+    from .vision import ImageClassifier
+
+    found, meta = _image_folder(path, "image classifier")
+    if meta.get("kind") != "image-classifier" or "classes" not in meta:
+        raise GentuneError(f"{found / META}: not an image classifier checkpoint (kind {meta.get('kind')!r})")
+    try:
+        model = ImageClassifier(_build_encoder(meta, found / META), len(meta["classes"]), head=meta["head"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise GentuneError(f"{found / META}: not an image classifier checkpoint ({e})") from None
+    _load_weights(model, found / WEIGHTS)
+    return model.eval(), meta
+
+
+def load_text_classifier(path: str | os.PathLike, task):
+    """(model, gentune.json) of a ``text-classifier`` folder (or any ``save_pretrained`` sequence classifier),
+    checked against ``task``'s label set (a :class:`gentune.data.text_tasks.TaskSpec`).
+
+    Raises:
+        GentuneError: missing directory, not a model, or a head that does not fit the task.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from .hf import quiet_transformers
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise GentuneError(f"{path}: not a checkpoint directory (no config.json)")
+    with quiet_transformers():
+        config = AutoConfig.from_pretrained(path)
+    meta = read_meta(path) or {}
+    want = list(task.labels) if task.labels else None
+    have = meta.get("labels", "unknown") if meta else None
+    if config.num_labels != task.num_labels or (meta and have != want):
+        desc = f"{config.num_labels} output(s)" + (f", labels {have}" if meta else "")
+        raise GentuneError(
+            f"{path}: checkpoint does not fit task {task.name} ({desc}; the task needs "
+            f"{task.num_labels} output(s)" + (f", labels {want})" if want else ", regression)")
+        )
+    try:
+        with quiet_transformers():
+            model = AutoModelForSequenceClassification.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise GentuneError(f"{path}: cannot load checkpoint: {str(e).splitlines()[0]}") from None
+    return model, meta
+
+
+def resolve_init(path: str | Path) -> Path:
+    """The encoder folder that ``--init PATH`` names: PATH itself, or PATH/encoder when PATH is the folder of a
+    ``gentune pretrain`` run."""
+    p = Path(path)
+    if read_meta(p) is not None or recover_dir(p) is None:
+        return p
+    for sub in ("encoder",):
+        if read_meta(p / sub) is not None:
+            return p / sub
+    if (p / "summary.json").is_file() or (p / "config.yaml").is_file():
+        raise GentuneError(f"--init {p}: a run folder without a saved encoder ({p / 'encoder'} is missing: was the "
+                           "run finished, with save_model true?)")
+    return p
+
+
+__all__ = ["KINDS", "META", "VERSION", "WEIGHTS", "kind_of", "load_encoder", "load_image_classifier",
+           "load_text_classifier", "read_meta", "resolve_init", "save_encoder", "save_image_classifier",
+           "save_text_classifier"]

@@ -1,0 +1,52 @@
+"""The task layer: one file per task family, each registered under the kind ``task`` (:mod:`.base`).
+
+- ``text-classification`` (:mod:`.text_classification`): GLUE-family text classification and regression;
+- ``image-classification`` (:mod:`.image_classification`): an image folder, a pretrained or fresh encoder;
+- ``image-pretraining`` (:mod:`.image_pretraining`): ``mae`` and ``context-encoder`` on an image folder.
+
+:func:`finetune`, :func:`pretrain` and :func:`evaluate` are what the CLI and the Python API call.
+"""
+
+from __future__ import annotations
+
+from . import image_classification, image_pretraining, text_classification  # noqa: F401  (registers)
+from .base import Splits, Task, for_name, for_objective, register_task, tasks
+
+
+def finetune(cfg) -> dict:
+    """Fine-tune as ``cfg`` (a fine-tuning task's config) says; returns the run summary (also OUT/summary.json)."""
+    from ..train import run
+
+    task = for_name(cfg.task)
+    if task.check is not None:
+        task.check(cfg)
+    return run(cfg, task.build)
+
+
+def pretrain(cfg) -> dict:
+    """Pretrain as ``cfg`` (a pretraining task's config) says; returns the run summary."""
+    from ..train import run
+
+    task = for_objective(cfg.objective)
+    if task.check is not None:
+        task.check(cfg)
+    return run(cfg, task.build)
+
+
+def evaluate(checkpoint: str, task: str, data: str, batch_size: int = 64) -> dict:
+    """Metrics of a fine-tuned checkpoint on any labelled file or folder of ``task``'s format."""
+    from ..errors import GentuneError
+
+    if batch_size < 1:
+        raise GentuneError(f"evaluate: batch_size must be positive, got {batch_size}")
+    entry = for_name(task)
+    if entry.load is None or entry.read is None or entry.score is None:
+        raise GentuneError(f"task {task!r} ({entry.name}) cannot evaluate a checkpoint")
+    model = entry.load(checkpoint, task)
+    dataset = entry.read(data, model)
+    metrics = entry.score(model, dataset, batch_size)
+    return {"task": model.name, "file": str(data), "examples": len(dataset), **metrics}
+
+
+__all__ = ["Splits", "Task", "evaluate", "finetune", "for_name", "for_objective", "pretrain", "register_task",
+           "tasks"]

@@ -1,0 +1,253 @@
+"""``fit``: the one training loop, in process, writing no files (Hugging Face Accelerate).
+
+Read top to bottom: prepare (data loaders, optimizer, schedule, regularizers) -> resume if asked -> one flat
+``while step < total_steps`` loop over micro-batches, evaluating each epoch (and every ``eval_steps``) -> a final
+evaluation. What a run does with its results (the output folder, the metrics log, the best model, resume
+checkpoints) it does through :class:`Hooks`, so the same loop trains a single CLI run and dozens of short
+fine-tunings in one process.
+
+The same code runs on one CPU, one GPU, or ``accelerate launch --num_processes N``. Batches are split across
+processes (``split_batches=True``): ``batch_size`` is the global batch, so N processes take the same optimizer
+steps on the same examples as one process, except that an epoch's last, partial batch is completed with examples
+from the epoch's first batch (accelerate's even batches, which keep the processes in step), so N > 1 repeats up
+to ``batch_size - 1`` examples per epoch when ``batch_size`` does not divide the training set. Evaluation sees
+every example exactly once either way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..regularizers.base import Context, Regularizer, build_regularizers, collect_terms, regularized_loss
+from .job import Job
+from .state import STATE_FILE, Clock, EpochSampler, Progress, TrainState, adamw, make_accelerator
+
+EPOCH_END = object()  # what the batch stream yields between epochs
+
+
+class Hooks:
+    """What a caller of :func:`fit` does with the results as they come (no-ops by default; :func:`run` writes
+    them to its output folder)."""
+
+    def log(self, record: dict) -> None:
+        """A training step's record (``type`` train) or an evaluation's (``type`` eval)."""
+
+    def evaluated(self, model, metrics: dict, state: TrainState, best: bool) -> None:
+        """After each evaluation; ``best``: the main metric improved (``model`` is the prepared model)."""
+
+    def checkpoint(self, state: TrainState) -> None:
+        """A resume point: every ``save_steps`` optimizer steps and at each epoch end."""
+
+    def finished(self, state: TrainState) -> None:
+        """After the final evaluation, while the prepared objects still exist (a last resume checkpoint)."""
+
+
+@dataclass
+class Fit:
+    """What :func:`fit` returns: the trained model (unwrapped, on its device), the final evaluation (None without
+    dev data), the state (best evaluation, steps, times), and the run's length."""
+
+    model: torch.nn.Module
+    final_dev: dict | None
+    state: TrainState
+    total_steps: int
+    steps_per_epoch: int
+    regularizers: list[Regularizer]
+    accelerator: Any
+
+
+@dataclass
+class _Parts:
+    """What one fit trains with, after ``accelerator.prepare``."""
+
+    job: Job
+    cfg: Any
+    accelerator: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    sampler: EpochSampler
+    train_dl: Any
+    dev_dl: Any
+    regularizers: list[Regularizer]
+    total_steps: int
+    steps_per_epoch: int
+
+
+def _prepare(job: Job, cfg, accelerator, regularizers) -> _Parts:
+    """Data loaders, optimizer, linear schedule with warm-up, regularizers (set up with the run's length, model
+    and the task's data), all through ``accelerator.prepare``; the scheduler and regularizers are checkpointed."""
+    from transformers import get_linear_schedule_with_warmup
+
+    sampler = EpochSampler(len(job.train_set), cfg.seed)
+    train_dl = torch.utils.data.DataLoader(job.train_set, batch_size=cfg.batch_size, sampler=sampler,
+                                           collate_fn=job.collate, generator=torch.Generator())
+    dev_dl = None
+    if job.dev_set is not None and job.evaluate is not None:
+        dev_dl = torch.utils.data.DataLoader(job.dev_set, batch_size=cfg.eval_batch_size, shuffle=False,
+                                             collate_fn=job.dev_collate or job.collate)
+    steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum)
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
+    context = Context(total_steps=total_steps, model=job.model, data=dict(job.context))
+    if regularizers is None:
+        regularizers = build_regularizers([{name: cfg.regularizer_options.get(name, {})} for name in cfg.regularizer])
+    for reg in regularizers:
+        reg.setup(context)
+    optimizer = adamw(job.model, cfg.lr, cfg.weight_decay, cfg.adam_eps, cfg.adam_beta2, job.param_groups)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    model, optimizer, train_dl, *dev = accelerator.prepare(job.model, optimizer, train_dl,
+                                                           *([dev_dl] if dev_dl is not None else []))
+    accelerator.register_for_checkpointing(scheduler)
+    for reg in regularizers:
+        accelerator.register_for_checkpointing(reg)
+    return _Parts(job, cfg, accelerator, model, optimizer, scheduler, sampler, train_dl, dev[0] if dev else None,
+                  regularizers, total_steps, steps_per_epoch)
+
+
+def _batches(p: _Parts, state: TrainState):
+    """Micro-batches forever, epoch after epoch, with EPOCH_END between epochs; a resumed epoch skips the batches
+    its checkpoint had consumed."""
+    while True:
+        p.train_dl.set_epoch(state.epoch)  # accelerate re-applies its own epoch counter on iteration
+        p.sampler.set_epoch(state.epoch)
+        skip = state.batch_in_epoch
+        yield from (p.accelerator.skip_first_batches(p.train_dl, skip) if skip else p.train_dl)
+        yield EPOCH_END
+
+
+def _micro_step(p: _Parts, batch: dict, state: TrainState) -> dict | None:
+    """Forward, regularizer terms, backward and (when the accumulation is complete) the optimizer step; returns the
+    step's log record, or None for a micro-batch that only accumulated gradients."""
+    acc, cfg = p.accelerator, p.cfg
+    if p.job.augment is not None:
+        batch = p.job.augment(batch)
+    with acc.accumulate(p.model):
+        result = p.job.objective(p.model, batch)
+        # under mixed precision, forwards a regularizer runs itself outside the prepared model's own forward
+        # (RadReg's encoder pass, a teacher) get the same autocast
+        with acc.autocast():
+            reg_terms = collect_terms(p.regularizers, p.model, batch, result["output"], reserved=("task",))
+        loss = regularized_loss(result["loss"], reg_terms)
+        terms = {"task": result["loss"], **reg_terms}
+        acc.backward(loss)
+        grad_norm = None
+        if acc.sync_gradients:
+            for reg in p.regularizers:
+                reg.before_step(p.model)
+            if cfg.max_grad_norm > 0:
+                grad_norm = acc.clip_grad_norm_(p.model.parameters(), cfg.max_grad_norm)
+        p.optimizer.step()
+        p.optimizer.zero_grad()
+    state.batch_in_epoch += 1
+    state.examples += len(next(v for v in batch.values() if isinstance(v, torch.Tensor))) * acc.num_processes
+    if not acc.sync_gradients:
+        return None
+    lr = max(p.scheduler.get_last_lr())  # the rate this step used (the top layer's, under layer decay)
+    p.scheduler.step()
+    if not acc.optimizer_step_was_skipped:  # fp16: the grad scaler skips steps with inf gradients
+        for reg in p.regularizers:  # the teacher moves, and step counters advance, only with the weights
+            reg.after_step(p.model)
+    state.step += 1
+    # Logged values are this process's micro-batch; reduced only on the main-metric path (eval).
+    record = {"type": "train", "step": state.step, "epoch": state.epoch, "lr": lr,
+              **{k: float(v.detach()) for k, v in terms.items()}, "loss": float(loss.detach())}
+    if grad_norm is not None:
+        record["grad_norm"] = float(grad_norm)
+    for reg in p.regularizers:  # values a regularizer reports beside its loss terms (e.g. an unweighted estimate)
+        record.update(reg.log())
+    return record
+
+
+def _evaluate(p: _Parts, state: TrainState, hooks: Hooks) -> dict | None:
+    """Evaluate on the dev data, log it, track the best main metric; None without dev data."""
+    if p.dev_dl is None:
+        return None
+    metrics = p.job.evaluate(p.model, p.dev_dl, p.accelerator)
+    p.model.train()
+    state.last_eval_step, state.last_dev = state.step, metrics
+    # epochs trained (fractional for mid-epoch evaluations; the final one counts its last epoch)
+    hooks.log({"type": "eval", "step": state.step, "epoch": round(state.step / p.steps_per_epoch, 4), **metrics})
+    value = (1.0 if p.job.greater_is_better else -1.0) * metrics[p.job.main_metric]
+    best = state.best_metric is None or value > state.best_metric
+    if best:
+        state.best_metric, state.best_step, state.best_dev = value, state.step, metrics
+    hooks.evaluated(p.model, metrics, state, best)
+    return metrics
+
+
+def _resume(p: _Parts, checkpoint: Path) -> TrainState:
+    p.accelerator.load_state(str(checkpoint))
+    return TrainState(**json.loads((Path(checkpoint) / STATE_FILE).read_text()))
+
+
+def fit(job: Job, cfg, accelerator=None, hooks: Hooks | None = None, resume_from: str | Path | None = None,
+        regularizers: list[Regularizer] | None = None) -> Fit:
+    """Train ``job`` in this process as ``cfg`` (a :class:`gentune.config.RunConfig`) says; writes no files.
+
+    Args:
+        job: what to train (a task's ``build(cfg)``, or your own :class:`Job`).
+        cfg: schedule, optimizer, regularizer names and options, evaluation cadence.
+        accelerator: the Accelerator to train with; None: a new one from ``cfg``.
+        hooks: what to do with logs, evaluations and resume points (:class:`Hooks`; none by default).
+        resume_from: a resume checkpoint folder written through ``hooks.checkpoint``, to continue from.
+        regularizers: regularizer objects to use instead of ``cfg.regularizer`` (set up here like those).
+
+    Returns:
+        A :class:`Fit`. Callable many times in one process: what it prepared is released at the end.
+    """
+    acc = accelerator if accelerator is not None else make_accelerator(cfg)
+    hooks = hooks or Hooks()
+    registered = len(acc._custom_objects)  # accelerate keeps checkpointed objects in this list (no public way out)
+    p = _prepare(job, cfg, acc, regularizers)
+    if acc.num_processes > 1:
+        # each process its own stream for dropout, noise, masks and augmentations (the weights are synchronised
+        # by DDP); a resume restores every process's stream from the checkpoint
+        torch.manual_seed(cfg.seed + 1_000_003 * acc.process_index)
+    state = _resume(p, Path(resume_from)) if resume_from is not None else TrainState()
+    bar = Progress(p.total_steps, state.step, acc.is_main_process, job.main_metric)
+    clock = Clock(state)
+    stream = _batches(p, state)
+    p.model.train()
+    while state.step < p.total_steps:
+        batch = next(stream)
+        if batch is EPOCH_END:
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            with clock.paused():
+                every = cfg.eval_every_epochs
+                # eval_steps may have just evaluated this step
+                if every > 0 and state.epoch % every == 0 and state.last_eval_step != state.step:
+                    _evaluate(p, state, hooks)
+                hooks.checkpoint(state)
+            continue
+        with clock.step():
+            record = _micro_step(p, batch, state)
+        if record is None:
+            continue
+        clock.step_done()
+        hooks.log(record)
+        if cfg.eval_steps > 0 and state.step % cfg.eval_steps == 0 and state.step < p.total_steps:
+            with clock.paused():
+                _evaluate(p, state, hooks)
+        bar.update(record, state)
+        if state.step < p.total_steps and cfg.save_steps > 0 and state.step % cfg.save_steps == 0:
+            with clock.paused():
+                hooks.checkpoint(state)
+    clock.stop()
+    bar.close()
+    # a run resumed from a checkpoint taken right after its last evaluation has that evaluation in its state
+    final_dev = state.last_dev if state.last_eval_step == state.step and state.last_dev is not None \
+        else _evaluate(p, state, hooks)
+    hooks.finished(state)
+    model = acc.unwrap_model(p.model)
+    del acc._custom_objects[registered:]
+    acc.free_memory()
+    return Fit(model, final_dev, state, p.total_steps, p.steps_per_epoch, p.regularizers, acc)
+
+
+__all__ = ["EPOCH_END", "Fit", "Hooks", "fit"]
