@@ -14,11 +14,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+SHARED = ROOT.parent / "shared"
+
+
+def shared_data(path: Path, what: str) -> Path:
+    """A data set of the workplace's shared folder, which CI provides: a test that needs it fails (never skips)
+    when it is missing, naming where it looked."""
+    if not path.exists():
+        pytest.fail(f"{what} not found at {path}: this test needs the shared data (../shared, or set GENTUNE_DATA)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def glue() -> Path:
-    if not (GLUE / "full").is_dir():
-        pytest.skip(f"GLUE data not found at {GLUE} (set GENTUNE_DATA)")
-    return GLUE
+    """The GLUE/LM-BFF tree (real data: CI provides ../shared/data/glue)."""
+    return shared_data(GLUE / "full", "GLUE data").parent
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +110,29 @@ def one_line_error(r, needle: str) -> None:
     assert r.returncode == 2, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """``gentune ARGS`` in this process (``cli.main``): (exit status, stdout, stderr)."""
+    from gentune.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def cli_ok(capsys, *args) -> str:
+    """Runs ``gentune ARGS`` in process and asserts it succeeded; returns its stdout."""
+    code, out, err = cli(capsys, *args)
+    assert code == 0, err[-2000:]
+    return out
+
+
+def cli_error(capsys, needle: str, *args) -> str:
+    """The CLI's user-error contract in process: exit 2 and one line ``error: ...`` naming ``needle``."""
+    code, _, err = cli(capsys, *args)
+    lines = err.strip().splitlines()
+    assert code == 2, err[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+    return lines[0]

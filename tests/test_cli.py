@@ -6,6 +6,7 @@ import pytest
 
 from gentune.fs import atomic_dir
 from gentune.cli import main
+from gentune.errors import GentuneError
 
 from conftest import run_cli
 
@@ -57,7 +58,12 @@ def test_finetune_input_errors(capsys, tmp_path, glue, tiny_model):
     cases += [
         (["--train", str(tmp_path / "bin.tsv"), "--dev", good], "bin.tsv: not UTF-8 text"),
         (["--train", good, "--dev", good, "--config", _write(tmp_path, "t.yaml", "lr: abc\n")],
-         "t.yaml: lr: expected float, got 'abc'"),
+         "t.yaml: lr: expected a number, got 'abc'"),
+        (["--train", good, "--dev", good, "--config",
+          _write(tmp_path, "r.yaml", "regularizer: [l2sp]\nregularizer_options: {l2sp: {alpha: abc}}\n")],
+         "r.yaml: regularizer_options.l2sp.alpha: expected a number, got 'abc'"),
+        (["--train", good, "--dev", good, "--data", good], "--data applies to image-classification"),
+        (["--train", good, "--dev", good, "--linear-probe"], "--linear-probe applies to image-classification"),
         (["--train", good, "--dev", good, "--regularizer", "smart", "--set", "smart.norm=foo"],
          "norm must be one of ('inf', 'l2'), got 'foo'"),
     ]
@@ -114,13 +120,14 @@ def test_list(capsys):
 
 
 def test_real_process_exit_code_and_no_traceback(tmp_path):
+    """The contract in a real process (the entry point, exit status 2, no traceback); --debug re-raises."""
     r = run_cli("finetune", "--task", "rte", "--out", tmp_path / "o", "--train", tmp_path / "nope.tsv",
                 "--dev", tmp_path / "nope.tsv")
     assert r.returncode == 2 and r.stderr.strip().startswith("error: ") and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-    r = run_cli("--debug", "finetune", "--task", "rte", "--out", tmp_path / "o", "--train", tmp_path / "nope.tsv",
-                "--dev", tmp_path / "nope.tsv")
-    assert "Traceback" in r.stderr  # --debug shows where
+    with pytest.raises(GentuneError, match="nope.tsv"):  # --debug shows where
+        main(["--debug", "finetune", "--task", "rte", "--out", str(tmp_path / "o"), "--train",
+              str(tmp_path / "nope.tsv"), "--dev", str(tmp_path / "nope.tsv")])
 
 
 def test_interrupted_write_keeps_the_earlier_copy(tmp_path):

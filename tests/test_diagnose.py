@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import one_line_error, run_cli
+from conftest import cli, cli_error, cli_ok
 
 
 @pytest.fixture(scope="module")
@@ -27,25 +27,25 @@ def folders(tmp_path_factory):
     return root
 
 
-def test_image_checkpoints_json_report_gap_and_cache(folders, tmp_path, monkeypatch):
+def test_image_checkpoints_json_report_gap_and_cache(folders, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GENTUNE_CACHE", str(tmp_path / "cache"))
-    env = {"OMP_NUM_THREADS": "1"}
     pre, ft = tmp_path / "pre", tmp_path / "ft"
-    assert run_cli("pretrain", "--data", folders / "pre", "--out", pre, "--model", "vit-micro-p4", "--max-steps",
-                   "2", "--batch-size", "8", "--set", "val_size=4", env=env).returncode == 0
-    r = run_cli("finetune", "--task", "image-classification", "--data", folders / "down", "--init", pre / "encoder",
-                "--out", ft, "--max-steps", "3", "--batch-size", "8", "--set", "val_size=6", env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
+    cli_ok(capsys, "pretrain", "--data", folders / "pre", "--out", pre, "--model", "vit-micro-p4", "--max-steps",
+           "2", "--batch-size", "8", "--set", "val_size=4")
+    cli_ok(capsys, "finetune", "--task", "image-classification", "--data", folders / "down", "--init", pre / "encoder",
+           "--out", ft, "--max-steps", "3", "--batch-size", "8", "--set", "val_size=6")
     out = tmp_path / "diag"
+    # --config and --set like the other commands: n_sigma from a YAML file, overridden by --set
+    (tmp_path / "d.yaml").write_text("n_sigma: 20\nmax_examples: 100\n")
     args = ["diagnose", "--checkpoint", pre / "encoder", "--checkpoint", ft / "best", "--task",
             "image-classification", "--data", folders / "down", "--pretrain-data", folders / "pre", "--out", out,
-            "--n-sigma", "50"]
-    r = run_cli(*args, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
+            "--config", tmp_path / "d.yaml", "--set", "n_sigma=50"]
+    cli_ok(capsys, *args)
     res = json.loads((out / "diagnostics.json").read_text())
     assert res["n"] == 24 and [c["checkpoint"] for c in res["checkpoints"]] == [str(pre / "encoder"), str(ft / "best")]
     for row in res["checkpoints"]:
         lin = row["complexity"]["linear"]
+        assert lin["n_sigma"] == 50
         assert 0 < lin["estimate"] <= lin["bound"] and lin["ci_low"] <= lin["estimate"] <= lin["ci_high"]
         assert row["complexity"]["curve"][-1]["n"] == 24 and row["heterogeneity"]["mmd2"] > 0
     enc, clf = res["checkpoints"]
@@ -61,11 +61,11 @@ def test_image_checkpoints_json_report_gap_and_cache(folders, tmp_path, monkeypa
     cached = sorted((out / "features").glob("*.npz"))
     assert len(cached) == 4
     stamp = [p.stat().st_mtime_ns for p in cached]
-    assert run_cli(*args, env=env).returncode == 0
+    cli_ok(capsys, *args)
     assert [p.stat().st_mtime_ns for p in cached] == stamp
 
 
-def test_text_checkpoint_and_errors(glue, tiny_model, tmp_path):
+def test_text_checkpoint_and_errors(glue, tiny_model, tmp_path, capsys):
     data = glue / "k-shot/SST-2/16-13/train.tsv"
     test_like = tmp_path / "test.tsv"  # GLUE's test layout: an index, the sentence, no label column
     rows = [l.split("\t")[0] for l in data.read_text().splitlines()[1:]]
@@ -73,29 +73,33 @@ def test_text_checkpoint_and_errors(glue, tiny_model, tmp_path):
     out = tmp_path / "t"
     other = tmp_path / "other.txt"  # plain text, one sentence a line, unlabelled: the "pretraining" side
     other.write_text("\n".join(f"sentence number {i} about the stock market" for i in range(20)) + "\n")
-    r = run_cli("diagnose", "--checkpoint", tiny_model, "--task", "sst2", "--data", test_like, "--out", out,
-                "--n-sigma", "30", "--no-mlp", "--pretrain-data", other, env={"OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "read " + str(test_like) + " without labels" in r.stderr
+    code, _, err = cli(capsys, "diagnose", "--checkpoint", tiny_model, "--task", "sst2", "--data", test_like,
+                       "--out", out, "--n-sigma", "30", "--no-mlp", "--pretrain-data", other)
+    assert code == 0, err[-2000:]
+    assert "read " + str(test_like) + " without labels" in err
     res = json.loads((out / "diagnostics.json").read_text())
     row = res["checkpoints"][0]
     assert row["kind"] == "text" and row["dim"] == 32 and "mlp" not in row["complexity"]
     assert res["n"] == len(rows)
     assert row["heterogeneity"]["domain_accuracy"] > 0.5
 
-    one_line_error(run_cli("diagnose", "--checkpoint", tiny_model, "--task", "image-classification", "--data", data,
-                     "--out", out), "a text checkpoint cannot be diagnosed on task 'image-classification'")
-    one_line_error(run_cli("diagnose", "--checkpoint", tmp_path / "nothing", "--task", "sst2", "--data", data,
-                     "--out", out), "nothing")
-    one_line_error(run_cli("diagnose", "--checkpoint", tiny_model, "--task", "sst2", "--data", tmp_path / "no.tsv",
-                     "--out", out), "no.tsv: no such file")
-    one_line_error(run_cli("diagnose", "--checkpoint", tiny_model, "--task", "sst2", "--data", data, "--out", out,
-                           "--max-examples", "0"), "max_examples and n_sigma must be at least 2")
+    cli_error(capsys, "a text checkpoint cannot be diagnosed on task 'image-classification'", "diagnose",
+              "--checkpoint", tiny_model, "--task", "image-classification", "--data", data, "--out", out)
+    cli_error(capsys, "nothing", "diagnose", "--checkpoint", tmp_path / "nothing", "--task", "sst2", "--data", data,
+              "--out", out)
+    cli_error(capsys, "no.tsv: no such file", "diagnose", "--checkpoint", tiny_model, "--task", "sst2", "--data",
+              tmp_path / "no.tsv", "--out", out)
+    cli_error(capsys, "max_examples and n_sigma must be at least 2", "diagnose", "--checkpoint", tiny_model,
+              "--task", "sst2", "--data", data, "--out", out, "--max-examples", "0")
+    cli_error(capsys, "--set n_sigma: expected an integer, got 'many'", "diagnose", "--checkpoint", tiny_model,
+              "--task", "sst2", "--data", data, "--out", out, "--set", "n_sigma=many")
+    cli_error(capsys, "diagnose: data is required", "diagnose", "--checkpoint", tiny_model, "--task", "sst2",
+              "--out", out)
     bad = tmp_path / "badckpt"
     bad.mkdir()
     (bad / "gentune.json").write_text("{oops")
-    one_line_error(run_cli("diagnose", "--checkpoint", bad, "--task", "sst2", "--data", data, "--out", out),
-                   "gentune.json: malformed JSON")
+    cli_error(capsys, "gentune.json: malformed JSON", "diagnose", "--checkpoint", bad, "--task", "sst2", "--data",
+              data, "--out", out)
 
 
 def test_feature_cache_key_follows_every_file_of_the_data(folders, tmp_path):

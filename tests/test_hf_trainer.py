@@ -180,8 +180,9 @@ def test_after_step_once_per_optimizer_step(tiny_model_nodrop, data, tmp_path):
     assert counting.calls == twin.calls == 6  # micro-batches
     logs = _train_logs(trainer)
     assert len(logs) == 3
-    # two terms of one name: both in the loss, their sum in the log
-    assert all(r["count_term"] == pytest.approx(0.5) and "l2sp" in r for r in logs)
+    # two terms of one name: both in the loss, each logged (the second under its regularizer's name, as in the loop)
+    assert all(r["count_term"] == pytest.approx(0.25) and r["Counting/count_term"] == pytest.approx(0.25)
+               and "l2sp" in r for r in logs)
 
 
 def test_total_steps_filled_at_train_begin(tiny_model_nodrop, data, tmp_path, smart_run):

@@ -355,8 +355,10 @@ def test_crop_boxes_follow_scale_and_ratio():
 
 
 def test_cifar10(tmp_path):
-    if not CIFAR.is_file():
-        pytest.skip(f"CIFAR-10 archive not found at {CIFAR}")
+    """Real data: the CIFAR-10 training archive of ../shared (CI provides it)."""
+    from conftest import shared_data
+
+    shared_data(CIFAR, "the CIFAR-10 archive")
     t = time.perf_counter()
     ds = load_images(CIFAR)
     first = time.perf_counter() - t

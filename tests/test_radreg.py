@@ -180,13 +180,14 @@ def test_errors():
         registry.create("regularizer", "radreg", data="x", head="rbf")
 
 
-@pytest.mark.parametrize("objective,model", [("mae", "vit-micro-p4"), ("context-encoder", "conv-tiny")])
-def test_two_pretraining_steps_through_the_loop(tmp_path, monkeypatch, objective, model):
-    """gentune pretrain --radreg-data, with either objective: the term and the unweighted estimate are logged every
-    step."""
+@pytest.mark.parametrize("objective,model,legacy", [("mae", "vit-micro-p4", False),
+                                                    ("context-encoder", "conv-tiny", True)])
+def test_two_pretraining_steps_through_the_loop(tmp_path, monkeypatch, capsys, objective, model, legacy):
+    """gentune pretrain with RadReg's downstream images as its option (and through the old --radreg-data flag),
+    with either objective: the term and the unweighted estimate are logged every step."""
     from PIL import Image
 
-    from conftest import run_cli
+    from conftest import cli
 
     monkeypatch.setenv("GENTUNE_CACHE", str(tmp_path / "cache"))
     rng = np.random.default_rng(0)
@@ -196,11 +197,13 @@ def test_two_pretraining_steps_through_the_loop(tmp_path, monkeypatch, objective
             for i in range(8):
                 Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
     out = tmp_path / "run"
-    r = run_cli("pretrain", "--objective", objective, "--data", tmp_path / "pre", "--out", out, "--model", model,
-                "--max-steps", "2",
-                "--batch-size", "4", "--set", "val_size=4", "--radreg-data", tmp_path / "down",
-                "--set", "radreg.batch_size=4", "--set", "radreg.weight=0.5", env={"OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-2000:]
+    data = ["--radreg-data", tmp_path / "down"] if legacy else ["--regularizer", "radreg", "--set",
+                                                                 f"radreg.data={tmp_path / 'down'}"]
+    code, _, err = cli(capsys, "pretrain", "--objective", objective, "--data", tmp_path / "pre", "--out", out,
+                       "--model", model, "--max-steps", "2", "--batch-size", "4", "--set", "val_size=4", *data,
+                       "--set", "radreg.batch_size=4", "--set", "radreg.weight=0.5")
+    assert code == 0, err[-2000:]
+    assert ("--radreg-data is kept for old commands" in err) == legacy
     train = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
     assert len(train) == 2
     for rec in train:

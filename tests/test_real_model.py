@@ -6,11 +6,11 @@ import pytest
 
 import gentune
 
-from conftest import run_cli
+from conftest import cli_ok
 
 
 @pytest.mark.slow
-def test_minilm_learns_sst2_and_evaluates(glue, tmp_path):
+def test_minilm_learns_sst2_and_evaluates(glue, tmp_path, capsys):
     out = tmp_path / "minilm"
     s = gentune.finetune(task="sst2", out=str(out), data_dir=str(glue), train_size=320, batch_size=16, lr=1e-4,
                          epochs=2, max_length=64, seed=13)
@@ -21,8 +21,6 @@ def test_minilm_learns_sst2_and_evaluates(glue, tmp_path):
     rec = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rec if r["type"] == "train"]
     assert sum(losses[-10:]) < sum(losses[:10])
-    r = run_cli("evaluate", "--checkpoint", out / "best", "--task", "sst2",
-                "--data", glue / "k-shot/SST-2/16-42/dev.tsv")
-    assert r.returncode == 0, r.stderr
-    m = json.loads(r.stdout)
+    m = json.loads(cli_ok(capsys, "evaluate", "--checkpoint", out / "best", "--task", "sst2",
+                          "--data", glue / "k-shot/SST-2/16-42/dev.tsv"))
     assert m["examples"] == 32 and m["accuracy"] > 0.6

@@ -29,4 +29,16 @@ def test_plot_run_writes_both_plots_with_signed_values(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     written = plot_run(tmp_path, "accuracy")
     assert {p.name for p in written} == {"loss.png", "dev.png"}
-    assert all(p.stat().st_size > 0 for p in written)
+    from PIL import Image
+    import numpy as np
+
+    # loss.png: the loss panel plus one for the log-scale terms and one for the signed values (6 + 5 x 2 inches at
+    # 110 dpi); dev.png: one panel. Both decode and are drawn on (not a blank canvas).
+    sizes = {p.name: Image.open(p).size for p in written}
+    assert sizes == {"loss.png": (1760, 385), "dev.png": (660, 385)}
+    for p in written:
+        pixels = np.asarray(Image.open(p).convert("L"), dtype=float)
+        assert pixels.std() > 10 and (pixels < 128).mean() > 0.005
+    # without the signed values, one panel fewer
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(_train(s, smart_adv=0.01 * s)) for s in range(1, 9)))
+    assert Image.open(plot_run(tmp_path, "accuracy")[0]).size == (1210, 385)

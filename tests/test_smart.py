@@ -84,10 +84,17 @@ def test_smart_adv_equals_literal_reimplementation(tiny):
         delta = ((delta + eta * g / (g.abs().max(-1, keepdim=True).values + 1e-12)).clamp(-eps, eps) * mask).detach()
     want = sym_kl(f(delta), out.logits)
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
-    # gradient flows through both branches into the parameters
-    got.backward()
-    assert model.classifier.weight.grad is not None and model.classifier.weight.grad.abs().sum() > 0
-    model.zero_grad()
+    # the gradient flows through both branches (perturbed and clean) into every parameter, as in the literal
+    # version; with the clean branch cut (a clean.detach() bug) it would be another gradient
+    params = [p for p in model.parameters() if p.requires_grad]
+    g_got = torch.autograd.grad(got, params, retain_graph=True, allow_unused=True)
+    g_want = torch.autograd.grad(want, params, retain_graph=True, allow_unused=True)
+    g_perturbed_only = torch.autograd.grad(sym_kl(f(delta), out.logits.detach()), params, retain_graph=True,
+                                           allow_unused=True)
+    flat = lambda gs: torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()  # noqa: E731
+                                 for g, p in zip(gs, params)])
+    assert torch.allclose(flat(g_got), flat(g_want), rtol=1e-6, atol=1e-12)
+    assert not torch.allclose(flat(g_got), flat(g_perturbed_only), rtol=1e-3, atol=1e-10)
 
 
 def test_noise_gradient_by_finite_differences(tiny):

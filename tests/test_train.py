@@ -62,7 +62,7 @@ def test_run_directory_and_best_checkpoint(glue, tiny_model, tmp_path):
 def test_loop_time_leaves_out_evaluation_and_checkpoints(glue, tiny_model, tmp_path, monkeypatch):
     """loop_overhead (issue 4's "loop overhead under 10%") counts data loading and logging, not the 0.4 s each
     evaluation sleeps here: 4 evaluations add 1.6 s to the wall time and nothing to loop_seconds."""
-    import gentune.finetuning as ft
+    import gentune.tasks.text_classification as ft
 
     real = ft.evaluate_model
 
@@ -96,7 +96,8 @@ def test_skipped_optimizer_steps_do_not_advance_the_regularizers(glue, tiny_mode
 def test_resumed_at_the_last_step_keeps_the_last_evaluation_as_final(glue, tiny_model, tmp_path):
     """A run killed after its final checkpoint but before summary.json resumes with nothing left to train: its
     final metrics are the last evaluation's, restored from the checkpoint (not the best one's)."""
-    from gentune.train import CHECKPOINT, STATE_FILE
+    from gentune.train.run import CHECKPOINT
+    from gentune.train.state import STATE_FILE
 
     out = tmp_path / "run"
     args = _args(glue, tiny_model, out, keep_checkpoint=True)
@@ -244,3 +245,99 @@ def test_two_processes_match_one(glue, tiny_model_nodrop, tmp_path, regs):
     assert sb["final_dev"]["accuracy"] == sa["final_dev"]["accuracy"]
     wa, wb = _final_weights(one), _final_weights(two)
     assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+
+
+# ------------------------------------------------------------------------------------------ fit, in process
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def _mse(model, batch):
+    out = model(batch["x"])
+    return {"loss": torch.nn.functional.mse_loss(out.squeeze(-1), batch["y"]), "output": out}
+
+
+def _linear_job():
+    from gentune.train import Job
+
+    g = torch.Generator().manual_seed(1)
+    xs = torch.randn(16, 3, generator=g)
+    data = [{"x": x, "y": x.sum()} for x in xs]
+    collate = lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]}  # noqa: E731
+    evaluate = lambda m, dl, acc: {"loss": sum(_mse(m, b)["loss"].item() for b in dl)}  # noqa: E731
+    return Job(model=_Linear(), objective=_mse, train_set=data, collate=collate, dev_set=data, evaluate=evaluate,
+               greater_is_better=False)
+
+
+def _run_cfg(**kw):
+    from gentune.config import RunConfig, apply_mapping
+
+    return apply_mapping(RunConfig(), {"out": "never-written", "epochs": 2, "batch_size": 4, "lr": 0.05,
+                                       "weight_decay": 0.0, "warmup_ratio": 0.0, **kw}, "test")
+
+
+def test_fit_runs_many_times_in_one_process_and_writes_no_files(tmp_path, monkeypatch):
+    """The grouping search's use: dozens of short fine-tunings in one process. fit returns the trained model and
+    its metrics, writes nothing (not even OUT), and leaves the accelerator holding nothing of the run."""
+    from accelerate import Accelerator
+
+    from gentune.train import fit
+
+    monkeypatch.chdir(tmp_path)
+    acc = Accelerator(cpu=True)
+    results = [fit(_linear_job(), _run_cfg(seed=s), acc) for s in range(5)]
+    assert list(tmp_path.iterdir()) == []
+    for r in results:
+        assert r.state.step == 8 and r.final_dev["loss"] < r.state.best_dev["loss"] + 1e-12
+        assert r.model.lin.weight.grad is None or torch.all(r.model.lin.weight.grad == 0)
+    first = _linear_job().model.lin.weight.detach()
+    assert not torch.allclose(results[0].model.lin.weight.detach(), first)  # it trained
+    assert acc._models == [] and acc._optimizers == [] and acc._custom_objects == []
+    # the same seed trains the same model, whatever ran before it in the process
+    again = fit(_linear_job(), _run_cfg(seed=0), acc)
+    assert torch.equal(again.model.lin.weight, results[0].model.lin.weight)
+
+
+def test_before_step_sees_the_gradients_before_the_optimizer(tmp_path):
+    """before_step runs once per optimizer step (not per micro-batch), after backward: a regularizer that zeroes
+    the gradients there (tied gradients change them the same way) keeps the weights where they were."""
+    from gentune.regularizers import Regularizer
+    from gentune.train import fit
+
+    class Freeze(Regularizer):
+        calls = 0
+
+        def __call__(self, model, batch, outputs):
+            return {}
+
+        def before_step(self, model):
+            assert all(p.grad is not None for p in model.parameters())
+            Freeze.calls += 1
+            for p in model.parameters():
+                p.grad.zero_()
+
+    job = _linear_job()
+    start = job.model.lin.weight.detach().clone()
+    r = fit(job, _run_cfg(grad_accum=2), regularizers=[Freeze()])
+    assert Freeze.calls == r.state.step == 4  # 16 examples / 4 / 2 micro-batches a step x 2 epochs
+    assert torch.equal(r.model.lin.weight.detach(), start)
+
+
+def test_a_regularizer_bug_keeps_its_traceback(tmp_path):
+    """A TypeError or KeyError inside a regularizer is a bug: it reaches the caller as itself, not as a one-line
+    'does not work with this model'."""
+    from gentune.train import fit
+
+    def broken(model, batch, outputs):
+        return {"x": batch["no such key"]}
+
+    with pytest.raises(KeyError, match="no such key"):
+        fit(_linear_job(), _run_cfg(), regularizers=[broken])

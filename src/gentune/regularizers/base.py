@@ -127,9 +127,10 @@ def as_regularizer(obj: Any, name: str | None = None) -> Regularizer:
     return _Adapter(obj, name or _default_name(obj))
 
 
-def parse_specs(regularizers) -> list[tuple[str, dict | None, Any]]:
+def parse_specs(regularizers, unique: bool = False) -> list[tuple[str, dict | None, Any]]:
     """``(name, options, object)`` for each requested regularizer: a name, a ``{name: options}`` dict (or a list
-    of names, dicts and objects), or objects built by the caller (``options`` None, ``object`` set)."""
+    of names, dicts and objects), or objects built by the caller (``options`` None, ``object`` set). ``unique``:
+    a name given twice is an error (a run config keys options by name)."""
     if regularizers is None:
         return []
     if isinstance(regularizers, str) or not isinstance(regularizers, (Mapping, Iterable)):
@@ -154,20 +155,19 @@ def parse_specs(regularizers) -> list[tuple[str, dict | None, Any]]:
             raise GentuneError(f"regularizers: options of {name!r} must be a dict, got {type(value).__name__}")
         specs.append((name, dict(value or {}), None))
     names = [n for n, _, _ in specs]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
+    if unique and len(set(names)) < len(names):
         raise GentuneError(f"regularizer: a name is given twice in {names} (options are per name)")
     return specs
 
 
-def build_regularizers(regularizers, context: Context | None = None) -> list[Regularizer]:
+def build_regularizers(regularizers, context: Context | None = None, unique: bool = False) -> list[Regularizer]:
     """Regularizer objects from names and options (see :func:`parse_specs`), each set up with ``context``.
 
     An unknown name or option, or a bad option value, is a :class:`GentuneError`; anything else a factory raises
     is a bug and keeps its traceback.
     """
     built = []
-    for name, options, obj in parse_specs(regularizers):
+    for name, options, obj in parse_specs(regularizers, unique):
         reg = as_regularizer(obj if obj is not None else registry.create("regularizer", name, **options), name)
         built.append(reg)
     if context is not None:
@@ -179,13 +179,18 @@ def build_regularizers(regularizers, context: Context | None = None) -> list[Reg
 def collect_terms(regularizers: list[Regularizer], model, batch: dict, outputs,
                   reserved: Iterable[str] = ()) -> dict[str, torch.Tensor]:
     """Every regularizer's named terms on one batch. A name already taken (by an earlier regularizer, or in
-    ``reserved``, e.g. the loop's ``task``) is kept under ``<regularizer name>/<term>``, so both count and both are
-    logged (smart and bregman each name theirs ``bregman``)."""
+    ``reserved``, e.g. the loop's ``task``) is kept under ``<regularizer name>/<term>`` (and, for a second
+    regularizer of the same name, ``<name>#<position>/<term>``), so every term counts and is logged on its own
+    (smart and bregman each name theirs ``bregman``)."""
     taken = set(reserved)
     terms: dict[str, torch.Tensor] = {}
-    for reg in regularizers:
+    for i, reg in enumerate(regularizers):
         for key, value in reg(model, batch, outputs).items():
-            name = f"{reg.name}/{key}" if key in taken else key
+            name = key
+            if name in taken:
+                name = f"{reg.name}/{key}"
+            if name in taken:  # two regularizers of one name (objects given to a trainer): their positions
+                name = f"{reg.name}#{i + 1}/{key}"
             taken.add(name)
             terms[name] = value
     return terms

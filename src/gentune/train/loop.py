@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from ..regularizers.base import Context, Regularizer, build_regularizers, collect_terms, regularized_loss
+from ..regularizers.base import (Context, Regularizer, as_regularizer, build_regularizers, collect_terms,
+                                 regularized_loss)
 from .job import Job
 from .state import STATE_FILE, Clock, EpochSampler, Progress, TrainState, adamw, make_accelerator
 
@@ -96,7 +97,10 @@ def _prepare(job: Job, cfg, accelerator, regularizers) -> _Parts:
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
     context = Context(total_steps=total_steps, model=job.model, data=dict(job.context))
     if regularizers is None:
-        regularizers = build_regularizers([{name: cfg.regularizer_options.get(name, {})} for name in cfg.regularizer])
+        regularizers = build_regularizers([{name: cfg.regularizer_options.get(name, {})} for name in cfg.regularizer],
+                                          unique=True)
+    else:  # objects given in Python: any callable, with whichever of the protocol's methods it has
+        regularizers = [as_regularizer(r) for r in regularizers]
     for reg in regularizers:
         reg.setup(context)
     optimizer = adamw(job.model, cfg.lr, cfg.weight_decay, cfg.adam_eps, cfg.adam_beta2, job.param_groups)

@@ -121,7 +121,8 @@ def begin(cfg):
     from ..registry import create
 
     cfg.validate()
-    for name, options, _ in parse_specs([{n: cfg.regularizer_options.get(n, {})} for n in cfg.regularizer]):
+    for name, options, _ in parse_specs([{n: cfg.regularizer_options.get(n, {})} for n in cfg.regularizer],
+                                        unique=True):
         create("regularizer", name, **options)  # unknown names and bad option values fail before any work
     out = Path(cfg.out)
     _check_out_writable(out)
