@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Every grid of docs/results.md, in dependency order, one heavy job at a time. Each grid skips its finished cells
-# and resumes an interrupted one, so rerunning this script after a stop goes on where the last run ended.
+# Every grid of docs/results.md, in dependency order, one heavy job at a time, then the page itself. Each grid
+# skips its finished cells and resumes an interrupted one, so rerunning this script after a stop goes on where the
+# last run ended. The grids refresh docs/results.md as their cells finish; the last step renders it once more from
+# every cell (benchmarks/render_results.py: benchmarks/results_template.md filled with each grid's tables).
 #
 #     nohup benchmarks/run_all.sh > logs/run_all.log 2>&1 &     # about 14 h on 2 CPU cores from scratch
 #
@@ -18,4 +20,5 @@ step benchmarks/pretrain_grid.py                          # issue 4: MAE, contex
 step benchmarks/radreg_grid.py --stage tune               # issue 5: lambda and head on the tuning split
 step benchmarks/radreg_grid.py                            # issue 5: MAE / context encoder + RadReg per task, then fine-tuning
 step benchmarks/diagnostics_study.py                      # issue 6: needs the runs above
+step benchmarks/render_results.py                         # docs/results.md and docs/img/ from every cell
 echo "== $(date -u +%FT%TZ) all grids done"

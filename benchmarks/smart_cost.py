@@ -41,6 +41,7 @@ benchmarks/requirements-smart-pytorch.txt) and puts that folder first on ``sys.p
     python benchmarks/smart_cost.py --markdown                           # only print the docs section
 
 Run it on an otherwise idle machine: the load average at start and end is recorded in the JSON.
+docs/results.md shows every benchmarks/results/smart_cost*.json (`sections()`, through benchmarks/render_results.py).
 """
 
 from __future__ import annotations
@@ -67,10 +68,11 @@ import textwrap
 import time
 from pathlib import Path
 
-from _common import machine  # noqa: E402  (benchmarks/ is the script's folder)
+from _lib import cells, tables
+from _lib.paths import RESULTS, ROOT
+from _lib.provenance import commit, machine
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "smart_cost.json"
+DEFAULT_OUT = RESULTS / "smart_cost.json"
 DEFAULT_DEPS = ROOT / "runs" / "bench-deps"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "glue"
 SMART_PYTORCH = ("smart-pytorch", "0.0.4")
@@ -85,6 +87,7 @@ ARMS = {
 # The optimizer and clipping of `gentune finetune` (FinetuneConfig defaults).
 LR, WEIGHT_DECAY, ADAM_EPS, MAX_GRAD_NORM = 1e-4, 0.01, 1e-8, 1.0
 MEMORY_TAG = "SMART_COST_MEMORY "
+HEADING = "## SMART step cost (benchmarks/smart_cost.py)"
 
 
 # ---------------------------------------------------------------------------------------------------- smart-pytorch
@@ -154,11 +157,11 @@ class Arm:
 
     def __init__(self, name: str, model, regularizers: list, bf16: bool = False):
         from gentune import registry
-        from gentune.train import _optimizer
+        from gentune.train import adamw
 
         self.name, self.model, self.regularizers, self.bf16 = name, model, regularizers, bf16
         self.objective = registry.create("objective", "sequence-classification", regression=False)
-        self.optimizer = _optimizer(model, LR, WEIGHT_DECAY, ADAM_EPS)
+        self.optimizer = adamw(model, LR, WEIGHT_DECAY, ADAM_EPS)
         self.device_type = next(model.parameters()).device.type
 
     def terms(self, batch: dict) -> dict:
@@ -487,17 +490,6 @@ def time_arms(args, arms: dict[str, Arm], batches: list[dict], device) -> dict:
 # ------------------------------------------------------------------------------------------------------- reporting
 
 
-def _git() -> str | None:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("-dirty" if dirty else "")
-
-
 def _mib(n: float | None) -> str:
     return "-" if n is None else f"{n / 2**20:,.0f} MiB"
 
@@ -527,23 +519,35 @@ def _memory_cell(memory: dict, name: str, device_type: str) -> str:
 def table(results: dict) -> str:
     """The markdown table: arm | median s/step | IQR | ratio to vanilla | peak memory."""
     device_type = results["device"].split(":")[0]
-    lines = ["| arm | median s/step | IQR | ratio to vanilla | peak memory |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = tables.header(["arm", "median s/step", "IQR", "ratio to vanilla", "peak memory"],
+                          ["---", "---:", "---:", "---:", "---:"])
     for name, a in results["arms"].items():
         ratio = (f"{a['ratio_of_medians']:.2f} ({a['median_round_ratio']:.2f})" if "ratio_of_medians" in a else "-")
-        lines.append(f"| {name} | {_seconds(a['median_s'])} | {_seconds(a['iqr_s'])} | {ratio} | "
-                     f"{_memory_cell(results.get('memory', {}), name, device_type)} |")
+        lines.append(tables.row([name, _seconds(a["median_s"]), _seconds(a["iqr_s"]), ratio,
+                                 _memory_cell(results.get("memory", {}), name, device_type)]))
     return "\n".join(lines)
 
 
 def render(results: dict) -> str:
-    """The docs/results.md section for one results file: what was run, where, and the table.
+    """The section for one results file as ``--markdown`` prints it: a heading, then :func:`render_body`.
 
     Args:
         results: the dict this script writes to ``--out``.
 
     Returns:
         Markdown, starting with ``## SMART step cost (benchmarks/smart_cost.py)`` and ending with a newline.
+    """
+    return f"{HEADING}\n\n{render_body(results)}\n"
+
+
+def render_body(results: dict) -> str:
+    """What one results file says: what was run and where, the arms, the table, command, machine and date.
+
+    Args:
+        results: the dict this script writes to ``--out``.
+
+    Returns:
+        Markdown without a heading or a trailing newline (docs/results.md shows several files under one heading).
     """
     c = results["config"]
     device_type = results["device"].split(":")[0]
@@ -570,8 +574,6 @@ def render(results: dict) -> str:
         f"times; {mem_note}."
     )
     lines = [
-        "## SMART step cost (benchmarks/smart_cost.py)",
-        "",
         textwrap.fill(intro, width=115, break_on_hyphens=False, break_long_words=False),
         "",
         arms,
@@ -584,16 +586,14 @@ def render(results: dict) -> str:
         + (f", smart-pytorch {results['smart_pytorch']}" if results.get("smart_pytorch") else ""),
         f"- date: {results['date']}; load average at start/end: "
         f"{results['loadavg_start'][0]:.2f}/{results['loadavg_end'][0]:.2f}; commit {results.get('git')}",
-        "",
     ]
     return "\n".join(lines)
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+def sections(folder: Path = RESULTS) -> dict[str, str]:
+    """docs/results.md's blocks (:func:`render_body`) of every ``smart_cost*.json`` in ``folder`` (CPU, GPU runs in
+    fp32 / bf16), keyed ``smart_cost/FILE``."""
+    return {f"smart_cost/{p.name}": render_body(cells.read_json(p)) for p in sorted(folder.glob("smart_cost*.json"))}
 
 
 # ------------------------------------------------------------------------------------------------------------- main
@@ -694,7 +694,7 @@ def main(argv=None) -> int:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "loadavg_start": list(load_start),
         "loadavg_end": list(os.getloadavg()),
-        "git": _git(),
+        "git": commit(short=True),
         "config": {"model": args.model, "model_path": resolve_model_path(args.model), "task": "sst2",
                    "batch_size": args.batch_size, "length": args.length, "rounds": args.rounds,
                    "warmup": args.warmup, "seed": args.seed, "bf16": args.bf16, "lr": LR,
@@ -705,7 +705,7 @@ def main(argv=None) -> int:
         "orders": timing["orders"],
         "memory": memory,
     }
-    write_json_atomic(args.out, results)
+    cells.write_json(args.out, results)
     print(table(results))
     print(f"\nwrote {args.out}")
     bad = [n for n, a in results["arms"].items() if a["nonfinite_terms"]]

@@ -14,11 +14,10 @@ benchmarks/results/smart_divergence_scale.json:
     GENTUNE_DATA=../shared/data/glue python benchmarks/smart_divergence_scale.py
 """
 
+import argparse
 import contextlib
 import datetime as dt
-import json
 import os
-from pathlib import Path
 
 import torch
 
@@ -27,8 +26,12 @@ from gentune.models.hf import load_for_task, load_tokenizer
 from gentune.objectives.classification import Collator, tokenize
 from gentune.regularizers.smart import R3F, SmartAdversarial
 
+from _lib import cells
+from _lib.paths import RESULTS
+
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     task = get_task("sst2")
     train, _ = load_splits(task, os.environ.get("GENTUNE_DATA"))
     tok = load_tokenizer("all-MiniLM-L6-v2")
@@ -53,11 +56,9 @@ def main() -> None:
                     values.append(next(iter(reg(model, batch, model(**inputs)).values())).item())
             rows.append({"setting": name, "eps": eps, "smart_adv": values[0], "r3f": values[1]})
             print(f"{name:<20} {eps:<8g} {values[0]:<10.3g} {values[1]:.3g}")
-    out = Path(__file__).resolve().parent / "results" / "smart_divergence_scale.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": "python benchmarks/smart_divergence_scale.py", "batch": 32,
-                               "model": "all-MiniLM-L6-v2", "date": dt.date.today().isoformat(),
-                               "rows": rows}, indent=2) + "\n")
+    cells.write_json(RESULTS / "smart_divergence_scale.json", {
+        "command": "python benchmarks/smart_divergence_scale.py", "batch": 32, "model": "all-MiniLM-L6-v2",
+        "date": dt.date.today().isoformat(), "rows": rows})
 
 
 if __name__ == "__main__":

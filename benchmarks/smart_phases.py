@@ -12,11 +12,9 @@ benchmarks/results/smart_phases.json.
 import argparse
 import copy
 import datetime as dt
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -24,6 +22,9 @@ from gentune.data import get_task, load_splits
 from gentune.models.hf import load_for_task, load_tokenizer
 from gentune.regularizers.bregman import momentum_update
 from gentune.regularizers.smart import perturbed_embeddings, smoothness_divergence
+
+from _lib import cells
+from _lib.paths import RESULTS
 
 
 def timed(fn, repeats: int) -> float:
@@ -87,11 +88,10 @@ def main() -> None:
         seconds = timed(fn, args.repeats)
         rows.append({"phase": name, "seconds": seconds})
         print(f"{name:<48} {seconds:.3f} s", flush=True)
-    out = Path(__file__).resolve().parent / "results" / "smart_phases.json"
-    out.write_text(json.dumps({"command": "python benchmarks/smart_phases.py", "batch_size": args.batch_size,
-                               "length": args.length, "repeats": args.repeats, "threads": torch.get_num_threads(),
-                               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                               "rows": rows}, indent=2) + "\n")
+    cells.write_json(RESULTS / "smart_phases.json", {
+        "command": "python benchmarks/smart_phases.py", "batch_size": args.batch_size, "length": args.length,
+        "repeats": args.repeats, "threads": torch.get_num_threads(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,46 @@
+"""Rebuild docs/results.md and its plots (docs/img/) from the result cells under benchmarks/results/.
+
+The page is benchmarks/results_template.md, which holds all its prose, with each ``{{key}}`` replaced by a block
+that a benchmark script renders from its cells (each script's ``sections()``; the placeholder rules are in
+benchmarks/_lib/template.py). The grids run this script after their cells; it runs no benchmark itself and is
+deterministic: rerun on the same cells it writes the same bytes.
+
+    GENTUNE_DATA=../shared/data/glue python benchmarks/render_results.py
+
+GENTUNE_DATA (default ../shared/data/glue beside the repository) is read for the fine-tuning tables' majority
+class column; without the data that column shows "-".
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import diagnostics_study
+import finetune_grid
+import pretrain_grid
+import radreg_grid
+import smart_cost
+from _lib import cells, template
+from _lib.paths import DOC, IMG, ROOT, TEMPLATE
+
+
+def blocks() -> dict[str, str]:
+    """Every script's blocks, by template key."""
+    pretrain, radreg = pretrain_grid.load(), radreg_grid.load()
+    pretrain_grid.plots(pretrain, IMG)
+    radreg_grid.plots(radreg, IMG)
+    return {**finetune_grid.sections(finetune_grid.load()), **smart_cost.sections(),
+            **pretrain_grid.sections(pretrain), **radreg_grid.sections(radreg),
+            **diagnostics_study.sections(diagnostics_study.load())}
+
+
+def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    cells.write_text(DOC, template.fill(TEMPLATE.read_text(), blocks()))
+    print(f"wrote {DOC.relative_to(ROOT)} and the plots in {IMG.relative_to(ROOT)}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
