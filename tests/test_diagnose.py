@@ -61,7 +61,7 @@ def test_image_checkpoints_json_report_gap_and_cache(folders, tmp_path, monkeypa
     cached = sorted((out / "features").glob("*.npz"))
     assert len(cached) == 4
     stamp = [p.stat().st_mtime_ns for p in cached]
-    cli_ok(capsys, *args)
+    cli_ok(capsys, *args, "--no-mlp")  # (the slow MLP estimate is not what this checks)
     assert [p.stat().st_mtime_ns for p in cached] == stamp
 
 

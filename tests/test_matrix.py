@@ -342,7 +342,7 @@ def test_regularizer_row(name, env):
     got = []
     for reg in (trained, fresh):
         torch.manual_seed(3)
-        got.append({k: float(v) for k, v in reg(model, batch, outputs).items()})
+        got.append({k: float(v.detach()) for k, v in reg(model, batch, outputs).items()})
     assert got[1] == pytest.approx(got[0], rel=1e-6)
 
 

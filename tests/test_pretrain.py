@@ -1,19 +1,15 @@
-"""Image pretraining and fine-tuning through the one loop and the CLI: pretrain -> fine-tune -> evaluate, resume,
-the shared held-out split, and one-line errors for bad image inputs."""
+"""Image pretraining and fine-tuning through the one loop and the CLI (in process): pretrain -> fine-tune ->
+evaluate, the shared held-out split, and one-line errors for bad image inputs. An exact resume of either image task
+is a row of tests/test_matrix.py."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, SLOW_CLI, cli_error, cli_ok
+from conftest import cli_error, cli_ok
 
 CLASSES = ["cat", "dog", "ship"]
 
@@ -148,40 +144,6 @@ def test_tuning_split_never_touches_the_reported_validation_images(images, tmp_p
     check_encoder_fits(encoder, meta, "enc", 32, ImageClassificationConfig(data=str(images), val_size=9,
                                                                            split_seed=1))  # seed 1 of all
     assert "may have seen validation images" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_killed_pretraining_resumes_exactly(images, tmp_path):
-    """Masks and augmentations come from the RNG the checkpoint restores: a killed and resumed run has the
-    uninterrupted run's losses."""
-    script = tmp_path / "slow.py"
-    script.write_text(SLOW_CLI)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    args = ["pretrain", "--data", str(images), "--max-steps", "8", *PRE, "--regularizer", "test-slow",
-            "--set", "save_steps=2"]
-    full, part = tmp_path / "full", tmp_path / "part"
-    subprocess.run([sys.executable, str(script), *args, "--out", str(full)], check=True, env=env,
-                   capture_output=True, timeout=300)
-    proc = subprocess.Popen([sys.executable, str(script), *args, "--out", str(part)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        log = part / "metrics.jsonl"
-        steps = [json.loads(l)["step"] for l in log.read_text().splitlines() if l.strip()] if log.exists() else []
-        if steps and max(steps) >= 5:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (part / "summary.json").exists()
-    subprocess.run([sys.executable, str(script), *args, "--out", str(part)], check=True, env=env,
-                   capture_output=True, timeout=300)
-
-    def losses(out):
-        return [(r["step"], r["loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-                if r["type"] == "train"]
-
-    assert losses(part) == losses(full) and len(losses(full)) == 8
 
 
 def test_bad_image_inputs_are_one_line_errors(images, tmp_path, capsys):

@@ -180,34 +180,32 @@ def _train_records(out):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("regs", [(), ("smart",)], ids=["plain", "smart"])
-def test_killed_and_resumed_run_matches_uninterrupted(glue, tiny_model, tmp_path, regs):
+def test_killed_and_resumed_run_matches_uninterrupted(glue, tiny_model, tmp_path):
     """SIGKILL mid-epoch (dropout on), rerun the same command: same losses, same final metrics and weights.
-    With SMART, its random noise and its momentum teacher must come back from the checkpoint too."""
+    SMART's random noise and its momentum teacher must come back from the checkpoint too. (An in-process resume of
+    every task, objective and regularizer is in tests/test_matrix.py; this is the real kill of a real process.)"""
+    regs = ("smart",)
     script = tmp_path / "slow_cli.py"
     script.write_text(SLOW_CLI)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     full, part = tmp_path / "full", tmp_path / "part"
-    subprocess.run([sys.executable, str(script), *_cli_args(glue, tiny_model, full, regs)], check=True, env=env,
-                   capture_output=True, timeout=300)
+    # the uninterrupted run in this process, with the same regularizer name minus its sleep
+    from gentune import registry
+    from gentune.cli import main
 
-    proc = subprocess.Popen([sys.executable, str(script), *_cli_args(glue, tiny_model, part, regs)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        log = part / "metrics.jsonl"
-        steps = [json.loads(l)["step"] for l in log.read_text().splitlines() if l.strip()] if log.exists() else []
-        if steps and max(steps) >= 7:  # past the step-6 checkpoint, mid-epoch 2 (4 steps an epoch)
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    from gentune.fs import recover_dir
+    @registry.register("regularizer", "test-slow")
+    class NotSlow:
+        """Adds no loss."""
 
-    assert not (part / "summary.json").exists() and recover_dir(part / "checkpoint") is not None
-    subprocess.run([sys.executable, str(script), *_cli_args(glue, tiny_model, part, regs)], check=True, env=env,
-                   capture_output=True, timeout=300)
+        def __call__(self, model, batch, outputs):
+            return {}
 
+    try:
+        assert main(_cli_args(glue, tiny_model, full, regs)) == 0
+        _kill_mid_run(script, _cli_args(glue, tiny_model, part, regs), env, part)
+        assert main(_cli_args(glue, tiny_model, part, regs)) == 0  # the same command again: it resumes
+    finally:
+        registry.unregister("regularizer", "test-slow")
     (a_train, a_eval), (b_train, b_eval) = _train_records(full), _train_records(part)
     assert [r["step"] for r in b_train] == list(range(1, 13))  # no step lost or logged twice
     assert [r["loss"] for r in b_train] == pytest.approx([r["loss"] for r in a_train], rel=1e-5)
@@ -219,12 +217,30 @@ def test_killed_and_resumed_run_matches_uninterrupted(glue, tiny_model, tmp_path
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
+def _kill_mid_run(script, args, env, part):
+    """Start the run in a real process, SIGKILL it past the step-6 checkpoint (mid-epoch 2, 4 steps an epoch)."""
+    proc = subprocess.Popen([sys.executable, str(script), *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        log = part / "metrics.jsonl"
+        steps = [json.loads(l)["step"] for l in log.read_text().splitlines() if l.strip()] if log.exists() else []
+        if steps and max(steps) >= 7:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    from gentune.fs import recover_dir
+
+    assert not (part / "summary.json").exists() and recover_dir(part / "checkpoint") is not None
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("regs", [(), ("smart",)], ids=["plain", "smart"])
-def test_two_processes_match_one(glue, tiny_model_nodrop, tmp_path, regs):
+def test_two_processes_match_one(glue, tiny_model_nodrop, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` on CPU (torchrun + gloo) takes the same optimizer steps
     on the same examples as one process (batches are split across processes). With SMART the extra forwards run
     beside DDP and the teacher must stay identical on both processes, or the weights would drift apart."""
+    regs = ("smart",)
     one, two = tmp_path / "one", tmp_path / "two"
     common = ["finetune", "--task", "sst2", "--model", tiny_model_nodrop, "--train", _kshot(glue, "SST-2", "train"),
               "--dev", _kshot(glue, "SST-2", "dev"), "--batch-size", "8", "--lr", "1e-3", "--epochs", "2",
@@ -232,8 +248,9 @@ def test_two_processes_match_one(glue, tiny_model_nodrop, tmp_path, regs):
     if regs:
         common += ["--regularizer", *regs]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "gentune", *common, "--out", str(one)], check=True, env=env,
-                   capture_output=True, timeout=300)
+    from gentune.cli import main
+
+    assert main([*common, "--out", str(one)]) == 0  # one process: this one
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "gentune"]
     r = subprocess.run([*launch, *common, "--out", str(two)], env=env, capture_output=True, text=True, timeout=300)

@@ -9,7 +9,14 @@ Every regularizer follows one protocol (:mod:`gentune.regularizers.base`; DESIGN
 with no-op defaults in :class:`Regularizer`. Registered names: ``gentune list``.
 """
 
-from . import bregman, l2sp, radreg, smart  # noqa: F401  (registers)
+import importlib
+import pkgutil
+
 from .base import Context, Regularizer, build_regularizers, collect_terms, regularized_loss
+
+# every module of this package registers itself on import: a new file is found without a line here
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_") and _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["Context", "Regularizer", "build_regularizers", "collect_terms", "regularized_loss"]

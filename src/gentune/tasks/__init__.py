@@ -9,8 +9,15 @@
 
 from __future__ import annotations
 
-from . import image_classification, image_pretraining, text_classification  # noqa: F401  (registers)
+import importlib
+import pkgutil
+
 from .base import Splits, Task, for_name, for_objective, register_task, tasks
+
+# every task file registers itself on import: a new task is found without a line here
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_") and _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def finetune(cfg) -> dict:

@@ -185,9 +185,58 @@ def _evaluate(p: _Parts, state: TrainState, hooks: Hooks) -> dict | None:
     return metrics
 
 
+def _epoch_end(p: _Parts, state: TrainState, hooks: Hooks) -> None:
+    """Count the epoch; evaluate every ``eval_every_epochs`` (unless ``eval_steps`` just did); a resume point."""
+    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    every = p.cfg.eval_every_epochs
+    if every > 0 and state.epoch % every == 0 and state.last_eval_step != state.step:
+        _evaluate(p, state, hooks)
+    hooks.checkpoint(state)
+
+
 def _resume(p: _Parts, checkpoint: Path) -> TrainState:
     p.accelerator.load_state(str(checkpoint))
     return TrainState(**json.loads((Path(checkpoint) / STATE_FILE).read_text()))
+
+
+def _train(p: _Parts, hooks: Hooks, resume_from) -> tuple[TrainState, dict | None]:
+    """The loop itself: (the final state, the final evaluation)."""
+    acc, cfg = p.accelerator, p.cfg
+    if acc.num_processes > 1:
+        # each process its own stream for dropout, noise, masks and augmentations (the weights are synchronised
+        # by DDP); a resume restores every process's stream from the checkpoint
+        torch.manual_seed(cfg.seed + 1_000_003 * acc.process_index)
+    state = _resume(p, Path(resume_from)) if resume_from is not None else TrainState()
+    bar = Progress(p.total_steps, state.step, acc.is_main_process, p.job.main_metric)
+    clock = Clock(state)
+    stream = _batches(p, state)
+    p.model.train()
+    while state.step < p.total_steps:
+        batch = next(stream)
+        if batch is EPOCH_END:
+            with clock.paused():
+                _epoch_end(p, state, hooks)
+            continue
+        with clock.step():
+            record = _micro_step(p, batch, state)
+        if record is None:
+            continue
+        clock.step_done()
+        hooks.log(record)
+        if cfg.eval_steps > 0 and state.step % cfg.eval_steps == 0 and state.step < p.total_steps:
+            with clock.paused():
+                _evaluate(p, state, hooks)
+        bar.update(record, state)
+        if state.step < p.total_steps and cfg.save_steps > 0 and state.step % cfg.save_steps == 0:
+            with clock.paused():
+                hooks.checkpoint(state)
+    clock.stop()
+    bar.close()
+    # a run resumed from a checkpoint taken right after its last evaluation has that evaluation in its state
+    final_dev = state.last_dev if state.last_eval_step == state.step and state.last_dev is not None \
+        else _evaluate(p, state, hooks)
+    hooks.finished(state)
+    return state, final_dev
 
 
 def fit(job: Job, cfg, accelerator=None, hooks: Hooks | None = None, resume_from: str | Path | None = None,
@@ -209,48 +258,12 @@ def fit(job: Job, cfg, accelerator=None, hooks: Hooks | None = None, resume_from
     hooks = hooks or Hooks()
     registered = len(acc._custom_objects)  # accelerate keeps checkpointed objects in this list (no public way out)
     p = _prepare(job, cfg, acc, regularizers)
-    if acc.num_processes > 1:
-        # each process its own stream for dropout, noise, masks and augmentations (the weights are synchronised
-        # by DDP); a resume restores every process's stream from the checkpoint
-        torch.manual_seed(cfg.seed + 1_000_003 * acc.process_index)
-    state = _resume(p, Path(resume_from)) if resume_from is not None else TrainState()
-    bar = Progress(p.total_steps, state.step, acc.is_main_process, job.main_metric)
-    clock = Clock(state)
-    stream = _batches(p, state)
-    p.model.train()
-    while state.step < p.total_steps:
-        batch = next(stream)
-        if batch is EPOCH_END:
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            with clock.paused():
-                every = cfg.eval_every_epochs
-                # eval_steps may have just evaluated this step
-                if every > 0 and state.epoch % every == 0 and state.last_eval_step != state.step:
-                    _evaluate(p, state, hooks)
-                hooks.checkpoint(state)
-            continue
-        with clock.step():
-            record = _micro_step(p, batch, state)
-        if record is None:
-            continue
-        clock.step_done()
-        hooks.log(record)
-        if cfg.eval_steps > 0 and state.step % cfg.eval_steps == 0 and state.step < p.total_steps:
-            with clock.paused():
-                _evaluate(p, state, hooks)
-        bar.update(record, state)
-        if state.step < p.total_steps and cfg.save_steps > 0 and state.step % cfg.save_steps == 0:
-            with clock.paused():
-                hooks.checkpoint(state)
-    clock.stop()
-    bar.close()
-    # a run resumed from a checkpoint taken right after its last evaluation has that evaluation in its state
-    final_dev = state.last_dev if state.last_eval_step == state.step and state.last_dev is not None \
-        else _evaluate(p, state, hooks)
-    hooks.finished(state)
-    model = acc.unwrap_model(p.model)
-    del acc._custom_objects[registered:]
-    acc.free_memory()
+    try:
+        state, final_dev = _train(p, hooks, resume_from)
+        model = acc.unwrap_model(p.model)
+    finally:  # also after an error, so the next fit on this accelerator checkpoints only its own objects
+        del acc._custom_objects[registered:]
+        acc.free_memory()
     return Fit(model, final_dev, state, p.total_steps, p.steps_per_epoch, p.regularizers, acc)
 
 
