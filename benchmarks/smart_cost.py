@@ -351,7 +351,7 @@ def memory_child(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    batches = [to_device(b, device) for b in torch.load(args.batches_file)]
+    batches = [to_device(b, device) for b in torch.load(args.batches_file, weights_only=True)]
     arm = make_arm(args.memory_child, load_model(args, device), args)
     gc.collect()
     cuda = device.type == "cuda"

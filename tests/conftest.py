@@ -136,3 +136,23 @@ def cli_error(capsys, needle: str, *args) -> str:
     assert code == 2, err[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
     return lines[0]
+
+
+def write_images(root: Path, classes, per_class: int, size: int, noise: float | None = None, seed: int = 0) -> Path:
+    """An image folder ``root/<class>/<i>.png``: each class a dominant colour plus Gaussian ``noise`` (separable
+    classes), or, with ``noise`` None, uniform random pixels."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for ci, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            if noise is None:
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            else:
+                base = np.zeros((size, size, 3))
+                base[..., ci % 3] = 170
+                pixels = (base + rng.normal(0, noise, (size, size, 3))).clip(0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{i:03d}.png")
+    return root

@@ -19,7 +19,10 @@ FORBIDDEN = [
     ("gentune.objectives", "gentune.tasks"), ("gentune.regularizers", "gentune.train"),
     ("gentune.regularizers", "gentune.tasks"), ("gentune.train", "gentune.tasks"), ("gentune.train", "gentune.cli"),
     ("gentune.tasks", "gentune.cli"), ("gentune.integrations", "gentune.tasks"),
-    ("gentune.tensors", "gentune."), ("gentune.fs", "gentune."),
+    ("gentune.tensors", "gentune."),
+    *[(neutral, f"gentune.{layer}") for neutral in ("gentune.fs", "gentune.serial")
+      for layer in ("data", "models", "objectives", "regularizers", "train", "tasks", "diagnostics", "config",
+                    "registry", "cli")],
 ]
 GRIDS = ["finetune_grid", "pretrain_grid", "radreg_grid", "diagnostics_study"]
 

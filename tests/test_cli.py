@@ -28,6 +28,11 @@ def _one_line_error(capsys, argv, needle):
     return err[0]
 
 
+def _folder(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _write(tmp_path, name, text):
     p = tmp_path / name
     p.write_text(text)
@@ -52,7 +57,7 @@ def test_finetune_input_errors(capsys, tmp_path, glue, tiny_model):
         (["--train", good, "--dev", good, "--regularizer", "smart", "--set", "smart.epsilon=1"],
          "--set smart.epsilon: regularizer 'smart' has no option 'epsilon'"),
         (["--train", good, "--dev", good, "--config", str(tmp_path / "none.yaml")], "none.yaml: no such config file"),
-        (["--data-dir", str(tmp_path)], f"no data for task rte: tried --data-dir={tmp_path}"),
+        (["--data-dir", str(_folder(tmp_path / "nodata"))], f"no data for task rte: tried --data-dir={tmp_path}/nodata"),
     ]
     (tmp_path / "bin.tsv").write_bytes(b"\xff\xfe\x00 not text\n")
     cases += [

@@ -216,3 +216,18 @@ def test_stratified_subsample_keeps_label_shares_and_is_seeded(glue):
     for k, n in strata.items():  # each score quintile keeps its share (ties make them unequal)
         assert abs(taken[k] - 100 * n / len(stsb)) < 1
     assert len(stratified_subsample(ds, 10**6, seed=1)) == len(ds)
+
+
+def test_tsv_rows_end_at_newlines_only(tmp_path):
+    """U+2028, U+0085 and a form feed are characters of a sentence, not row ends (str.splitlines would split
+    there and reject the row); \\r\\n ends a row like \\n."""
+    path = tmp_path / "dev.tsv"
+    text = "sentence\tlabel\r\nline\u2028sep\t1\r\nnext\u0085line\t0\nform\x0cfeed\t1\n"
+    path.write_bytes(text.encode("utf-8"))
+    ds = read_file(get_task("sst2"), path)
+    assert ds["text_a"] == ["line\u2028sep", "next\u0085line", "form\x0cfeed"] and ds["label"] == [1, 0, 1]
+
+
+def test_a_folder_given_as_a_file_says_so(tmp_path):
+    with pytest.raises(GentuneError, match="a folder, not a data file"):
+        read_file(get_task("sst2"), tmp_path)

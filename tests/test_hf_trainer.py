@@ -230,14 +230,14 @@ def _same_state(a: dict, b: dict) -> None:
 
 
 def test_resume_restores_regularizer_state(tiny_model_nodrop, data, tmp_path, smart_run):
-    from gentune.integrations import REGULARIZER_STATE_NAME
+    from gentune.integrations import REGULARIZER_STATE_NAME, read_regularizer_state
     from transformers import TrainerCallback
 
     full, out = smart_run
-    saved = torch.load(out / "checkpoint-2" / REGULARIZER_STATE_NAME, weights_only=True)
+    saved = read_regularizer_state(out / "checkpoint-2")
     assert saved["names"] == ["smart"]
     assert saved["states"][0]["adversarial"]["step"] == 2 and saved["states"][0]["bregman"]["step"] == 2
-    final = torch.load(out / "checkpoint-4" / REGULARIZER_STATE_NAME, weights_only=True)
+    final = read_regularizer_state(out / "checkpoint-4")
     _same_state(final["states"][0], full.regularizers[0].state_dict())
 
     class Probe(TrainerCallback):
@@ -263,7 +263,8 @@ def test_resume_restores_regularizer_state(tiny_model_nodrop, data, tmp_path, sm
     # control: the same resume (from a path) without the regularizer file starts a fresh teacher at step 2,
     # which does not end where the uninterrupted run did
     shutil.copytree(out / "checkpoint-2", tmp_path / "b" / "checkpoint-2")
-    os.remove(tmp_path / "b" / "checkpoint-2" / REGULARIZER_STATE_NAME)
+    for name in (REGULARIZER_STATE_NAME, "gentune_regularizers.safetensors"):
+        os.remove(tmp_path / "b" / "checkpoint-2" / name)
     trainer = _trainer(tiny_model_nodrop, data, tmp_path / "b", ["smart"])
     trainer.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-2"))
     with pytest.raises(AssertionError):

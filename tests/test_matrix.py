@@ -260,8 +260,8 @@ class _Keep(Hooks):
     def log(self, record):
         self.records.append(record)
 
-    def checkpoint(self, state):
-        save_resume_checkpoint(self.acc, self.out, state)
+    def checkpoint(self, state, save):
+        save_resume_checkpoint(self.acc, self.out, save)
         if state.step == 1 and not (self.out / "step1").exists():
             shutil.copytree(self.out / "checkpoint", self.out / "step1")
 
@@ -376,8 +376,8 @@ def test_task_row(name, env, monkeypatch):
     part = env.tmp / "part"
     real = _RunFolder.checkpoint
 
-    def killed(self, state):
-        real(self, state)
+    def killed(self, state, save):
+        real(self, state, save)
         if state.step == 2:
             raise KeyboardInterrupt
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli_error, cli_ok
+from conftest import cli_error, cli_ok, write_images
 
 CLASSES = ["cat", "dog", "ship"]
 
@@ -17,18 +17,7 @@ CLASSES = ["cat", "dog", "ship"]
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     """An image folder: 3 classes x 16 PNGs of 32x32, each class a different dominant colour plus noise."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("imgs") / "train"
-    rng = np.random.default_rng(0)
-    for ci, c in enumerate(CLASSES):
-        (root / c).mkdir(parents=True)
-        for i in range(16):
-            base = np.zeros((32, 32, 3))
-            base[..., ci] = 170
-            Image.fromarray((base + rng.normal(0, 35, (32, 32, 3))).clip(0, 255).astype(np.uint8)).save(
-                root / c / f"{i:03d}.png")
-    return root
+    return write_images(tmp_path_factory.mktemp("imgs") / "train", CLASSES, 16, 32, noise=35)
 
 
 @pytest.fixture(autouse=True)

@@ -185,17 +185,11 @@ def test_errors():
 def test_two_pretraining_steps_through_the_loop(tmp_path, monkeypatch, capsys, objective, model, legacy):
     """gentune pretrain with RadReg's downstream images as its option (and through the old --radreg-data flag),
     with either objective: the term and the unweighted estimate are logged every step."""
-    from PIL import Image
-
-    from conftest import cli
+    from conftest import cli, write_images
 
     monkeypatch.setenv("GENTUNE_CACHE", str(tmp_path / "cache"))
-    rng = np.random.default_rng(0)
-    for root, classes in ((tmp_path / "pre", ["a", "b"]), (tmp_path / "down", ["c"])):
-        for c in classes:
-            (root / c).mkdir(parents=True)
-            for i in range(8):
-                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    write_images(tmp_path / "pre", ["a", "b"], 8, 16)
+    write_images(tmp_path / "down", ["c"], 8, 16, seed=1)
     out = tmp_path / "run"
     data = ["--radreg-data", tmp_path / "down"] if legacy else ["--regularizer", "radreg", "--set",
                                                                  f"radreg.data={tmp_path / 'down'}"]
@@ -230,7 +224,7 @@ def test_two_processes_share_the_downstream_batch_and_get_the_one_process_gradie
                         str(Path(__file__).parent / "_radreg_ddp_worker.py"), str(out)],
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
-    two = torch.load(out)
+    two = torch.load(out, weights_only=True)
     for head in ("linear", "mlp"):
         g, encoded = grads(head, ddp=False)
         assert encoded == 16 and two[head]["encoded"] == 8  # 2 steps of 8 images, halved per process

@@ -1,8 +1,8 @@
-"""The training loop on a tiny random BERT: outputs, best checkpoint, accumulation, resume, two processes."""
+"""The training loop on a tiny random BERT: outputs, best checkpoint, accumulation, resume, two processes, and
+`fit` in process (a real kill and resume is in tests/test_faults.py)."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +15,6 @@ import yaml
 import gentune
 from gentune.errors import GentuneError
 
-from conftest import ROOT, SLOW_CLI
 
 
 def _kshot(glue, task_dir, split):
@@ -167,72 +166,9 @@ def test_alike_term_names_are_both_kept_and_a_repeated_name_is_refused(glue, tin
         gentune.finetune(**_args(glue, tiny_model, tmp_path / "dup", max_steps=1, regularizer=["l2sp", "l2sp"]))
 
 
-def _cli_args(glue, tiny, out, regs=()):
-    return ["finetune", "--task", "sst2", "--out", str(out), "--model", tiny, "--train",
-            _kshot(glue, "SST-2", "train"), "--dev", _kshot(glue, "SST-2", "dev"), "--batch-size", "8",
-            "--lr", "1e-3", "--epochs", "3", "--max-length", "64", "--seed", "3", "--regularizer", "test-slow",
-            *regs, "--set", "save_steps=2", "--set", "eval_steps=5"]
-
-
 def _train_records(out):
     rec = [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rec if r["type"] == "train"], [r for r in rec if r["type"] == "eval"]
-
-
-@pytest.mark.slow
-def test_killed_and_resumed_run_matches_uninterrupted(glue, tiny_model, tmp_path):
-    """SIGKILL mid-epoch (dropout on), rerun the same command: same losses, same final metrics and weights.
-    SMART's random noise and its momentum teacher must come back from the checkpoint too. (An in-process resume of
-    every task, objective and regularizer is in tests/test_matrix.py; this is the real kill of a real process.)"""
-    regs = ("smart",)
-    script = tmp_path / "slow_cli.py"
-    script.write_text(SLOW_CLI)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    full, part = tmp_path / "full", tmp_path / "part"
-    # the uninterrupted run in this process, with the same regularizer name minus its sleep
-    from gentune import registry
-    from gentune.cli import main
-
-    @registry.register("regularizer", "test-slow")
-    class NotSlow:
-        """Adds no loss."""
-
-        def __call__(self, model, batch, outputs):
-            return {}
-
-    try:
-        assert main(_cli_args(glue, tiny_model, full, regs)) == 0
-        _kill_mid_run(script, _cli_args(glue, tiny_model, part, regs), env, part)
-        assert main(_cli_args(glue, tiny_model, part, regs)) == 0  # the same command again: it resumes
-    finally:
-        registry.unregister("regularizer", "test-slow")
-    (a_train, a_eval), (b_train, b_eval) = _train_records(full), _train_records(part)
-    assert [r["step"] for r in b_train] == list(range(1, 13))  # no step lost or logged twice
-    assert [r["loss"] for r in b_train] == pytest.approx([r["loss"] for r in a_train], rel=1e-5)
-    assert [r["accuracy"] for r in b_eval] == [r["accuracy"] for r in a_eval]
-    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (full, part))
-    assert sb["final_dev"] == pytest.approx(sa["final_dev"], rel=1e-5)
-    assert sb["best_step"] == sa["best_step"] and sb["train_steps"] == 12
-    wa, wb = _final_weights(full), _final_weights(part)
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
-
-
-def _kill_mid_run(script, args, env, part):
-    """Start the run in a real process, SIGKILL it past the step-6 checkpoint (mid-epoch 2, 4 steps an epoch)."""
-    proc = subprocess.Popen([sys.executable, str(script), *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        log = part / "metrics.jsonl"
-        steps = [json.loads(l)["step"] for l in log.read_text().splitlines() if l.strip()] if log.exists() else []
-        if steps and max(steps) >= 7:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    from gentune.fs import recover_dir
-
-    assert not (part / "summary.json").exists() and recover_dir(part / "checkpoint") is not None
 
 
 @pytest.mark.slow

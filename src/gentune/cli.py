@@ -11,7 +11,6 @@ User errors print one line ``error: ...`` on stderr and exit with status 2 (a tr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -240,9 +239,10 @@ def _cmd_diagnose(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
+    from .fs import dumps_strict
     from .tasks import evaluate
 
-    print(json.dumps(evaluate(args.checkpoint, args.task, args.data, batch_size=args.batch_size)))
+    print(dumps_strict(evaluate(args.checkpoint, args.task, args.data, batch_size=args.batch_size)))
     return 0
 
 

@@ -14,6 +14,7 @@ reads ``no`` as false, which a text field would then store as "False").
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -57,18 +58,28 @@ class RunConfig:
     save_steps: int = 50  # resume checkpoint every N optimizer steps (and at each epoch end)
     save_model: bool = True  # write the best (fine-tuning) or final (pretraining) model
     keep_checkpoint: bool = False  # keep OUT/checkpoint (optimizer state) after a finished run
+    nonfinite_steps: int = 5  # stop after this many optimizer steps in a row with a non-finite loss or gradient (0: never)
+    overwrite: bool = False  # allow an --out folder that holds files of something else than a gentune run
 
     def _checks(self) -> list[tuple[bool, str]]:
+        finite = [k for k in ("epochs", "lr", "weight_decay", "adam_eps", "adam_beta2", "warmup_ratio",
+                              "max_grad_norm") if not math.isfinite(getattr(self, k))]
         return [
             (bool(self.out), "out is required (--out)"),
+            (not finite, f"{finite[0] if finite else ''} must be a finite number, got {getattr(self, finite[0]) if finite else ''}"),
+            (self.max_steps >= 0, f"max_steps must be >= 0 (0: train for epochs), got {self.max_steps}"),
             (self.epochs > 0 or self.max_steps > 0, "epochs must be positive (or set max_steps)"),
             (self.batch_size > 0, "batch_size must be positive"),
             (self.eval_batch_size > 0, "eval_batch_size must be positive"),
             (self.lr > 0, "lr must be positive"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.adam_eps > 0, "adam_eps must be positive"),
             (0 < self.adam_beta2 < 1, "adam_beta2 must be in (0, 1)"),
             (self.grad_accum >= 1, "grad_accum must be at least 1"),
             (self.eval_every_epochs >= 0, "eval_every_epochs must be >= 0"),
+            (self.eval_steps >= 0, f"eval_steps must be >= 0 (0: only at epoch ends), got {self.eval_steps}"),
+            (self.save_steps >= 0, f"save_steps must be >= 0 (0: only at epoch ends), got {self.save_steps}"),
+            (self.nonfinite_steps >= 0, f"nonfinite_steps must be >= 0 (0: never stop), got {self.nonfinite_steps}"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
             (self.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed_precision must be auto, no, bf16 or fp16"),
         ]

@@ -19,6 +19,7 @@ import html
 import io
 import json
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def load_representation(checkpoint: str) -> Representation:
         return Representation(str(checkpoint), "image", encoder.forward_features, meta)
     from transformers import AutoModel
 
-    from .models.hf import load_tokenizer, quiet_transformers, resolve_model_path
+    from .models.hf import load_error, load_errors, load_tokenizer, quiet_transformers, resolve_model_path
 
     name = resolve_model_path(checkpoint)
     if not (Path(name) / "config.json").is_file() and path.exists():
@@ -64,8 +65,8 @@ def load_representation(checkpoint: str) -> Representation:
     try:
         with quiet_transformers():
             model, info = AutoModel.from_pretrained(name, output_loading_info=True)
-    except OSError as e:
-        raise GentuneError(f"{checkpoint}: cannot load a model ({str(e).splitlines()[0]})") from None
+    except load_errors() as e:
+        raise load_error(f"{checkpoint}: cannot load a model", e) from None
     model.eval()
     # A pooler the checkpoint does not hold (RoBERTa-family classifiers have none) would be random: use [CLS].
     trained_pooler = not any(k.startswith("pooler.") for k in info.get("missing_keys", []))
@@ -142,8 +143,11 @@ def extract(rep: Representation, task: str, data: str, cache: Path, limit: int =
                                      limit, seed]).encode()).hexdigest()[:16]
     file = cache / f"{key}.npz"
     if file.is_file():
-        z = np.load(file)
-        return z["features"], z["labels"]
+        try:  # arrays only: a cache file is never unpickled; a damaged one is computed again
+            with np.load(file, allow_pickle=False) as z:
+                return z["features"], z["labels"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            file.unlink(missing_ok=True)
     dl, labels = (_batches_image(rep, data, limit, seed) if rep.kind == "image"
                   else _batches_text(rep, task, data, limit, seed))
     feats = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,9 @@ def read_tsv(task: TaskSpec, path: Path, labelled: bool = True):
     if layout is None:
         raise GentuneError(f"{path}: task {task.name} has no TSV layout")
     with open(path, encoding="utf-8-sig", newline="") as f:
-        lines = f.read().splitlines()
+        # rows end at \n (or \r\n) only: str.splitlines would also split at U+2028, U+0085 or a form feed inside
+        # a sentence and reject the row's field count
+        lines = [line.removesuffix("\r") for line in f.read().split("\n")]
     rows: list[dict] = []
     start = 0
     if layout.header:
@@ -151,8 +154,17 @@ def read_tsv(task: TaskSpec, path: Path, labelled: bool = True):
     return _finish(task, rows, path)
 
 
+CSV_LIMIT_ENV = "GENTUNE_CSV_FIELD_LIMIT"
+
+
 def read_csv(task: TaskSpec, path: Path, labelled: bool = True):
     rows = []
+    if os.environ.get(CSV_LIMIT_ENV):
+        try:
+            csv.field_size_limit(int(os.environ[CSV_LIMIT_ENV]))
+        except ValueError:
+            raise GentuneError(f"${CSV_LIMIT_ENV}: expected a number of characters, got "
+                               f"{os.environ[CSV_LIMIT_ENV]!r}") from None
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         try:
@@ -167,6 +179,9 @@ def read_csv(task: TaskSpec, path: Path, labelled: bool = True):
                     raise GentuneError(f"{where}: expected 2 comma-separated fields (label,sentence), found {len(record)}")
                 rows.append(_example(task, record[1], None, record[0] if labelled else _UNLABELLED, where))
         except csv.Error as e:
+            if "field larger than field limit" in str(e):
+                raise GentuneError(f"{path}:{reader.line_num}: a field longer than the CSV reader's limit of "
+                                   f"{csv.field_size_limit():,} characters (set ${CSV_LIMIT_ENV} to raise it)") from None
             raise GentuneError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
     return _finish(task, rows, path)
 
@@ -179,6 +194,9 @@ def read_file(task: TaskSpec, path: str | os.PathLike, labelled: bool = True):
         GentuneError: missing, empty or malformed file, a bad row (with its line) or a label outside the task.
     """
     path = Path(path)
+    if path.is_dir():
+        raise GentuneError(f"{path}: a folder, not a data file (give a .json, .tsv or .csv file; a folder of them is "
+                           "--data-dir)")
     if not path.is_file():
         raise GentuneError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -234,7 +252,11 @@ def load_splits(task: TaskSpec, data_dir: str | None = None, train_file: str | N
     if train_file or dev_file:
         if not (train_file and dev_file):
             raise GentuneError("give both --train and --dev (or neither, to use --data-dir)")
+        if data_dir:
+            raise GentuneError(f"--data-dir {data_dir} and --train/--dev both name the data; give one of them")
         return read_file(task, train_file), read_file(task, dev_file)
+    if data_dir and not Path(data_dir).is_dir():
+        raise GentuneError(f"--data-dir {data_dir}: no such folder")
     tried = []
     for source, root in (("--data-dir", data_dir), (f"${ENV_VAR}", os.environ.get(ENV_VAR))):
         if not root:
@@ -265,10 +287,13 @@ def stratified_subsample(ds, n: int, seed: int, regression: bool = False):
     Each label keeps its share of ``n`` (largest-remainder rounding, at least one example per label when n
     allows), and the result is shuffled with the same seed.
     """
-    if n >= len(ds):
-        return ds
     if n <= 0:
         raise GentuneError(f"--train-size must be positive, got {n}")
+    if n >= len(ds):
+        if n > len(ds):
+            print(f"warning: --train-size {n} is more than the {len(ds)} training examples; all of them are used",
+                  file=sys.stderr)
+        return ds
     labels = np.asarray(ds["label"])
     if regression:
         edges = np.quantile(labels, [0.2, 0.4, 0.6, 0.8])

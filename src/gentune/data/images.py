@@ -135,9 +135,12 @@ def _scan_tar(path: Path):
     try:
         with tarfile.open(path, mode="r|*") as tf:
             for m in tf:
-                name = posixpath.normpath(m.name).lstrip("/")
+                # a member outside the archive's tree (absolute, or reaching up with ..) is no class of it
+                if m.name.startswith("/") or ".." in m.name.split("/"):
+                    continue
+                name = posixpath.normpath(m.name)
                 parts = name.split("/")
-                if name in ("", ".") or ".." in parts:
+                if name in ("", "."):
                     continue
                 if m.isdir():
                     if not _hidden(parts):
@@ -189,7 +192,7 @@ def _choose_classes(groups: dict[str, list[str]], classes, where) -> list[str]:
         if len(set(names)) != len(names):
             dup = next(c for c in names if names.count(c) > 1)
             raise GentuneError(f"{where}: class {dup!r} is listed twice in classes")
-    for c in names:
+    for c in names if classes is not None else []:  # asked for by name: it must hold images
         if not groups[c]:
             raise GentuneError(f"{where}: class folder {c!r} has no images")
     return names

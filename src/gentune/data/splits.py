@@ -29,12 +29,13 @@ def select_classes(ds: ImageSet, names: list[str]) -> ImageSet:
 
 
 def align_classes(ds: ImageSet, classes: list[str], owner: str) -> ImageSet:
-    """``ds`` relabelled to index ``classes`` by name; a class folder not in ``classes`` is an error."""
-    unknown = [c for c in ds.classes if c not in classes]
+    """``ds`` relabelled to index ``classes`` by name; a class folder not in ``classes`` is an error (an empty one
+    is ignored)."""
+    unknown = [c for i, c in enumerate(ds.classes) if c not in classes and bool((ds.labels == i).any())]
     if unknown:
         raise GentuneError(f"{ds.source}: class folder {unknown[0]!r} is not a class of {owner} "
                            f"({', '.join(classes)})")
-    remap = np.array([classes.index(c) for c in ds.classes], dtype=np.int64)
+    remap = np.array([classes.index(c) if c in classes else -1 for c in ds.classes], dtype=np.int64)
     return ImageSet(ds.images, remap[ds.labels], list(classes), ds.source)
 
 

@@ -19,7 +19,7 @@ What the subclass adds to the Trainer, and nothing else:
   from there. Regularizers built from names are rebuilt first (fresh state).
 - A term name two regularizers share is kept under ``<regularizer>/<term>`` (the loop's rule), so both count.
 - Regularizer state (SMART's momentum teacher, L2-SP's anchor, step counters) is saved as
-  ``gentune_regularizers.pt`` in every ``checkpoint-N/`` folder and restored by
+  ``gentune_regularizers.json`` + ``.safetensors`` (no pickle) in every ``checkpoint-N/`` folder and restored by
   ``trainer.train(resume_from_checkpoint=...)`` (a path or ``True``).
 """
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,12 +38,37 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from ..errors import GentuneError
 from ..regularizers.base import Context, as_regularizer, build_regularizers, collect_terms, parse_specs, \
     regularized_loss
+from ..serial import load_tree, save_tree
 
 logger = logging.getLogger(__name__)
 
-#: File name of the regularizer state inside each ``checkpoint-N/`` folder.
-REGULARIZER_STATE_NAME = "gentune_regularizers.pt"
+#: File name of the regularizer state inside each ``checkpoint-N/`` folder (beside it, the tensors in
+#: ``gentune_regularizers.safetensors``: :func:`gentune.serial.save_tree`, no pickle).
+REGULARIZER_STATE_NAME = "gentune_regularizers.json"
+_STEM = "gentune_regularizers"
+_LEGACY = "gentune_regularizers.pt"  # written by earlier versions with torch.save; read with weights_only=True
 _FORMAT = 1
+
+
+def read_regularizer_state(folder: str | os.PathLike) -> dict | None:
+    """``{"format", "names", "states"}`` from a ``checkpoint-N`` folder, or None when it has no regularizer file.
+
+    Raises:
+        GentuneError: the file is damaged or not a gentune regularizer state file.
+    """
+    folder = Path(folder)
+    if (folder / REGULARIZER_STATE_NAME).is_file():
+        blob = load_tree(folder, _STEM)
+    elif (folder / _LEGACY).is_file():
+        try:
+            blob = torch.load(folder / _LEGACY, map_location="cpu", weights_only=True)
+        except Exception as e:  # weights_only refuses anything but tensors and plain containers
+            raise GentuneError(f"{folder / _LEGACY}: cannot read it ({str(e).splitlines()[0]})") from None
+    else:
+        return None
+    if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
+        raise GentuneError(f"{folder}: not a gentune regularizer state file (format {_FORMAT})")
+    return blob
 
 
 class RegularizerCallback(TrainerCallback):
@@ -276,7 +302,8 @@ class RegularizedTrainer(Trainer):
     # ---- checkpoint files ----
 
     def save_regularizer_state(self, folder: str | os.PathLike) -> None:
-        """Write every regularizer's ``state_dict()`` to ``folder/gentune_regularizers.pt`` (main process only).
+        """Write every regularizer's ``state_dict()`` to ``folder/gentune_regularizers.{json,safetensors}`` (main
+        process only; no pickle).
 
         Args:
             folder: An existing directory, normally a ``checkpoint-N`` folder.
@@ -285,12 +312,13 @@ class RegularizedTrainer(Trainer):
             return
         states = [reg.state_dict() for reg in self.regularizers]
         blob = {"format": _FORMAT, "names": list(self.regularizer_names), "states": states}
-        path = os.path.join(folder, REGULARIZER_STATE_NAME)
-        torch.save(blob, path + ".tmp")
-        os.replace(path + ".tmp", path)  # never a half-written file under the final name
+        save_tree(blob, folder, _STEM + ".tmp")
+        for suffix in (".safetensors", ".json"):  # the JSON last: a file pair is complete once it is there
+            os.replace(os.path.join(folder, _STEM + ".tmp" + suffix), os.path.join(folder, _STEM + suffix))
 
     def load_regularizer_state(self, folder: str | os.PathLike) -> None:
-        """Restore every regularizer's state from ``folder/gentune_regularizers.pt``.
+        """Restore every regularizer's state from ``folder/gentune_regularizers.{json,safetensors}`` (or the ``.pt``
+        of an earlier version, read with ``weights_only=True``).
 
         A checkpoint without the file (e.g. one written by a plain Trainer) starts the regularizers fresh,
         with a warning when any of them has state.
@@ -301,16 +329,13 @@ class RegularizedTrainer(Trainer):
         Raises:
             GentuneError: The file holds other regularizers than this trainer's, or is not a gentune file.
         """
-        path = os.path.join(folder, REGULARIZER_STATE_NAME)
-        if not os.path.isfile(path):
+        blob = read_regularizer_state(folder)
+        if blob is None:
             if any(reg.state_dict() for reg in self.regularizers):
                 logger.warning("gentune: %s has no %s; the regularizers start fresh", folder, REGULARIZER_STATE_NAME)
             return
-        blob = torch.load(path, map_location=self.args.device, weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
-            raise GentuneError(f"{path}: not a gentune regularizer state file (format {_FORMAT})")
-        if blob["names"] != self.regularizer_names:
-            raise GentuneError(f"{path}: the checkpoint holds regularizers {blob['names']}, this trainer has "
+        if list(blob["names"]) != self.regularizer_names:
+            raise GentuneError(f"{folder}: the checkpoint holds regularizers {list(blob['names'])}, this trainer has "
                                f"{self.regularizer_names}")
         for reg, state in zip(self.regularizers, blob["states"]):
             if state is not None:

@@ -27,22 +27,12 @@ from pathlib import Path
 import torch
 
 from ..errors import GentuneError
-from ..fs import atomic_dir, recover_dir
+from ..fs import atomic_dir, read_json, recover_dir
 
 META = "gentune.json"
 WEIGHTS = "model.safetensors"
 VERSION = 1
 KINDS = ("text-classifier", "image-encoder", "image-classifier")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GentuneError(f"{path}: malformed JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise GentuneError(f"{path}: expected a JSON object")
-    return meta
 
 
 def read_meta(path: str | Path) -> dict | None:
@@ -52,7 +42,7 @@ def read_meta(path: str | Path) -> dict | None:
     file = folder / META
     if not file.is_file():
         return None
-    meta = _read_json(file)
+    meta = read_json(file)
     if "kind" not in meta:  # written before the schema had a version
         arch = meta.get("architecture")
         if arch in ("vit", "conv"):
@@ -194,13 +184,16 @@ def load_text_classifier(path: str | os.PathLike, task):
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from .hf import quiet_transformers
+    from .hf import load_error, load_errors, quiet_transformers
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise GentuneError(f"{path}: not a checkpoint directory (no config.json)")
-    with quiet_transformers():
-        config = AutoConfig.from_pretrained(path)
+    try:
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(path)
+    except load_errors() as e:
+        raise load_error(f"{path / 'config.json'}: not a model config", e) from None
     meta = read_meta(path) or {}
     want = list(task.labels) if task.labels else None
     have = meta.get("labels", "unknown") if meta else None
@@ -213,8 +206,8 @@ def load_text_classifier(path: str | os.PathLike, task):
     try:
         with quiet_transformers():
             model = AutoModelForSequenceClassification.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise GentuneError(f"{path}: cannot load checkpoint: {str(e).splitlines()[0]}") from None
+    except load_errors() as e:
+        raise load_error(f"{path}: cannot load checkpoint", e) from None
     return model, meta
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 
 from ..data.text_tasks import TaskSpec
@@ -46,11 +47,37 @@ def quiet_transformers():
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            # torch's weights_only unpickler warns about the pickle protocol of a .bin it is about to refuse
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            yield
     finally:
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def load_errors() -> tuple[type[BaseException], ...]:
+    """What loading a model folder raises when its files are missing, damaged or refused: transformers' OSError
+    and ValueError, safetensors' error, and the refusal of a ``.bin`` pickle by ``weights_only=True``."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return OSError, ValueError, SafetensorError, pickle.UnpicklingError
+
+
+def load_error(what: str, e: BaseException) -> GentuneError:
+    """A failed model load as one line naming ``what`` and why."""
+    import pickle
+
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, pickle.UnpicklingError):
+        first = ("its .bin weights hold more than tensors, which gentune does not unpickle (torch.load "
+                 "weights_only=True); save the model as safetensors")
+    elif type(e).__name__ == "SafetensorError":
+        first = f"a damaged safetensors file ({first})"
+    return GentuneError(f"{what}: {first}")
 
 
 def load_tokenizer(name: str):
@@ -60,7 +87,7 @@ def load_tokenizer(name: str):
     try:
         with quiet_transformers():
             return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
+    except load_errors() as e:
         raise GentuneError(f"cannot load a tokenizer from {name!r}: {str(e).splitlines()[0]}") from None
 
 
@@ -80,5 +107,5 @@ def load_for_task(name: str, task: TaskSpec):
                 problem_type="regression" if task.is_regression else "single_label_classification",
             )
             return AutoModelForSequenceClassification.from_pretrained(path, config=config)
-    except (OSError, ValueError) as e:
-        raise GentuneError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+    except load_errors() as e:
+        raise load_error(f"cannot load model {name!r}", e) from None

@@ -122,6 +122,9 @@ def datasets(cfg: ImageClassificationConfig) -> Splits:
     if cfg.classes:
         train = select_classes(train, cfg.classes)
         val = select_classes(val, cfg.classes) if val is not None else None
+    empty = [c for i, c in enumerate(train.classes) if not (train.labels == i).any()]
+    if empty:  # an empty class folder matters only when it is one of the classes trained
+        raise GentuneError(f"{cfg.data}: class folder {empty[0]!r} has no images (leave it out with --classes)")
     if cfg.labels_per_class:
         train = labels_per_class(train, cfg.labels_per_class, cfg.seed)
     return Splits(train, val, pool)

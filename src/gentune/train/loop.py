@@ -16,18 +16,20 @@ every example exactly once either way.
 
 from __future__ import annotations
 
-import json
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from ..regularizers.base import (Context, Regularizer, as_regularizer, build_regularizers, collect_terms,
                                  regularized_loss)
+from ..errors import GentuneError
 from .job import Job
-from .state import STATE_FILE, Clock, EpochSampler, Progress, TrainState, adamw, make_accelerator
+from .resume import load_training, save_training
+from .state import Clock, EpochSampler, Progress, TrainState, adamw, make_accelerator
 
 EPOCH_END = object()  # what the batch stream yields between epochs
 
@@ -42,10 +44,12 @@ class Hooks:
     def evaluated(self, model, metrics: dict, state: TrainState, best: bool) -> None:
         """After each evaluation; ``best``: the main metric improved (``model`` is the prepared model)."""
 
-    def checkpoint(self, state: TrainState) -> None:
-        """A resume point: every ``save_steps`` optimizer steps and at each epoch end."""
+    def checkpoint(self, state: TrainState, save: Callable[[Path], None]) -> None:
+        """A resume point: every ``save_steps`` optimizer steps and at each epoch end (not while steps are being
+        skipped for non-finite values). ``save(directory)`` writes what a resume needs into an existing directory;
+        under several processes every process must call it."""
 
-    def finished(self, state: TrainState) -> None:
+    def finished(self, state: TrainState, save: Callable[[Path], None]) -> None:
         """After the final evaluation, while the prepared objects still exist (a last resume checkpoint)."""
 
 
@@ -79,11 +83,12 @@ class _Parts:
     regularizers: list[Regularizer]
     total_steps: int
     steps_per_epoch: int
+    bad_loss: bool = False  # a micro-batch of the optimizer step in progress had a non-finite loss
 
 
 def _prepare(job: Job, cfg, accelerator, regularizers) -> _Parts:
     """Data loaders, optimizer, linear schedule with warm-up, regularizers (set up with the run's length, model
-    and the task's data), all through ``accelerator.prepare``; the scheduler and regularizers are checkpointed."""
+    and the task's data), all through ``accelerator.prepare``."""
     from transformers import get_linear_schedule_with_warmup
 
     sampler = EpochSampler(len(job.train_set), cfg.seed)
@@ -107,9 +112,6 @@ def _prepare(job: Job, cfg, accelerator, regularizers) -> _Parts:
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     model, optimizer, train_dl, *dev = accelerator.prepare(job.model, optimizer, train_dl,
                                                            *([dev_dl] if dev_dl is not None else []))
-    accelerator.register_for_checkpointing(scheduler)
-    for reg in regularizers:
-        accelerator.register_for_checkpointing(reg)
     return _Parts(job, cfg, accelerator, model, optimizer, scheduler, sampler, train_dl, dev[0] if dev else None,
                   regularizers, total_steps, steps_per_epoch)
 
@@ -125,9 +127,26 @@ def _batches(p: _Parts, state: TrainState):
         yield EPOCH_END
 
 
+def _nonfinite(p: _Parts, grad_norm) -> bool:
+    """Whether this optimizer step saw a non-finite loss (on any process) or, except under fp16 (whose grad scaler
+    skips such steps itself and lowers its scale), a non-finite gradient norm."""
+    acc = p.accelerator
+    bad = p.bad_loss
+    if acc.num_processes > 1:  # one decision for every process, or their weights would part
+        flag = acc.reduce(torch.tensor([float(bad)], device=acc.device), "sum")
+        bad = bool(flag.item() > 0)
+    if bad or acc.mixed_precision == "fp16":
+        return bad
+    if grad_norm is None:  # no clipping: the norm only for this check
+        grads = [q.grad for q in p.model.parameters() if q.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
+    return not bool(torch.isfinite(torch.as_tensor(grad_norm)))
+
+
 def _micro_step(p: _Parts, batch: dict, state: TrainState) -> dict | None:
     """Forward, regularizer terms, backward and (when the accumulation is complete) the optimizer step; returns the
-    step's log record, or None for a micro-batch that only accumulated gradients."""
+    step's log record, or None for a micro-batch that only accumulated gradients. A step with a non-finite loss or
+    gradient does not change the weights (nor, after it, the regularizers' state) and is counted."""
     acc, cfg = p.accelerator, p.cfg
     if p.job.augment is not None:
         batch = p.job.augment(batch)
@@ -140,32 +159,50 @@ def _micro_step(p: _Parts, batch: dict, state: TrainState) -> dict | None:
         loss = regularized_loss(result["loss"], reg_terms)
         terms = {"task": result["loss"], **reg_terms}
         acc.backward(loss)
-        grad_norm = None
+        p.bad_loss = p.bad_loss or not bool(torch.isfinite(loss.detach()))
+        grad_norm, skip = None, False
         if acc.sync_gradients:
             for reg in p.regularizers:
                 reg.before_step(p.model)
             if cfg.max_grad_norm > 0:
                 grad_norm = acc.clip_grad_norm_(p.model.parameters(), cfg.max_grad_norm)
-        p.optimizer.step()
+            skip = _nonfinite(p, grad_norm)
+        if not (skip and acc.mixed_precision != "fp16"):  # (while accumulating, step() is accelerate's no-op)
+            p.optimizer.step()
         p.optimizer.zero_grad()
     state.batch_in_epoch += 1
     state.examples += len(next(v for v in batch.values() if isinstance(v, torch.Tensor))) * acc.num_processes
     if not acc.sync_gradients:
         return None
+    p.bad_loss = False
     lr = max(p.scheduler.get_last_lr())  # the rate this step used (the top layer's, under layer decay)
     p.scheduler.step()
-    if not acc.optimizer_step_was_skipped:  # fp16: the grad scaler skips steps with inf gradients
+    if not skip and not acc.optimizer_step_was_skipped:  # fp16: the grad scaler skips steps with inf gradients
         for reg in p.regularizers:  # the teacher moves, and step counters advance, only with the weights
             reg.after_step(p.model)
     state.step += 1
+    state.nonfinite_run = state.nonfinite_run + 1 if skip else 0
+    state.nonfinite_steps += int(skip)
     # Logged values are this process's micro-batch; reduced only on the main-metric path (eval).
     record = {"type": "train", "step": state.step, "epoch": state.epoch, "lr": lr,
               **{k: float(v.detach()) for k, v in terms.items()}, "loss": float(loss.detach())}
     if grad_norm is not None:
         record["grad_norm"] = float(grad_norm)
+    if state.nonfinite_steps:
+        record["nonfinite_steps"] = state.nonfinite_steps  # steps skipped so far
     for reg in p.regularizers:  # values a regularizer reports beside its loss terms (e.g. an unweighted estimate)
         record.update(reg.log())
     return record
+
+
+def _check_diverged(p: _Parts, state: TrainState, record: dict) -> None:
+    """Stop after ``nonfinite_steps`` steps in a row that were skipped for non-finite values."""
+    limit = p.cfg.nonfinite_steps
+    if limit and state.nonfinite_run >= limit:
+        where = f"step {state.checkpoint_step}" if state.checkpoint_step >= 0 else "none written yet"
+        raise GentuneError(f"training diverged at step {state.step} (loss {record['loss']}): a non-finite loss or "
+                           f"gradient at {state.nonfinite_run} steps in a row, which did not change the weights; the "
+                           f"last good checkpoint is kept ({where}), and so is best/")
 
 
 def _evaluate(p: _Parts, state: TrainState, hooks: Hooks) -> dict | None:
@@ -178,7 +215,8 @@ def _evaluate(p: _Parts, state: TrainState, hooks: Hooks) -> dict | None:
     # epochs trained (fractional for mid-epoch evaluations; the final one counts its last epoch)
     hooks.log({"type": "eval", "step": state.step, "epoch": round(state.step / p.steps_per_epoch, 4), **metrics})
     value = (1.0 if p.job.greater_is_better else -1.0) * metrics[p.job.main_metric]
-    best = state.best_metric is None or value > state.best_metric
+    finite = all(math.isfinite(v) for v in metrics.values() if isinstance(v, (int, float)))
+    best = finite and (state.best_metric is None or value > state.best_metric)  # a diverged model is never best
     if best:
         state.best_metric, state.best_step, state.best_dev = value, state.step, metrics
     hooks.evaluated(p.model, metrics, state, best)
@@ -191,12 +229,22 @@ def _epoch_end(p: _Parts, state: TrainState, hooks: Hooks) -> None:
     every = p.cfg.eval_every_epochs
     if every > 0 and state.epoch % every == 0 and state.last_eval_step != state.step:
         _evaluate(p, state, hooks)
-    hooks.checkpoint(state)
+    _checkpoint(p, state, hooks)
+
+
+def _checkpoint(p: _Parts, state: TrainState, hooks: Hooks) -> None:
+    """A resume point, unless the run is in a streak of skipped steps (the last good checkpoint stays)."""
+    if not state.nonfinite_run:
+        state.checkpoint_step = state.step
+        hooks.checkpoint(state, _saver(p, state))
+
+
+def _saver(p: _Parts, state: TrainState) -> Callable[[Path], None]:
+    return functools.partial(save_training, p.accelerator, p.model, p.optimizer, p.scheduler, p.regularizers, state)
 
 
 def _resume(p: _Parts, checkpoint: Path) -> TrainState:
-    p.accelerator.load_state(str(checkpoint))
-    return TrainState(**json.loads((Path(checkpoint) / STATE_FILE).read_text()))
+    return load_training(p.accelerator, p.model, p.optimizer, p.scheduler, p.regularizers, checkpoint)
 
 
 def _train(p: _Parts, hooks: Hooks, resume_from) -> tuple[TrainState, dict | None]:
@@ -223,19 +271,20 @@ def _train(p: _Parts, hooks: Hooks, resume_from) -> tuple[TrainState, dict | Non
             continue
         clock.step_done()
         hooks.log(record)
+        _check_diverged(p, state, record)
         if cfg.eval_steps > 0 and state.step % cfg.eval_steps == 0 and state.step < p.total_steps:
             with clock.paused():
                 _evaluate(p, state, hooks)
         bar.update(record, state)
         if state.step < p.total_steps and cfg.save_steps > 0 and state.step % cfg.save_steps == 0:
             with clock.paused():
-                hooks.checkpoint(state)
+                _checkpoint(p, state, hooks)
     clock.stop()
     bar.close()
     # a run resumed from a checkpoint taken right after its last evaluation has that evaluation in its state
     final_dev = state.last_dev if state.last_eval_step == state.step and state.last_dev is not None \
         else _evaluate(p, state, hooks)
-    hooks.finished(state)
+    hooks.finished(state, _saver(p, state))
     return state, final_dev
 
 
@@ -256,13 +305,11 @@ def fit(job: Job, cfg, accelerator=None, hooks: Hooks | None = None, resume_from
     """
     acc = accelerator if accelerator is not None else make_accelerator(cfg)
     hooks = hooks or Hooks()
-    registered = len(acc._custom_objects)  # accelerate keeps checkpointed objects in this list (no public way out)
     p = _prepare(job, cfg, acc, regularizers)
     try:
         state, final_dev = _train(p, hooks, resume_from)
         model = acc.unwrap_model(p.model)
-    finally:  # also after an error, so the next fit on this accelerator checkpoints only its own objects
-        del acc._custom_objects[registered:]
+    finally:  # also after an error: the accelerator keeps nothing of this run
         acc.free_memory()
     return Fit(model, final_dev, state, p.total_steps, p.steps_per_epoch, p.regularizers, acc)
 

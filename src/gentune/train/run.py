@@ -10,12 +10,12 @@ same OUT is refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -23,16 +23,18 @@ import torch
 
 from ..config import dump_yaml, load_saved
 from ..errors import GentuneError
-from ..fs import recover_dir, swap_into, write_json_atomic, write_text_atomic
+from ..fs import (LOCK, io_error, write_errors, dumps_strict, folder_lock, recover_dir, swap_into, write_json_atomic,
+                  write_text_atomic)
 from ..regularizers.base import parse_specs
 from ..report import read_log
 from .job import Job
 from .loop import Fit, Hooks, fit
-from .state import STATE_FILE, TrainState, make_accelerator
+from .resume import read_state
+from .state import TrainState, make_accelerator
 
 CHECKPOINT = "checkpoint"
 # Keys that do not change the result may differ between the original command and its rerun.
-IGNORED_ON_RERUN = {"out", "save_steps", "keep_checkpoint", "eval_batch_size"}
+IGNORED_ON_RERUN = {"out", "save_steps", "keep_checkpoint", "eval_batch_size", "overwrite"}
 
 
 class _Log:
@@ -48,17 +50,51 @@ class _Log:
     def write(self, record: dict) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(dumps_strict(record) + "\n")  # a NaN loss is written null, and named in "nonfinite"
 
 
-def _check_out_writable(out: Path) -> None:
-    """OUT is a folder, or can be made one, before any model or data is loaded."""
+def _input_paths(cfg) -> list[Path]:
+    """The data and model paths a config reads (its own fields and its methods' ``data`` options) that exist."""
+    names = ("data", "dev", "train", "data_dir", "init", "model", "pretrain_data")
+    found = [getattr(cfg, n, None) for n in names]
+    for options in [*getattr(cfg, "regularizer_options", {}).values(), *getattr(cfg, "objective_options", {}).values()]:
+        found.append(options.get("data"))
+    return [Path(str(p)).expanduser() for p in found if isinstance(p, str) and p and Path(p).expanduser().exists()]
+
+
+def _check_out(out: Path, cfg) -> None:
+    """OUT can hold this run, before anything is loaded or written: a folder (or one to make), writable, not inside
+    any data it reads, and not a folder of something else (unless ``overwrite``)."""
     if out.exists() and not out.is_dir():
         raise GentuneError(f"--out {out}: exists and is not a folder")
+    target = out.resolve()
+    for p in _input_paths(cfg):
+        source = p.resolve()
+        if target == source or source in target.parents:
+            raise GentuneError(f"--out {out}: inside the input {p}; a run writes its files there (use another --out)")
+    if out.is_dir():
+        try:
+            probe = out / f".gentune-probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            raise GentuneError(f"--out {out}: cannot write in it ({e.strerror or e})") from None
+        names = sorted({f.name for f in out.iterdir()} - {LOCK})
+        if "config.yaml" not in names and names and not cfg.overwrite:  # no run of ours: whose files are these?
+            raise GentuneError(f"--out {out}: holds files of its own ({', '.join(names[:3])}"
+                               f"{', ...' if len(names) > 3 else ''}) and no gentune run; use an empty or new folder "
+                               "(or --set overwrite=true to write into it anyway)")
+
+
+def _make_out(out: Path) -> bool:
+    """Create OUT if needed; whether it was created (so a failed start can take it away again)."""
+    if out.is_dir():
+        return False
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True)
     except OSError as e:
         raise GentuneError(f"--out {out}: cannot create it ({e.strerror or e})") from None
+    return True
 
 
 def _check_out_dir(out: Path, cfg) -> str:
@@ -95,18 +131,22 @@ def _check_out_dir(out: Path, cfg) -> str:
     return "resume" if recover_dir(out / CHECKPOINT) else "new"
 
 
-def save_resume_checkpoint(accelerator, out: Path, state: TrainState) -> None:
-    """OUT/checkpoint: accelerate's state (model, optimizer, scheduler, regularizers, RNGs) and the loop's, written
-    to a temporary folder and swapped in."""
+def save_resume_checkpoint(accelerator, out: Path, save: Callable[[Path], None]) -> None:
+    """OUT/checkpoint: what ``save(directory)`` writes (the training state, :mod:`gentune.train.resume`), into a
+    temporary folder swapped in once complete, so a kill never leaves a half-written checkpoint."""
     ckpt = out / CHECKPOINT
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    try:
+        save(tmp)
+    except write_errors() as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise io_error(ckpt, e) from e
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json_atomic(tmp / STATE_FILE, asdict(state))
         swap_into(tmp, ckpt)
     accelerator.wait_for_everyone()
 
@@ -118,14 +158,7 @@ def begin(cfg):
     """
     from accelerate.utils import set_seed
 
-    from ..registry import create
-
-    cfg.validate()
-    for name, options, _ in parse_specs([{n: cfg.regularizer_options.get(n, {})} for n in cfg.regularizer],
-                                        unique=True):
-        create("regularizer", name, **options)  # unknown names and bad option values fail before any work
     out = Path(cfg.out)
-    _check_out_writable(out)
     status = _check_out_dir(out, cfg)
     if status == "done":
         return json.loads((out / "summary.json").read_text())
@@ -135,6 +168,17 @@ def begin(cfg):
             raise GentuneError(f"{key} {getattr(cfg, key)} is not divisible by {accelerator.num_processes} processes")
     set_seed(cfg.seed)
     return accelerator, status
+
+
+def _check(cfg) -> None:
+    """What can be checked before OUT is touched: values, regularizer names and options, OUT itself."""
+    from ..registry import create
+
+    cfg.validate()
+    for name, options, _ in parse_specs([{n: cfg.regularizer_options.get(n, {})} for n in cfg.regularizer],
+                                        unique=True):
+        create("regularizer", name, **options)  # unknown names and bad option values fail before any work
+    _check_out(Path(cfg.out), cfg)
 
 
 class _RunFolder(Hooks):
@@ -151,16 +195,21 @@ class _RunFolder(Hooks):
     def evaluated(self, model, metrics: dict, state: TrainState, best: bool) -> None:
         if best and self.cfg.save_model and self.job.save is not None and self.job.save_best:
             self.acc.wait_for_everyone()
-            if self.main:
-                self.job.save(self.acc.unwrap_model(model), self.out / "best",
-                              {**self.job.meta, "step": state.step, "dev": metrics})
+            unwrapped = self.acc.unwrap_model(model)
+            if self.main and finite_weights(unwrapped):  # a diverged model never replaces a good best/
+                self.job.save(unwrapped, self.out / "best", {**self.job.meta, "step": state.step, "dev": metrics})
 
-    def checkpoint(self, state: TrainState) -> None:
-        save_resume_checkpoint(self.acc, self.out, state)
+    def checkpoint(self, state: TrainState, save) -> None:
+        save_resume_checkpoint(self.acc, self.out, save)
 
-    def finished(self, state: TrainState) -> None:
+    def finished(self, state: TrainState, save) -> None:
         if self.cfg.keep_checkpoint:  # a final resume checkpoint, for inspection or continued training
-            save_resume_checkpoint(self.acc, self.out, state)
+            save_resume_checkpoint(self.acc, self.out, save)
+
+
+def finite_weights(model: torch.nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer of ``model`` is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
 
 
 def summarize(cfg, job: Job, result: Fit) -> dict:
@@ -177,6 +226,7 @@ def summarize(cfg, job: Job, result: Fit) -> dict:
         "train_examples": len(job.train_set),
         "dev_examples": len(job.dev_set) if job.dev_set is not None and job.evaluate is not None else 0,
         "train_steps": state.step,
+        "nonfinite_steps": state.nonfinite_steps,  # skipped: a non-finite loss or gradient
         "epochs": state.step / result.steps_per_epoch,
         "train_seconds": state.train_seconds,
         "seconds_per_step": state.train_seconds / max(state.step, 1),
@@ -203,6 +253,8 @@ def _finish(cfg, job: Job, result: Fit, summary: dict) -> None:
     if cfg.save_model and job.save is not None and (not job.save_best or not dev):
         # pretraining keeps its final model; so does fine-tuning without validation data (no best to pick)
         name = job.final_name if not job.save_best else "best"
+        if not finite_weights(result.model):
+            raise GentuneError(f"{out}: the final model has non-finite weights; not saved as {name}/")
         job.save(result.model, out / name, {**job.meta, "step": result.state.step, "dev": result.final_dev})
     if job.on_end is not None:
         job.on_end(result.model, out)
@@ -220,20 +272,35 @@ def run(cfg, job: Job | Callable) -> dict:
         cfg: a :class:`gentune.config.RunConfig` (a task's config).
         job: a :class:`Job`, or ``job(cfg) -> Job`` (a task's ``build``), called once OUT is checked and the RNGs
             are seeded, so that nothing is loaded for a finished run or a refused OUT.
+
+    OUT is refused when it is a folder of something else, lies inside the data, or another run holds its lock; a
+    start that fails before the run wrote anything leaves no folder behind.
     """
+    _check(cfg)
+    out = Path(cfg.out)
+    main = int(os.environ.get("RANK", "0")) == 0  # before the accelerator exists: torchrun's rank
+    created = _make_out(out) if main else False
+    try:
+        with folder_lock(out) if main else contextlib.nullcontext():
+            return _run_in(cfg, job, out)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed start: nothing of the run to keep
+        raise
+
+
+def _run_in(cfg, job, out: Path) -> dict:
     started = begin(cfg)
     if isinstance(started, dict):
         return started
     accelerator, status = started
     if not isinstance(job, Job):
         job = job(cfg)
-    out = Path(cfg.out)
     checkpoint = recover_dir(out / CHECKPOINT) if status == "resume" else None
     if checkpoint is None and accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "config.yaml", dump_yaml(cfg))
     accelerator.wait_for_everyone()
-    resume_step = json.loads((checkpoint / STATE_FILE).read_text())["step"] if checkpoint else -1
+    resume_step = read_state(checkpoint).step if checkpoint else -1
     result = fit(job, cfg, accelerator, _RunFolder(cfg, job, accelerator, resume_step), checkpoint)
     summary = summarize(cfg, job, result)
     accelerator.wait_for_everyone()

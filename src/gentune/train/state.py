@@ -29,6 +29,9 @@ class TrainState:
     best_dev: dict | None = None
     last_eval_step: int = -1
     last_dev: dict | None = None  # the latest evaluation: the final metrics when the run ends right after it
+    nonfinite_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradient
+    nonfinite_run: int = 0  # of those, how many in a row up to now
+    checkpoint_step: int = -1  # the step of the last resume checkpoint
 
 
 class EpochSampler(torch.utils.data.Sampler):
