@@ -132,22 +132,33 @@ def test_validate():
         apply_mapping(ImageClassificationConfig(), {"out": "x"}, "t").validate()
 
 
-def test_every_recipe_loads_and_validates():
-    """configs/**.yaml: known keys, valid values for their task, and a first line that is the command that
-    runs it."""
+def test_every_recipe_loads_and_validates(tmp_path):
+    """The packaged recipes (gentune/recipes/**.yaml): known keys, valid values for their task once the data they
+    ask for is given, a first line that is the command that runs it (by name), a second that says what it is; each
+    is found by name, and `configs/` (the repository's link to them) holds the same files."""
     from pathlib import Path
 
-    from gentune.config import read_yaml
+    import gentune
+    from gentune.config import read_yaml, recipe_path
     from gentune.tasks import for_name, for_objective
 
-    root = Path(__file__).resolve().parents[1] / "configs"
+    root = Path(gentune.__file__).parent / "recipes"
     recipes = sorted(root.rglob("*.yaml"))
-    assert len(recipes) >= 4
+    assert len(recipes) >= 6 and any("lora" in p.name for p in recipes)
+    link = Path(__file__).resolve().parents[1] / "configs"
+    assert sorted(p.relative_to(link) for p in link.rglob("*.yaml")) == [p.relative_to(root) for p in recipes]
     for path in recipes:
-        first = path.read_text().splitlines()[0]
-        assert first.startswith("# gentune ") and f"--config configs/{path.relative_to(root)}" in first, path
-        data = read_yaml(path)
+        first, second = path.read_text().splitlines()[:2]
+        assert first.startswith(f"# gentune {path.parent.name} --config {path.stem} "), path
+        assert second.startswith("# ") and len(second) > 20, path
+        assert recipe_path(path.stem) == path
+        data = read_yaml(path.stem)
+        assert data == read_yaml(path)
         task = for_objective(data.get("objective", "mae")) if path.parent.name == "pretrain" \
             else for_name(data["task"])
-        cfg = apply_mapping(load_yaml(task.config(), str(path)), {"out": "runs/x"}, "test")
+        needs = {"out": str(tmp_path / "x")}
+        if "--data " in first:  # the image recipes name no data path: the command gives it
+            needs["data"] = str(tmp_path)
+            assert "data" not in data, path
+        cfg = apply_mapping(load_yaml(task.config(), str(path)), needs, "test")
         cfg.validate()

@@ -1,4 +1,5 @@
-"""The ``gentune`` command line: ``finetune``, ``pretrain``, ``evaluate``, ``diagnose``, ``list``.
+"""The ``gentune`` command line: ``finetune``, ``pretrain``, ``evaluate``, ``diagnose``, ``compare``, ``list``,
+``recipes``.
 
 Every training command takes its task's config (:mod:`gentune.tasks`) from, in order of precedence, the config's
 defaults < ``--config FILE.yaml`` < explicit flags < ``--set key=value``, all through one typed path
@@ -25,9 +26,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _config_flags(p: argparse.ArgumentParser, options: str) -> None:
-    p.add_argument("--config", help="YAML file of config keys (flags and --set override it)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override any config key, or {options}")
+    p.add_argument("--config", help="YAML file of config keys, or a packaged recipe's name (gentune recipes); "
+                                    "flags and --set override it")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help=f"override any config key (listed below), or {options}; several after one --set")
 
 
 def _run_flags(p: argparse.ArgumentParser, defaults, options: str) -> None:
@@ -38,14 +40,18 @@ def _run_flags(p: argparse.ArgumentParser, defaults, options: str) -> None:
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {defaults.lr:g})")
     p.add_argument("--seed", type=int)
     p.add_argument("--regularizer", action="extend", nargs="+", metavar="NAME", help="regularizer(s) to add")
+    p.add_argument("--report-to", action="extend", nargs="+", metavar="TRACKER",
+                   help="log to experiment trackers: tensorboard, wandb, mlflow, trackio (several allowed; "
+                        "default none)")
     _config_flags(p, options)
 
 
 FINETUNE_FLAGS = ("task", "out", "data_dir", "train", "dev", "model", "epochs", "max_steps", "batch_size", "lr",
                   "max_length", "train_size", "seed", "regularizer", "data", "init", "classes", "labels_per_class",
-                  "linear_probe")
+                  "linear_probe", "report_to", "test", "dataset", "dataset_config", "text_column",
+                  "text_pair_column", "label_column", "labels", "peft")
 PRETRAIN_FLAGS = ("objective", "data", "out", "model", "epochs", "max_steps", "batch_size", "lr", "seed",
-                  "regularizer")
+                  "regularizer", "report_to")
 DIAGNOSE_FLAGS = ("checkpoint", "task", "data", "pretrain_data", "out", "max_examples", "n_sigma", "bound", "mlp",
                   "seed")
 
@@ -54,11 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     from .tasks.image_pretraining import ImagePretrainingConfig
     from .tasks.text_classification import TextClassificationConfig
 
+    from .version import __version__
+
     p = _Parser(prog="gentune", description="Generalization-aware pretraining and fine-tuning.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    p.add_argument("--version", action="version", version=f"gentune {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     ft = sub.add_parser("finetune", help="fine-tune on a text-classification task or an image folder",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_keys_epilog("finetune"),
                         description="Fine-tune a Hugging Face sequence classifier (text tasks) or an image encoder "
                                     "(--task image-classification). Rerunning with the same --out resumes "
                                     "from the last checkpoint (or returns the finished run's summary). A task's "
@@ -67,9 +77,25 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", help="run directory (config, metrics, plots, best model, summary)")
     src = ft.add_argument_group("data (default: --data-dir, else $GENTUNE_DATA, else the Hugging Face Hub)")
     src.add_argument("--data-dir", help="a GLUE/LM-BFF tree (full/<TASK>/...) or a folder with train/dev files")
-    src.add_argument("--train", help="training file (.json, .tsv or .csv in the task's layout)")
-    src.add_argument("--dev", help="dev file (.json, .tsv or .csv in the task's layout); images: a validation "
-                                   "image folder or archive")
+    src.add_argument("--train", help="training file: .json, .tsv or .csv in the task's layout, or your own "
+                                     "CSV/TSV/JSON/JSONL with a header")
+    src.add_argument("--dev", help="dev file, in the format of --train; images: a validation image folder or "
+                                   "archive")
+    src.add_argument("--test", help="a labelled file (text tasks) scored with the best model at the end "
+                                    "(OUT/test.json)")
+    own = ft.add_argument_group("your own text data (task text-classification, the default with --train or "
+                                "--dataset and no --task)")
+    own.add_argument("--dataset", help="a datasets name (the Hub when online; a local dataset folder) or a "
+                                       "save_to_disk DatasetDict folder, with train and validation splits")
+    own.add_argument("--dataset-config", help="the dataset's configuration name")
+    own.add_argument("--text-column", help="column of the text (default text)")
+    own.add_argument("--text-pair-column", help="column of a second text, used when present (default text_pair)")
+    own.add_argument("--label-column", help="column of the label (default label)")
+    own.add_argument("--labels", type=lambda v: [c.strip() for c in v.split(",") if c.strip()],
+                     help="comma-separated label set in index order (default: the training labels, sorted); "
+                          "--set regression=true for scores")
+    ft.add_argument("--peft", metavar="METHOD", help="train a PEFT adapter (lora, ia3, ...) instead of the whole "
+                                                     "model; its options: --set peft.r=8 peft.alpha=16")
     img = ft.add_argument_group("image-classification")
     img.add_argument("--data", help="an image folder <root>/<class>/<file>, or a .tar.gz of one")
     img.add_argument("--init", help="a pretrained encoder: a `gentune pretrain` run folder or its encoder/, or none")
@@ -84,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     _run_flags(ft, TextClassificationConfig(), "a regularizer option as NAME.OPTION=VALUE")
 
     pt = sub.add_parser("pretrain", help="unsupervised pretraining of an image encoder (mae, context-encoder)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_keys_epilog("pretrain"),
                         description="Pretrain an image encoder on an image folder or archive (labels ignored); "
                                     "saves OUT/encoder for `gentune finetune --task image-classification --init`. "
                                     "Rerunning with the same --out resumes.")
@@ -121,8 +148,58 @@ def _parser() -> argparse.ArgumentParser:
                                                   "an image folder/archive for image-classification")
     ev.add_argument("--batch-size", type=int, default=64)
 
-    sub.add_parser("list", help="tasks, models, objectives and regularizers")
+    ls = sub.add_parser("list", help="tasks, models, objectives and regularizers; `gentune list NAME`: one with its "
+                                     "options")
+    ls.add_argument("name", nargs="?", help="a task (or --task name), objective or regularizer; `run`: every run's "
+                                            "options")
+
+    cp = sub.add_parser("compare", help="runs side by side: a table of their summaries and their dev curves overlaid",
+                        description="A table of the runs' summaries (task, model, regularizers, seed, metrics, "
+                                    "time) and one plot of their dev curves; with --out, OUT/compare.md and "
+                                    "OUT/compare.png.")
+    cp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="gentune run folders (finished or not)")
+    cp.add_argument("--out", help="folder for compare.md and compare.png (default: print the table only)")
+
+    rc = sub.add_parser("recipes", help="the packaged YAML recipes; `gentune recipes cp NAME FILE` copies one")
+    rc.add_argument("action", nargs="?", choices=["list", "cp"], default="list")
+    rc.add_argument("recipe", nargs="?", help="the recipe to copy")
+    rc.add_argument("dest", nargs="?", help="where to copy it (a file or folder)")
     return p
+
+
+def _keys_epilog(stage: str) -> str:
+    """Every config key of the command's tasks, grouped, with its default and help (what --set takes)."""
+    import dataclasses
+    import textwrap
+
+    from .catalog import type_name
+    from .config import RunConfig, help_of
+    from .tasks import tasks
+
+    def block(title: str, cls, skip: set[str]) -> list[str]:
+        import typing
+
+        hints, helps = typing.get_type_hints(cls), help_of(cls)
+        lines = [f"{title}:"]
+        for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            head = f"  {f.name} ({type_name(hints[f.name])}, default {value!r}): "
+            lines += textwrap.wrap(helps.get(f.name, ""), width=118, initial_indent=head,
+                                   subsequent_indent=" " * 6) or [head]
+        return lines
+
+    run = {f.name for f in dataclasses.fields(RunConfig)}
+    out = ["config keys (--set KEY=VALUE, or KEY: VALUE in --config FILE.yaml):", ""]
+    for task in tasks(stage):
+        mine = {f.name for f in dataclasses.fields(task.config)}
+        redefined = {n for n in run & mine if task.config.__dataclass_fields__[n].default
+                     != RunConfig.__dataclass_fields__[n].default}
+        out += block(f"{task.name}", task.config, run - redefined) + [""]
+    out += block("every run", RunConfig, {"regularizer_options"})
+    out += ["", "A method's options: gentune list NAME (gentune list smart); --set NAME.OPTION=VALUE."]
+    return "\n".join(out)
 
 
 def _given(args, flags: tuple[str, ...]) -> dict:
@@ -172,8 +249,10 @@ def finetune_config(args):
     """The task config a ``gentune finetune`` command line asks for."""
     from .tasks import for_name
 
+    from .tasks.text_classification import implied_task
+
     data = _yaml(args)
-    name = _chosen("task", args, data, "")
+    name = implied_task(*(_chosen(k, args, data, None) for k in ("task", "data_dir", "train", "dataset")))
     task = for_name(str(name) if name is not None else "")
     return _fill(task.config, args, _given(args, FINETUNE_FLAGS), data, args.config,
                  f"task {name!r} ({task.name})")
@@ -234,7 +313,10 @@ def _cmd_diagnose(args) -> int:
         lin = row["complexity"]["linear"]
         print(f"{row['checkpoint']}: R_linear {lin['estimate']:.4f} [{lin['ci_low']:.4f}, {lin['ci_high']:.4f}], "
               f"bound {lin['bound']:.4f}")
-    print(f"-> {cfg.out}/diagnostics.json, {cfg.out}/report.html")
+    for warning in res.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"-> {cfg.out}/diagnostics.json, {cfg.out}/report.html"
+          + (f" ({len(res['warnings'])} warning(s): see above and the report)" if res.get("warnings") else ""))
     return 0
 
 
@@ -247,25 +329,29 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_list(args) -> int:
-    from . import registry
-    from .tasks import tasks
+    from .catalog import describe, overview
 
-    lines = {"tasks": [], "models": []}
-    for task in tasks("finetune"):
-        described = task.describe() if task.describe else ([f"{task.name}  {task.summary}"], [])
-        lines["tasks"] += described[0]
-        lines["models"] += described[1]
-    for task in tasks("pretrain"):
-        lines["tasks"].append(f"{task.name}  (gentune pretrain --objective {'|'.join(task.objectives)}) "
-                              f"{task.summary}")
-    for kind, rows in lines.items():
-        print(f"{kind}:")
-        for row in rows:
-            print(f"  {row}")
-    for kind in ("objective", "regularizer"):
-        print(f"{kind}s:")
-        for e in registry.entries(kind):
-            print(f"  {e.name:<24} {e.summary}")
+    print(describe(args.name) if args.name else overview())
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .compare import compare
+
+    print(compare(args.runs, args.out))
+    return 0
+
+
+def _cmd_recipes(args) -> int:
+    from .catalog import copy_recipe, recipes_table
+
+    if args.action == "cp":
+        if not (args.recipe and args.dest):
+            raise GentuneError("gentune recipes cp NAME FILE: give the recipe and where to copy it")
+        target = copy_recipe(args.recipe, args.dest)
+        print(f"copied {args.recipe} to {target}; run it with --config {target}")
+        return 0
+    print(recipes_table())
     return 0
 
 
@@ -273,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     commands = {"finetune": _cmd_finetune, "pretrain": _cmd_pretrain, "evaluate": _cmd_evaluate,
-                "diagnose": _cmd_diagnose, "list": _cmd_list}
+                "diagnose": _cmd_diagnose, "list": _cmd_list, "recipes": _cmd_recipes,
+                "compare": _cmd_compare}
     try:
         return commands[args.command](args)
     except GentuneError as e:

@@ -27,9 +27,24 @@ import yaml
 
 from .errors import GentuneError
 
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio", "aim", "comet_ml", "clearml", "dvclive", "swanlab")
+
 # the option mappings of a config, by the registry kind of their keys
 OPTION_FIELDS = {"regularizer_options": "regularizer", "objective_options": "objective"}
 _NULLS = ("null", "none", "~", "")
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory=None):
+    """A config field with its help text (shown by ``--help`` and ``gentune list``): ``opt(3.0, "epochs")``, or
+    ``opt(factory=list, help=...)`` for a mutable default."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def help_of(cls) -> dict[str, str]:
+    """The help text of every field of a config class."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
 @dataclass
@@ -37,36 +52,46 @@ class RunConfig:
     """What every run of the training loop has: schedule, optimizer, checkpoints, regularizers. Field names equal
     the CLI flags (``--batch-size`` -> ``batch_size``)."""
 
-    out: str = ""
-    epochs: float = 3.0
-    max_steps: int = 0  # > 0 overrides epochs
-    batch_size: int = 16  # global batch per optimizer micro-step, split across processes
-    eval_batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    adam_eps: float = 1e-8
-    adam_beta2: float = 0.999
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0  # <= 0 disables clipping
-    grad_accum: int = 1
-    seed: int = 42
-    regularizer: list[str] = field(default_factory=list)
-    regularizer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
-    eval_steps: int = 0  # > 0: also evaluate every N optimizer steps
-    eval_every_epochs: int = 1  # evaluate at the end of every N-th epoch (0: never; the end of the run always)
-    save_steps: int = 50  # resume checkpoint every N optimizer steps (and at each epoch end)
-    save_model: bool = True  # write the best (fine-tuning) or final (pretraining) model
-    keep_checkpoint: bool = False  # keep OUT/checkpoint (optimizer state) after a finished run
-    nonfinite_steps: int = 5  # stop after this many optimizer steps in a row with a non-finite loss or gradient (0: never)
-    overwrite: bool = False  # allow an --out folder that holds files of something else than a gentune run
+    out: str = opt("", "run folder: config, metrics, plots, best model, summary (required)")
+    epochs: float = opt(3.0, "training epochs (fractions allowed)")
+    max_steps: int = opt(0, "optimizer steps; > 0 overrides epochs")
+    batch_size: int = opt(16, "global batch per optimizer micro-step, split across processes")
+    eval_batch_size: int = opt(64, "batch size of evaluation")
+    lr: float = opt(1e-4, "peak learning rate (AdamW, linear warm-up then linear decay)")
+    weight_decay: float = opt(0.01, "AdamW weight decay (not on biases and norms)")
+    adam_eps: float = opt(1e-8, "AdamW epsilon")
+    adam_beta2: float = opt(0.999, "AdamW beta2")
+    warmup_ratio: float = opt(0.1, "share of the steps with a linear warm-up")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm; <= 0 disables clipping")
+    grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
+    seed: int = opt(42, "seeds the model's initialisation, the data order, dropout, noise and masks")
+    regularizer: list[str] = opt(factory=list, help="regularizers added to the loss (gentune list)")
+    regularizer_options: dict[str, dict[str, Any]] = opt(
+        factory=dict, help="a regularizer's options: {name: {option: value}}, or --set NAME.OPTION=VALUE")
+    mixed_precision: str = opt("auto", "auto (bf16 where a GPU supports it) | no | bf16 | fp16")
+    eval_steps: int = opt(0, "> 0: also evaluate every N optimizer steps")
+    eval_every_epochs: int = opt(1, "evaluate at the end of every N-th epoch (0: never; the end of the run always)")
+    save_steps: int = opt(50, "resume checkpoint every N optimizer steps (and at each epoch end)")
+    save_model: bool = opt(True, "write the best (fine-tuning) or final (pretraining) model")
+    keep_checkpoint: bool = opt(False, "keep OUT/checkpoint after a finished run, to train it further")
+    nonfinite_steps: int = opt(5, "stop after this many optimizer steps in a row with a non-finite loss or "
+                                  "gradient (0: never)")
+    overwrite: bool = opt(False, "allow an --out folder that holds files of something else than a gentune run")
+    report_to: list[str] = opt(factory=list, help="experiment trackers: tensorboard, wandb, mlflow, trackio "
+                                                  "(Accelerate's); several allowed")
+    log_every: int = opt(0, "when stderr is not a terminal, a progress line every N optimizer steps (0: about "
+                            "every 30 seconds)")
+
+    def __post_init__(self):
+        if "none" in self.report_to:  # --report-to none: the explicit default
+            self.report_to = [t for t in self.report_to if t != "none"]
 
     def _checks(self) -> list[tuple[bool, str]]:
         finite = [k for k in ("epochs", "lr", "weight_decay", "adam_eps", "adam_beta2", "warmup_ratio",
                               "max_grad_norm") if not math.isfinite(getattr(self, k))]
         return [
             (bool(self.out), "out is required (--out)"),
-            (not finite, f"{finite[0] if finite else ''} must be a finite number, got {getattr(self, finite[0]) if finite else ''}"),
+            (not finite, f"{finite[0]} must be a finite number, got {getattr(self, finite[0])}" if finite else ""),
             (self.max_steps >= 0, f"max_steps must be >= 0 (0: train for epochs), got {self.max_steps}"),
             (self.epochs > 0 or self.max_steps > 0, "epochs must be positive (or set max_steps)"),
             (self.batch_size > 0, "batch_size must be positive"),
@@ -80,6 +105,10 @@ class RunConfig:
             (self.eval_steps >= 0, f"eval_steps must be >= 0 (0: only at epoch ends), got {self.eval_steps}"),
             (self.save_steps >= 0, f"save_steps must be >= 0 (0: only at epoch ends), got {self.save_steps}"),
             (self.nonfinite_steps >= 0, f"nonfinite_steps must be >= 0 (0: never stop), got {self.nonfinite_steps}"),
+            (self.log_every >= 0, f"log_every must be >= 0 (0: about every 30 seconds), got {self.log_every}"),
+            (not set(self.report_to) - set(TRACKERS), f"report_to: unknown tracker "
+             f"{sorted(set(self.report_to) - set(TRACKERS))[0] if set(self.report_to) - set(TRACKERS) else ''} "
+             f"(known: {', '.join(TRACKERS)}, none)"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
             (self.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed_precision must be auto, no, bf16 or fp16"),
         ]
@@ -123,11 +152,24 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
+RECIPES = Path(__file__).parent / "recipes"
+
+
+def recipe_path(name: str) -> Path | None:
+    """The packaged recipe called ``name`` (``rte_smart``, ``finetune/rte_smart``, with or without ``.yaml``)."""
+    stem = name.removesuffix(".yaml")
+    found = sorted(p for p in RECIPES.rglob("*.yaml") if stem in (p.stem, f"{p.parent.name}/{p.stem}"))
+    return found[0] if found else None
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
-    """A YAML file's mapping; a missing, non-UTF-8, malformed or non-mapping file is a one-line error."""
+    """A YAML file's mapping (a file, else a packaged recipe of that name: ``gentune recipes``); a missing,
+    non-UTF-8, malformed or non-mapping file is a one-line error."""
     p = Path(path)
+    if not p.is_file() and recipe_path(str(path)) is not None:
+        p = recipe_path(str(path))
     if not p.is_file():
-        raise GentuneError(f"{p}: no such config file")
+        raise GentuneError(f"{p}: no such config file (nor a recipe of that name: gentune recipes)")
     try:
         data = parse_yaml(p.read_text()) or {}
     except UnicodeDecodeError as e:
@@ -190,7 +232,7 @@ def _structured(schema, values: dict | None = None):
 def _typed(schema, data: dict, source: str, prefix: str | None = "") -> Any:
     """``data`` merged into ``schema`` (a dataclass or an instance) through OmegaConf: converted values, or a
     one-line error naming ``source`` and the key (``prefix`` None: ``source`` names the key already)."""
-    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+    from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
 
     cls = schema if isinstance(schema, type) else type(schema)
     hints = _hints(cls)
@@ -206,6 +248,9 @@ def _typed(schema, data: dict, source: str, prefix: str | None = "") -> Any:
     except ConfigKeyError as e:
         key = str(getattr(e, "key", None) or getattr(e, "full_key", "?"))
         raise GentuneError(f"{source}: unknown config key {(prefix or '') + key!r}") from None
+    except InterpolationResolutionError as e:  # ${oc.env:NAME} of a variable that is not set
+        key = str(getattr(e, "full_key", "") or "").split(".")[0] or "?"
+        raise GentuneError(f"{where(key)}: {str(e).splitlines()[0]}") from None
     except OmegaConfBaseException as e:
         key = str(getattr(e, "full_key", "") or "").split(".")[0] or "?"
         raise GentuneError(f"{where(key)}: expected {_kind(hints.get(key, Any))}, got {data.get(key, '?')!r}") \
@@ -322,6 +367,12 @@ def apply_overrides(cfg, overrides: list[str]):
             parts = parts[1:]
         if len(parts) == 1 and parts[0] in fields:
             cfg = apply_mapping(cfg, {parts[0]: _parse_value(text, fields[parts[0]])}, f"--set {key}", None)
+            continue
+        if len(parts) == 2 and f"{parts[0]}_options" in fields and parts[0] not in kinds:
+            # a free mapping (peft.r=8): checked by what reads it, values read as YAML ([query,value] is a list)
+            options = dict(getattr(cfg, f"{parts[0]}_options"))
+            options[parts[1]] = _parse_value(text, Any)
+            cfg = apply_mapping(cfg, {f"{parts[0]}_options": options}, f"--set {key}", None)
             continue
         found = _method_name(kinds, parts[0]) if len(parts) == 2 else None
         if found is None:

@@ -20,12 +20,13 @@ import io
 import json
 import sys
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .config import opt
 from .errors import GentuneError
 from .fs import write_json_atomic, write_text_atomic
 
@@ -207,7 +208,7 @@ def _short(checkpoint: str) -> str:
 
 def _png(fig) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")  # no label cut at the figure's edge
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -240,35 +241,59 @@ def report_html(results: dict, projections: dict) -> str:
                  (f"{gap_key.removesuffix('_gap')} {gap[gap_key]:+.4f}"
                   + (" (best of several evaluations on the held-out set: optimistic)"
                      if gap.get("selected_on_heldout") else "") if gap_key in gap
-                  else html.escape(gap.get("error", "-"))) if gap else "-"]
+                  else "<b>not computed</b> (see the warnings)") if gap else "-"]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     figs = []
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    markers, styles = "osD^vP*X", ("-", "--", "-.", ":")
     for i, r in enumerate(rows):
         curve = r["complexity"]["curve"]
-        n = [c["n"] for c in curve]
-        ax.plot(n, [c["estimate"] for c in curve], marker="o", ms=3, color=f"C{i}", label=_short(r["checkpoint"]))
-        ax.fill_between(n, [c["ci_low"] for c in curve], [c["ci_high"] for c in curve], color=f"C{i}", alpha=0.2)
-        ax.plot(n, [c["bound"] for c in curve], ls=":", color=f"C{i}")
-    ax.set(xscale="log", yscale="log", xlabel="n (downstream examples)", ylabel="Rademacher complexity (linear)",
-           title="complexity vs n (dotted: the bound)")
-    ax.legend(fontsize=7)
+        # a small horizontal offset per checkpoint, so curves and intervals that coincide stay distinguishable
+        shift = 1.0 + 0.025 * (i - (len(rows) - 1) / 2)
+        n = [c["n"] * shift for c in curve]
+        color = f"C{i % 10}"
+        ax.errorbar(n, [c["estimate"] for c in curve],
+                    yerr=[[c["estimate"] - c["ci_low"] for c in curve], [c["ci_high"] - c["estimate"] for c in curve]],
+                    marker=markers[i % len(markers)], ms=5, mfc="white", lw=1.6, capsize=2,
+                    ls=styles[(i // len(markers)) % len(styles)], color=color,
+                    label=f"{_short(r['checkpoint'])} (95% CI)")
+        ax.plot(n, [c["bound"] for c in curve], ls=":", lw=1.2, color=color,
+                label=f"{_short(r['checkpoint'])}: bound")
+    ax.set(xscale="log", yscale="log", xlabel="n (downstream examples)",
+           ylabel="Rademacher complexity\n(linear heads, norm <= B)", title="complexity vs n (dotted: the bound)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figs.append(_png(fig))
-    for name, (xy, labels, domain) in projections.items():
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-        axes[0].scatter(xy[:, 0], xy[:, 1], c=labels, s=5, cmap="tab10")  # pretraining points: no label, not drawn
-        axes[0].set_title(f"{_short(name)}: downstream, by label")
-        axes[1].scatter(xy[:, 0], xy[:, 1], c=domain, s=5, cmap="coolwarm", vmin=0, vmax=1)
-        axes[1].set_title("by domain (blue: downstream, red: pretraining)")
+    for name, (xy, labels, domain, explained) in projections.items():
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        labels = np.asarray(labels, dtype=float)
+        down = domain == 0
+        for k, value in enumerate(np.unique(labels[down & ~np.isnan(labels)])):
+            pick = down & (labels == value)
+            axes[0].scatter(xy[pick, 0], xy[pick, 1], s=6, color=f"C{k % 10}", label=f"label {value:g}")
+        axes[0].set_title(f"{_short(name)}: downstream examples, by label")
+        for value, color, what in ((0, "tab:blue", "downstream"), (1, "tab:red", "pretraining")):
+            pick = domain == value
+            if pick.any():
+                axes[1].scatter(xy[pick, 0], xy[pick, 1], s=6, color=color, alpha=0.6, label=what)
+        axes[1].set_title("by data set")
+        for ax in axes:
+            ax.set(xlabel=f"PC 1 ({explained[0]:.0%} of the variance)",
+                   ylabel=f"PC 2 ({explained[1]:.0%} of the variance)")
+            if ax.get_legend_handles_labels()[0]:  # unlabelled data: no label legend
+                ax.legend(fontsize=7, markerscale=2, loc="best")
         axes[0].set(xlim=axes[1].get_xlim(), ylim=axes[1].get_ylim())  # one projection, the same frame
         figs.append(_png(fig))
     imgs = "".join(f'<p><img src="{src}"></p>' for src in figs)
+    warned = ("<div style='border:2px solid #c60;background:#fff4e5;padding:6px 10px'><b>Warnings</b> (parts of "
+              "this report that failed):<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in results.get("warnings", []))
+              + "</ul></div>") if results.get("warnings") else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>gentune diagnose</title><style>"
             "body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>"
             f"<h1>gentune diagnose</h1><p>task {html.escape(results['task'])}, data "
             f"{html.escape(results['data'])}; n = {results['n']} downstream examples; checkpoints ranked by "
-            f"the linear-head complexity (lowest first).</p><table><tr>{head}</tr>{''.join(body)}</table>"
+            f"the linear-head complexity (lowest first).</p>{warned}<table><tr>{head}</tr>{''.join(body)}</table>"
             f"{imgs}</body></html>")
 
 
@@ -276,16 +301,16 @@ def report_html(results: dict, projections: dict) -> str:
 class DiagnoseConfig:
     """What ``gentune diagnose`` takes (flags, ``--config FILE.yaml`` and ``--set key=value`` alike)."""
 
-    checkpoint: list[str] = field(default_factory=list)  # checkpoints to diagnose (repeatable --checkpoint)
-    task: str = ""  # a text task, or image-classification
-    data: str = ""  # downstream data: a file of the task's formats, or an image folder
-    pretrain_data: str | None = None  # pretraining-distribution data, for heterogeneity
-    out: str = ""
-    max_examples: int = 2000  # examples drawn from each data set (seeded)
-    n_sigma: int = 200  # sign vectors of the Monte Carlo estimate
-    bound: float = 1.0  # the heads' norm bound B
-    mlp: bool = True  # the MLP-head estimate (the slow one)
-    seed: int = 0
+    checkpoint: list[str] = opt(factory=list, help='checkpoints to diagnose (repeatable --checkpoint)')
+    task: str = opt("", 'a text task, or image-classification')
+    data: str = opt("", "downstream data: a file of the task's formats, or an image folder")
+    pretrain_data: str | None = opt(None, 'pretraining-distribution data, for heterogeneity')
+    out: str = opt("", 'output folder: diagnostics.json, report.html, the feature cache')
+    max_examples: int = opt(2000, 'examples drawn from each data set (seeded)')
+    n_sigma: int = opt(200, 'sign vectors of the Monte Carlo estimate')
+    bound: float = opt(1.0, "the heads' norm bound B")
+    mlp: bool = opt(True, 'the MLP-head estimate (the slow one)')
+    seed: int = opt(0, 'seeds the subsamples, the signs and the MLP heads')
 
     def validate(self) -> None:
         for key in ("task", "data", "out"):
@@ -311,12 +336,14 @@ def diagnose(checkpoints: list[str], task: str, data: str, out: str, pretrain_da
     if outdir.exists() and not outdir.is_dir():
         raise GentuneError(f"--out {outdir}: exists and is not a folder")
     cache = outdir / FEATURES
-    results = {"task": task, "data": str(data), "pretrain_data": pretrain_data, "n": None, "checkpoints": []}
+    results = {"task": task, "data": str(data), "pretrain_data": pretrain_data, "n": None, "checkpoints": [],
+               "warnings": []}
     projections = {}
     for ckpt in checkpoints:
         rep = load_representation(ckpt)
         if (rep.kind == "image") != (task == IMAGE_TASK):
-            raise GentuneError(f"{ckpt}: {'an' if rep.kind == 'image' else 'a'} {rep.kind} checkpoint cannot be diagnosed on task {task!r}")
+            article = "an" if rep.kind == "image" else "a"
+            raise GentuneError(f"{ckpt}: {article} {rep.kind} checkpoint cannot be diagnosed on task {task!r}")
         feats, labels = extract(rep, task, data, cache, max_examples, seed)
         results["n"] = len(feats)
         complexity = {"linear": rademacher_complexity(feats, "linear", bound, n_sigma, seed),
@@ -341,8 +368,10 @@ def diagnose(checkpoints: list[str], task: str, data: str, out: str, pretrain_da
             row["gap"] = run_gap(ckpt)
         except GentuneError as e:  # e.g. the run's data not found from here: keep every other number
             row["gap"] = {"error": str(e)}
+            results["warnings"].append(f"{ckpt}: generalization gap not computed: {e}")
         results["checkpoints"].append(row)
-        projections[ckpt] = (PCA(2, random_state=seed).fit_transform(both), labels, domain)
+        pca = PCA(2, random_state=seed)
+        projections[ckpt] = (pca.fit_transform(both), labels, domain, pca.explained_variance_ratio_)
     outdir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(outdir / "diagnostics.json", results)
     write_text_atomic(outdir / "report.html", report_html(results, projections))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -156,6 +157,36 @@ def create(kind: str, name: str, **kwargs: Any) -> Any:
         return entry.factory(**kwargs)
     except ValueError as e:
         raise GentuneError(f"{kind} {name!r}: {e}") from e
+
+
+def plain(text: str) -> str:
+    """Docstring markup (``:class:`X```, double backquotes) as plain text, for the terminal."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", lambda m: m.group(1).split(".")[-1], text)
+    return text.replace("``", "")
+
+
+def option_help(entry: Entry) -> dict[str, str]:
+    """Each option's help: its lines in the factory's Google-style ``Args:`` section (``a, b: text`` covers both
+    names), as plain text."""
+    doc = inspect.getdoc(entry.factory) or ""
+    lines = doc.splitlines()
+    if "Args:" not in [l.strip() for l in lines]:
+        return {}
+    start = [l.strip() for l in lines].index("Args:") + 1
+    found: dict[str, str] = {}
+    current: list[str] = []
+    for line in lines[start:]:
+        if line and not line.startswith(" "):  # the next section
+            break
+        m = re.match(r"^ {4}([A-Za-z_][\w, ]*?):\s*(.*)$", line)
+        if m:
+            current = [n.strip() for n in m.group(1).split(",")]
+            for name in current:
+                found[name] = m.group(2).strip()
+        elif current and line.strip():
+            for name in current:
+                found[name] = (found[name] + " " + line.strip()).strip()
+    return {k: plain(v) for k, v in found.items()}
 
 
 def list_methods(kind: str) -> list[str]:

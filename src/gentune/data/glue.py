@@ -294,6 +294,21 @@ def stratified_subsample(ds, n: int, seed: int, regression: bool = False):
             print(f"warning: --train-size {n} is more than the {len(ds)} training examples; all of them are used",
                   file=sys.stderr)
         return ds
+    return ds.select(_stratified(ds, n, seed, regression).tolist())
+
+
+def stratified_split(ds, n: int, seed: int, regression: bool = False):
+    """(rest, carved): ``n`` seeded, label-stratified examples carved out of ``ds`` (a dev set the training never
+    sees) and the others, in their order."""
+    if not 0 < n < len(ds):
+        raise GentuneError(f"dev_from_train must be between 1 and {len(ds) - 1} (the training examples), got {n}")
+    carved = _stratified(ds, n, seed, regression)
+    keep = np.setdiff1d(np.arange(len(ds)), carved)
+    return ds.select(keep.tolist()), ds.select(carved.tolist())
+
+
+def _stratified(ds, n: int, seed: int, regression: bool) -> np.ndarray:
+    """The indices of a seeded, label-stratified sample of ``n`` < len(ds) examples, shuffled."""
     labels = np.asarray(ds["label"])
     if regression:
         edges = np.quantile(labels, [0.2, 0.4, 0.6, 0.8])
@@ -314,4 +329,4 @@ def stratified_subsample(ds, n: int, seed: int, regression: bool = False):
         s = max(take, key=lambda s: take[s] - exact[s])
         take[s] -= 1
     chosen = np.concatenate([groups[s][: take[s]] for s in groups])
-    return ds.select(rng.permutation(chosen).tolist())
+    return rng.permutation(chosen)

@@ -37,6 +37,8 @@ class TaskSpec:
         csv: whether the task's k-shot files are LM-BFF ``label,sentence`` csv files.
         hub: (dataset, config, text_a, text_b, label, dev split) on the Hugging Face Hub, or ``None``.
         skip_labels: gold labels that mean "no consensus" and are dropped, as is standard (SNLI/MNLI ``-``).
+        names: what each label means, in index order (a model's ``id2label``, what ``pipeline()`` answers);
+            default: the labels themselves.
     """
 
     name: str
@@ -48,6 +50,13 @@ class TaskSpec:
     csv: bool = False
     hub: tuple | None = None
     skip_labels: tuple[str, ...] = ()
+    names: tuple[str, ...] | None = None
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The label names a model reports (``negative``/``positive`` for SST-2's 0/1); ``("score",)`` for
+        regression."""
+        return self.names or self.labels or ("score",)
 
     @property
     def is_regression(self) -> bool:
@@ -73,11 +82,13 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("rte", "RTE", _NLI2, _ACC, "accuracy", TsvLayout("sentence1", "sentence2", "label"),
                  hub=("nyu-mll/glue", "rte", "sentence1", "sentence2", "label", "validation")),
         TaskSpec("mrpc", "MRPC", _BIN, ("accuracy", "f1"), "f1", TsvLayout("#1 String", "#2 String", "Quality"),
-                 hub=("nyu-mll/glue", "mrpc", "sentence1", "sentence2", "label", "validation")),
+                 hub=("nyu-mll/glue", "mrpc", "sentence1", "sentence2", "label", "validation"),
+                 names=("not_equivalent", "equivalent")),
         TaskSpec("cola", "CoLA", _BIN, ("accuracy", "mcc"), "mcc", TsvLayout(3, None, 1, header=False),
-                 hub=("nyu-mll/glue", "cola", "sentence", None, "label", "validation")),
+                 hub=("nyu-mll/glue", "cola", "sentence", None, "label", "validation"),
+                 names=("unacceptable", "acceptable")),
         TaskSpec("sst2", "SST-2", _BIN, _ACC, "accuracy", TsvLayout("sentence", None, "label"),
-                 hub=("nyu-mll/glue", "sst2", "sentence", None, "label", "validation")),
+                 hub=("nyu-mll/glue", "sst2", "sentence", None, "label", "validation"), names=("negative", "positive")),
         TaskSpec("stsb", "STS-B", None, ("pearson", "spearman"), "pearson",
                  TsvLayout("sentence1", "sentence2", "score"),
                  hub=("nyu-mll/glue", "stsb", "sentence1", "sentence2", "label", "validation")),
@@ -92,20 +103,25 @@ TASKS: dict[str, TaskSpec] = {
                  hub=("stanfordnlp/snli", None, "premise", "hypothesis", "label", "validation"),
                  skip_labels=("-",)),
         TaskSpec("qqp", "QQP", _BIN, ("accuracy", "f1"), "f1", TsvLayout("question1", "question2", "is_duplicate"),
-                 hub=("nyu-mll/glue", "qqp", "question1", "question2", "label", "validation")),
+                 hub=("nyu-mll/glue", "qqp", "question1", "question2", "label", "validation"),
+                 names=("not_duplicate", "duplicate")),
         TaskSpec("mr", "mr", _BIN, _ACC, "accuracy", TsvLayout("sentence", None, "label"), csv=True,
-                 hub=("cornell-movie-review-data/rotten_tomatoes", None, "text", None, "label", "validation")),
+                 hub=("cornell-movie-review-data/rotten_tomatoes", None, "text", None, "label", "validation"),
+                 names=("negative", "positive")),
         TaskSpec("cr", "cr", _BIN, _ACC, "accuracy", TsvLayout("sentence", None, "label"), csv=True,
-                 hub=("SetFit/CR", None, "text", None, "label", "test")),
-        TaskSpec("mpqa", "mpqa", _BIN, _ACC, "accuracy", TsvLayout("sentence", None, "label"), csv=True),
+                 hub=("SetFit/CR", None, "text", None, "label", "test"), names=("negative", "positive")),
+        TaskSpec("mpqa", "mpqa", _BIN, _ACC, "accuracy", TsvLayout("sentence", None, "label"), csv=True,
+                 names=("negative", "positive")),
         TaskSpec("subj", "subj", _BIN, _ACC, "accuracy", TsvLayout("sentence", None, "label"), csv=True,
-                 hub=("SetFit/subj", None, "text", None, "label", "test")),
+                 hub=("SetFit/subj", None, "text", None, "label", "test"), names=("subjective", "objective")),
         TaskSpec("trec", "trec", tuple(str(i) for i in range(6)), _ACC, "accuracy",
                  TsvLayout("sentence", None, "label"), csv=True,
-                 hub=("CogComp/trec", None, "text", None, "coarse_label", "test")),
+                 hub=("CogComp/trec", None, "text", None, "coarse_label", "test"),
+                 names=("description", "entity", "abbreviation", "human", "location", "number")),
         TaskSpec("sst5", "sst-5", tuple(str(i) for i in range(5)), _ACC, "accuracy",
                  TsvLayout("sentence", None, "label"), csv=True,
-                 hub=("SetFit/sst5", None, "text", None, "label", "validation")),
+                 hub=("SetFit/sst5", None, "text", None, "label", "validation"),
+                 names=("very negative", "negative", "neutral", "positive", "very positive")),
     ]
 }
 

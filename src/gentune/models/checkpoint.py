@@ -98,14 +98,22 @@ def save_image_classifier(model: torch.nn.Module, directory: str | Path, meta: d
     return _save_module(model, Path(directory), _describe("image-classifier", dict(meta), model))
 
 
-def save_text_classifier(model, tokenizer, directory: str | Path, meta: dict) -> Path:
-    """``save_pretrained`` (safetensors) + tokenizer + ``gentune.json`` as a ``text-classifier`` folder."""
-    from .hf import quiet_transformers
+def save_text_classifier(model, tokenizer, directory: str | Path, meta: dict, card: str | None = None) -> Path:
+    """``save_pretrained`` (safetensors; for a PEFT model its adapter, plus the base model's config with the label
+    names) + tokenizer + ``gentune.json`` (+ a model card ``README.md``) as a ``text-classifier`` folder."""
+    from .hf import hub_name, quiet_transformers
 
+    if hasattr(model, "peft_config") and meta.get("base_model"):  # where others find the base: its public name
+        for adapter in model.peft_config.values():
+            adapter.base_model_name_or_path = hub_name(meta["base_model"])
     with atomic_dir(Path(directory)) as tmp, quiet_transformers():
         model.save_pretrained(tmp)
+        if hasattr(model, "peft_config"):  # an adapter: the labels live in the base model's config
+            model.get_base_model().config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / META).write_text(json.dumps(_describe("text-classifier", dict(meta)), indent=2))
+        if card is not None:
+            (tmp / "README.md").write_text(card)
     return Path(directory)
 
 
@@ -175,16 +183,17 @@ def load_image_classifier(path: str | Path):
     return model.eval(), meta
 
 
-def load_text_classifier(path: str | os.PathLike, task):
+def load_text_classifier(path: str | os.PathLike, task, trainable: bool = False):
     """(model, gentune.json) of a ``text-classifier`` folder (or any ``save_pretrained`` sequence classifier),
-    checked against ``task``'s label set (a :class:`gentune.data.text_tasks.TaskSpec`).
+    checked against ``task``'s label set (a :class:`gentune.data.text_tasks.TaskSpec`); a PEFT adapter comes on
+    its base model (``trainable``: its adapter weights train on).
 
     Raises:
         GentuneError: missing directory, not a model, or a head that does not fit the task.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from .hf import load_error, load_errors, quiet_transformers
+    from .hf import load_error, load_errors, quiet_transformers, resolve_model_path
 
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -205,7 +214,16 @@ def load_text_classifier(path: str | os.PathLike, task):
         )
     try:
         with quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(path)
+            if (path / "adapter_config.json").is_file():  # a PEFT adapter on its base model
+                from peft import PeftModel
+
+                base = AutoModelForSequenceClassification.from_pretrained(
+                    resolve_model_path(meta.get("base_model") or config.name_or_path), config=config)
+                model = PeftModel.from_pretrained(base, path, is_trainable=trainable)
+            else:
+                model = AutoModelForSequenceClassification.from_pretrained(path)
+    except ImportError:
+        raise GentuneError(f"{path}: a PEFT adapter; loading it needs the peft package (pip install peft)") from None
     except load_errors() as e:
         raise load_error(f"{path}: cannot load checkpoint", e) from None
     return model, meta

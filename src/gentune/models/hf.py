@@ -36,6 +36,12 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def hub_name(name: str) -> str:
+    """The public name of a model (the default model's Hub id, not its local copy), for model cards and adapter
+    configs that other machines read."""
+    return "sentence-transformers/all-MiniLM-L6-v2" if name.lower() in _MINILM_NAMES else name
+
+
 @contextlib.contextmanager
 def quiet_transformers():
     """transformers' warnings and progress bars off inside the block: the "newly initialized classifier" report
@@ -50,6 +56,8 @@ def quiet_transformers():
         with warnings.catch_warnings():
             # torch's weights_only unpickler warns about the pickle protocol of a .bin it is about to refuse
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            # peft asks transformers a deprecated question when it wraps a model: not the user's concern
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
             yield
     finally:
         hf_logging.set_verbosity(level)
@@ -92,11 +100,12 @@ def load_tokenizer(name: str):
 
 
 def load_for_task(name: str, task: TaskSpec):
-    """A fresh sequence-classification model for ``task`` from a pretrained ``name`` (new head if needed)."""
+    """A sequence-classification model for ``task`` from a pretrained ``name``: a new head when ``name`` has none
+    or one of another size (a fine-tuned classifier of other labels), its own head when it fits."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = resolve_model_path(name)
-    labels = task.labels or ("score",)
+    labels = task.label_names  # what pipeline() answers: "positive", not "1"
     try:
         with quiet_transformers():
             config = AutoConfig.from_pretrained(
@@ -106,6 +115,7 @@ def load_for_task(name: str, task: TaskSpec):
                 label2id={l: i for i, l in enumerate(labels)},
                 problem_type="regression" if task.is_regression else "single_label_classification",
             )
-            return AutoModelForSequenceClassification.from_pretrained(path, config=config)
+            return AutoModelForSequenceClassification.from_pretrained(path, config=config,
+                                                                      ignore_mismatched_sizes=True)
     except load_errors() as e:
         raise load_error(f"cannot load model {name!r}", e) from None

@@ -136,12 +136,26 @@ class Smart(Regularizer):
     """SMART: adversarial smoothness R_s plus the Bregman momentum-teacher term R_B (Jiang et al., ACL 2020).
 
     Args:
-        adv_weight: lambda_s, the weight of R_s (0 switches it off); ``sigma`` ... ``dropout``: R_s's options
-            (see :class:`~gentune.regularizers.smart.SmartAdversarial`).
-        mu: the weight of R_B (0 switches it off); ``beta`` ... ``inner_steps``: R_B's options (see
-            :class:`Bregman`).
-        regression: both terms' divergence; None infers it from the output width.
-        embed_fn, forward_from_embeddings: for a plain module (see ``smart-adv``).
+        adv_weight: lambda_s, the weight of R_s (0 switches it off).
+        sigma: standard deviation of R_s's initial noise.
+        eps: radius of the perturbation ball.
+        eta: ascent step size.
+        steps: K, ascent steps.
+        norm: inf or l2, the norm of the ball and of the step normalisation.
+        granularity: token (a ball per token) or sequence.
+        step_style: paper (projected normalised ascent) or mtdnn (the official code's step).
+        start_step: optimizer steps before R_s is switched on.
+        dropout: independent (the paper's code) or shared (perturbed forwards replay the clean forward's masks).
+        mu: the weight of R_B (0 switches it off).
+        beta: the teacher's momentum after the first early_fraction of the steps.
+        beta_early: the momentum before that.
+        early_fraction: the share of total_steps that uses beta_early.
+        total_steps: the run's optimizer steps; 0: the run's own, given at setup.
+        momentum: false: the teacher is the previous iterate (beta = 0), the paper's plain proximal point.
+        inner_steps: S, optimizer steps between teacher updates.
+        regression: squared error instead of the symmetric KL, for both terms; None infers it from the output
+            width (1: regression).
+        embed_fn, forward_from_embeddings: for a plain module (see smart-adv).
     """
 
     def __init__(self, adv_weight: float = 1.0, sigma: float = 1e-5, eps: float = 1e-5, eta: float = 1e-3,

@@ -19,12 +19,14 @@ from ..errors import GentuneError
 
 @dataclass
 class Splits:
-    """What ``datasets(cfg)`` returns: the training examples, the held-out ones (None when there are none) and,
-    for image tasks, the pool the pixel statistics come from (every training image, before class subsets)."""
+    """What ``datasets(cfg)`` returns: the training examples, the held-out ones (None when there are none), for
+    image tasks the pool the pixel statistics come from (every training image, before class subsets), and what
+    else the task learned from its data (``info``: the text task's label set and metrics)."""
 
     train: Any
     heldout: Any = None
     pool: Any = None
+    info: Any = None
 
 
 @dataclass(frozen=True)

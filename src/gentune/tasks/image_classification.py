@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import RunConfig
+from ..config import RunConfig, opt
 from ..data.images import (BatchAugment, EvalTransform, ImageCollator, ImageDataset, ImageSet, TrainTransform,
                            image_stream, keep_uint8, labels_per_class, load_images)
 from ..data.splits import align_classes, held_out_split, pixel_stats, select_classes
@@ -34,26 +34,27 @@ _LEGACY_DEFAULT_MODEL = "all-MiniLM-L6-v2"  # what runs before the task split wr
 class ImageClassificationConfig(RunConfig):
     """An image fine-tuning run: an image folder or archive, and an encoder with a head."""
 
-    task: str = NAME
-    data: str | None = None  # an image folder <root>/<class>/<file>, or a .tar.gz of one
-    dev: str | None = None  # a validation image folder or archive (else val_size images are held out of data)
-    init: str | None = None  # a pretrained encoder (gentune pretrain OUT or OUT/encoder), or none
-    model: str = DEFAULT_ENCODER  # without init: the encoder to train from scratch (gentune list)
-    classes: list[str] | None = None  # a subset of the class folders, in this order (labels 0..k-1)
-    labels_per_class: int | None = None  # label budget: this many seeded training images per class
-    val_size: int = 5000  # images held out of data for validation (when no dev is given)
-    split_seed: int = 0  # the held-out split; fixed, so pretraining and fine-tuning hold out the same images
-    # images held out with this seed (val_size of them) are removed first, then split_seed splits the rest: a
-    # tuning split that never touches the reported validation images (exclude_split_seed=0, split_seed=1)
-    exclude_split_seed: int | None = None
-    linear_probe: bool = False  # freeze the encoder, train the head only
-    head: str = "linear"  # linear | mlp | bn-linear (MAE's linear-probe head)
-    pool: str | None = None  # ViT encoders: cls | mean (MAE fine-tunes with mean); None: the encoder's own (cls)
-    layer_decay: float = 1.0  # layer-wise lr decay (1: off)
-    augment: bool = True  # random resized crop and flip on training images
-    image_size: int | None = None  # resize every image to this size (default: the images' own, one size)
+    task: str = opt(NAME, 'image-classification')
+    data: str | None = opt(None, 'an image folder <root>/<class>/<file>, or a .tar.gz of one')
+    dev: str | None = opt(None, 'a validation image folder or archive (else val_size images are held out of data)')
+    init: str | None = opt(None, 'a pretrained encoder (gentune pretrain OUT or OUT/encoder), or none')
+    model: str = opt(DEFAULT_ENCODER, 'without init: the encoder to train from scratch (gentune list)')
+    classes: list[str] | None = opt(None, 'a subset of the class folders, in this order (labels 0..k-1)')
+    labels_per_class: int | None = opt(None, 'label budget: this many seeded training images per class')
+    val_size: int = opt(5000, 'images held out of data for validation (when no dev is given)')
+    split_seed: int = opt(0, 'the held-out split; fixed, so pretraining and fine-tuning hold out the same images')
+    exclude_split_seed: int | None = opt(None, 'images held out with this seed (val_size of them) are removed first, '
+                                         'then split_seed splits the rest: a tuning split that never touches the '
+                                         'reported validation images (exclude_split_seed=0, split_seed=1)')
+    linear_probe: bool = opt(False, 'freeze the encoder, train the head only')
+    head: str = opt("linear", "linear | mlp | bn-linear (MAE's linear-probe head)")
+    pool: str | None = opt(None, "ViT encoders: cls | mean (MAE fine-tunes with mean); None: the encoder's own (cls)")
+    layer_decay: float = opt(1.0, 'layer-wise lr decay (1: off)')
+    augment: bool = opt(True, 'random resized crop and flip on training images')
+    image_size: int | None = opt(None, "resize every image to this size (default: the images' own, one size)")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.model == _LEGACY_DEFAULT_MODEL:
             self.model = DEFAULT_ENCODER
 
@@ -224,7 +225,7 @@ def score(loaded: _Loaded, dataset: ImageSet, batch_size: int = 256) -> dict:
 
 def describe() -> tuple[list[str], list[str]]:
     return ([f"{NAME}  an image folder or archive (<class>/<file>); metrics: accuracy"],
-            [f"{NAME}: any `gentune pretrain` encoder (--init), or from scratch: " + ", ".join(list_encoders())])
+            ["any `gentune pretrain` encoder (--init), or from scratch (--model): " + ", ".join(list_encoders())])
 
 
 TASK = register_task(Task(

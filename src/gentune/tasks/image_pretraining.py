@@ -9,14 +9,14 @@ images: original / masked / reconstruction).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import RunConfig
+from ..config import RunConfig, opt
 from ..data.images import (BatchAugment, EvalTransform, ImageCollator, ImageDataset, TrainTransform, image_stream,
                            keep_uint8, unlabeled)
 from ..data.splits import held_out_split, pixel_stats
@@ -35,25 +35,27 @@ SAMPLES = 8  # validation images in reconstructions.png
 class ImagePretrainingConfig(RunConfig):
     """An unsupervised pretraining run of an image encoder (``mae`` or ``context-encoder``)."""
 
-    objective: str = "mae"
-    objective_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    data: str = ""  # an image folder or archive; labels are ignored
-    model: str = ""  # encoder name; empty: the objective's own (vit-tiny-p4 for mae, conv-small for context-encoder)
-    val_size: int = 5000  # held out (the same split as fine-tuning's), for the validation loss
-    split_seed: int = 0
-    exclude_split_seed: int | None = None  # as in fine-tuning: these held-out images are removed first
-    augment: bool = True
-    crop_scale: float = 0.2  # random resized crop: smallest area fraction
-    image_size: int | None = None  # resize every image to this size (default: the images' own, one size)
-    epochs: float = 10.0
-    batch_size: int = 256
-    eval_batch_size: int = 256
-    lr: float = 1.5e-3
-    weight_decay: float = 0.05
-    adam_beta2: float = 0.95
-    warmup_ratio: float = 0.05
-    max_grad_norm: float = 0.0
-    save_steps: int = 200
+    objective: str = opt("mae", 'mae | context-encoder')
+    objective_options: dict[str, dict[str, Any]] = opt(
+        factory=dict, help="an objective's options: {name: {option: value}}, or --set NAME.OPTION=VALUE")
+    data: str = opt("", 'an image folder or archive; labels are ignored')
+    model: str = opt("", "encoder name; empty: the objective's own (vit-tiny-p4 for mae, conv-small for "
+                         "context-encoder)")
+    val_size: int = opt(5000, "held out (the same split as fine-tuning's), for the validation loss")
+    split_seed: int = opt(0, "the held-out split (the same as fine-tuning's)")
+    exclude_split_seed: int | None = opt(None, 'as in fine-tuning: these held-out images are removed first')
+    augment: bool = opt(True, 'random resized crop and flip on training images')
+    crop_scale: float = opt(0.2, 'random resized crop: smallest area fraction')
+    image_size: int | None = opt(None, "resize every image to this size (default: the images' own, one size)")
+    epochs: float = opt(10.0, 'training epochs')
+    batch_size: int = opt(256, 'global batch per optimizer step')
+    eval_batch_size: int = opt(256, 'batch size of the validation loss')
+    lr: float = opt(1.5e-3, 'peak learning rate')
+    weight_decay: float = opt(0.05, 'AdamW weight decay')
+    adam_beta2: float = opt(0.95, "AdamW beta2 (MAE's)")
+    warmup_ratio: float = opt(0.05, 'share of the steps with a linear warm-up')
+    max_grad_norm: float = opt(0.0, 'gradient clipping norm; <= 0 disables it')
+    save_steps: int = opt(200, 'resume checkpoint every N optimizer steps')
 
     def _checks(self) -> list[tuple[bool, str]]:
         return [

@@ -84,6 +84,7 @@ class _Parts:
     total_steps: int
     steps_per_epoch: int
     bad_loss: bool = False  # a micro-batch of the optimizer step in progress had a non-finite loss
+    progress: Progress | None = None
 
 
 def _prepare(job: Job, cfg, accelerator, regularizers) -> _Parts:
@@ -220,6 +221,8 @@ def _evaluate(p: _Parts, state: TrainState, hooks: Hooks) -> dict | None:
     if best:
         state.best_metric, state.best_step, state.best_dev = value, state.step, metrics
     hooks.evaluated(p.model, metrics, state, best)
+    if p.progress is not None:
+        p.progress.evaluated(state.step, metrics)
     return metrics
 
 
@@ -255,7 +258,7 @@ def _train(p: _Parts, hooks: Hooks, resume_from) -> tuple[TrainState, dict | Non
         # by DDP); a resume restores every process's stream from the checkpoint
         torch.manual_seed(cfg.seed + 1_000_003 * acc.process_index)
     state = _resume(p, Path(resume_from)) if resume_from is not None else TrainState()
-    bar = Progress(p.total_steps, state.step, acc.is_main_process, p.job.main_metric)
+    bar = p.progress = Progress(p.total_steps, state.step, acc.is_main_process, p.job.main_metric, cfg.log_every)
     clock = Clock(state)
     stream = _batches(p, state)
     p.model.train()

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -34,7 +35,10 @@ from .state import TrainState, make_accelerator
 
 CHECKPOINT = "checkpoint"
 # Keys that do not change the result may differ between the original command and its rerun.
-IGNORED_ON_RERUN = {"out", "save_steps", "keep_checkpoint", "eval_batch_size", "overwrite"}
+IGNORED_ON_RERUN = {"out", "save_steps", "keep_checkpoint", "eval_batch_size", "overwrite", "report_to", "log_every"}
+# A finished run that kept its checkpoint trains further when only these grow (the schedule is recomputed for the
+# new length, as the Hugging Face Trainer does on resume).
+EXTENDABLE = {"epochs", "max_steps"}
 
 
 class _Log:
@@ -122,13 +126,25 @@ def _check_out_dir(out: Path, cfg) -> str:
     new = cfg.to_dict()
     defaults = type(cfg)().to_dict()  # a key added to the config after the run was made has its default there
     diff = [k for k in new if k not in IGNORED_ON_RERUN and old.get(k, defaults[k]) != new[k]]
+    if diff and _extends(out, diff, old, new, defaults):
+        return "extend"
     if diff:
         k = diff[0]
+        hint = ("; a finished run trains further when it kept its checkpoint (--set keep_checkpoint=true) and "
+                "epochs or max_steps grow" if set(diff) <= EXTENDABLE else "")
         raise GentuneError(f"{out} holds a run with a different config ({k}: {old.get(k)!r} there, {new[k]!r} now); "
-                           f"use another --out or delete it")
+                           f"use another --out or delete it{hint}")
     if (out / "summary.json").exists():
         return "done"
     return "resume" if recover_dir(out / CHECKPOINT) else "new"
+
+
+def _extends(out: Path, diff: list[str], old: dict, new: dict, defaults: dict) -> bool:
+    """Whether a rerun asks a finished run that kept its checkpoint to train further: only epochs or max_steps
+    differ, and neither shrinks."""
+    if not set(diff) <= EXTENDABLE or not (out / "summary.json").exists() or recover_dir(out / CHECKPOINT) is None:
+        return False
+    return all((new[k] or 0) >= (old.get(k, defaults[k]) or 0) for k in diff)
 
 
 def save_resume_checkpoint(accelerator, out: Path, save: Callable[[Path], None]) -> None:
@@ -162,7 +178,7 @@ def begin(cfg):
     status = _check_out_dir(out, cfg)
     if status == "done":
         return json.loads((out / "summary.json").read_text())
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, str(out))
     for key in ("batch_size", "eval_batch_size"):
         if getattr(cfg, key) % accelerator.num_processes:
             raise GentuneError(f"{key} {getattr(cfg, key)} is not divisible by {accelerator.num_processes} processes")
@@ -191,6 +207,11 @@ class _RunFolder(Hooks):
 
     def log(self, record: dict) -> None:
         self.metrics.write(record)
+        if self.acc.trackers:  # the same values, for TensorBoard, W&B, MLflow, ...
+            prefix = "eval/" if record["type"] == "eval" else "train/"
+            values = {prefix + k: v for k, v in record.items() if k not in ("type", "step")
+                      and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            self.acc.log(values, step=record["step"])
 
     def evaluated(self, model, metrics: dict, state: TrainState, best: bool) -> None:
         if best and self.cfg.save_model and self.job.save is not None and self.job.save_best:
@@ -205,6 +226,25 @@ class _RunFolder(Hooks):
     def finished(self, state: TrainState, save) -> None:
         if self.cfg.keep_checkpoint:  # a final resume checkpoint, for inspection or continued training
             save_resume_checkpoint(self.acc, self.out, save)
+
+
+def hyperparameters(cfg) -> dict:
+    """The resolved config flattened to scalars (``regularizer_options.smart.adv_weight``), as trackers take it."""
+    flat = {}
+
+    def walk(value, key):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, (list, tuple)):
+            flat[key] = ",".join(map(str, value))
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            flat[key] = "none" if value is None else value
+        else:
+            flat[key] = str(value)
+
+    walk(cfg.to_dict(), "")
+    return flat
 
 
 def finite_weights(model: torch.nn.Module) -> bool:
@@ -296,9 +336,15 @@ def _run_in(cfg, job, out: Path) -> dict:
     accelerator, status = started
     if not isinstance(job, Job):
         job = job(cfg)
-    checkpoint = recover_dir(out / CHECKPOINT) if status == "resume" else None
-    if checkpoint is None and accelerator.is_main_process:
-        write_text_atomic(out / "config.yaml", dump_yaml(cfg))
+    if cfg.report_to:
+        accelerator.init_trackers(out.name or "gentune", config=hyperparameters(cfg))
+    checkpoint = recover_dir(out / CHECKPOINT) if status in ("resume", "extend") else None
+    if (checkpoint is None or status == "extend") and accelerator.is_main_process:
+        write_text_atomic(out / "config.yaml", dump_yaml(cfg))  # an extended run: its new length
+    if status == "extend" and accelerator.is_main_process:
+        (out / "summary.json").unlink()  # unfinished again: a kill from here on resumes
+        print(f"{out}: a finished run with its checkpoint kept; training further from step "
+              f"{read_state(checkpoint).step}", file=sys.stderr)
     accelerator.wait_for_everyone()
     resume_step = read_state(checkpoint).step if checkpoint else -1
     result = fit(job, cfg, accelerator, _RunFolder(cfg, job, accelerator, resume_step), checkpoint)

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -76,10 +77,27 @@ def mixed_precision(choice: str) -> str:
     return "no"
 
 
-def make_accelerator(cfg):
+TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+                   "trackio": ("trackio",), "aim": ("aim",), "comet_ml": ("comet_ml",), "clearml": ("clearml",),
+                   "dvclive": ("dvclive",), "swanlab": ("swanlab",)}
+
+
+def make_accelerator(cfg, project_dir: str | None = None):
     """The Accelerator of a run: the global batch split across processes, the config's accumulation and precision,
-    and the gloo CPU backend when several processes run on a machine without CUDA."""
+    the gloo CPU backend when several processes run on a machine without CUDA, and the trackers of ``report_to``
+    (logging under ``project_dir``/logs)."""
+    import importlib.util
+
     from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import ProjectConfiguration
+
+    trackers = list(getattr(cfg, "report_to", []) or [])
+    for name in trackers:
+        if not any(importlib.util.find_spec(m) for m in TRACKER_MODULES.get(name, (name,))):
+            raise GentuneError(f"report_to {name}: its package is not installed (pip install "
+                               f"{TRACKER_MODULES.get(name, (name,))[0]})")
+    project = ProjectConfiguration(project_dir=project_dir, logging_dir=str(Path(project_dir) / "logs")) \
+        if project_dir and trackers else None
 
     # Launched as several processes (torchrun / accelerate launch --multi_gpu) on a machine without CUDA:
     # accelerate only picks its gloo multi-CPU backend when told the run is on CPU.
@@ -92,6 +110,8 @@ def make_accelerator(cfg):
             dataloader_config=DataLoaderConfiguration(split_batches=True),
             gradient_accumulation_steps=cfg.grad_accum,
             mixed_precision=mixed_precision(cfg.mixed_precision),
+            log_with=trackers or None,
+            project_config=project,
         )
     except ValueError as e:  # e.g. fp16 requested on a machine without a GPU
         raise GentuneError(f"mixed_precision={cfg.mixed_precision}: {str(e).splitlines()[0]}") from None
@@ -133,22 +153,52 @@ class Clock:
         self.mark = time.perf_counter()
 
 
-class Progress:
-    """A tqdm bar of optimizer steps with the loss and the latest main metric (on a terminal only)."""
+def _hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, m, s = seconds // 3600, seconds % 3600 // 60, seconds % 60
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
-    def __init__(self, total: int, initial: int, enabled: bool, main_metric: str):
+
+class Progress:
+    """Where the run stands. On a terminal, a tqdm bar of optimizer steps with the loss and the latest main metric;
+    otherwise (a pipe, nohup, SLURM, CI) one plain line on stdout every ``every`` optimizer steps (0: about every
+    30 seconds, and the first and last steps) with step, loss, learning rate and the time left, and a line per
+    evaluation."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, main_metric: str, every: int = 0,
+                 stream=None):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, disable=not (enabled and sys.stderr.isatty()), unit="step",
-                        dynamic_ncols=True, leave=True)
-        self.main_metric = main_metric
+        self.stream = stream or sys.stdout
+        self.tty = enabled and sys.stderr.isatty()
+        self.plain = enabled and not self.tty
+        self.bar = tqdm(total=total, initial=initial, disable=not self.tty, unit="step", dynamic_ncols=True,
+                        leave=True)
+        self.main_metric, self.total, self.every, self.first = main_metric, total, every, initial
+        self.started = self.last = time.perf_counter()
 
     def update(self, record: dict, state: TrainState) -> None:
-        postfix = {"loss": f"{record['loss']:.4f}"}
-        if state.last_dev:
-            postfix[self.main_metric] = f"{state.last_dev[self.main_metric]:.4f}"
-        self.bar.set_postfix(postfix, refresh=False)
-        self.bar.update(1)
+        if self.tty:
+            postfix = {"loss": f"{record['loss']:.4f}"}
+            if state.last_dev:
+                postfix[self.main_metric] = f"{state.last_dev[self.main_metric]:.4f}"
+            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update(1)
+        if not self.plain:
+            return
+        now = time.perf_counter()
+        due = state.step % self.every == 0 if self.every else now - self.last >= 30
+        if due or state.step in (self.first + 1, self.total):
+            per_step = (now - self.started) / max(state.step - self.first, 1)
+            print(f"step {state.step}/{self.total} ({100 * state.step / max(self.total, 1):.0f}%)  loss "
+                  f"{record['loss']:.4f}  lr {record['lr']:.2e}  {per_step:.2f} s/step  left "
+                  f"{_hms(per_step * (self.total - state.step))}", file=self.stream, flush=True)
+            self.last = now
+
+    def evaluated(self, step: int, metrics: dict) -> None:
+        if self.plain:
+            values = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+            print(f"eval at step {step}: {values}", file=self.stream, flush=True)
 
     def close(self) -> None:
         self.bar.close()
