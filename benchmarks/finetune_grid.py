@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import shlex
 import statistics
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from _lib import cells, runner, stats, tables
+from _lib.baselines import trivial_baseline
 from _lib.paths import RESULTS as ALL_RESULTS
 from _lib.paths import ROOT
 from _lib.provenance import commit, machine
@@ -79,27 +79,6 @@ def run_cell(task: str, seed: int, method: str, args, results: Path = RESULTS, r
     return True
 
 
-def majority_baseline(task: str) -> dict[str, float]:
-    """Dev metrics of always predicting the most frequent training label (empty for regression or no data)."""
-    import numpy as np
-
-    from gentune.data import get_task, load_splits
-    from gentune.metrics import compute
-
-    spec = get_task(task)
-    if spec.is_regression:
-        return {}
-    # GENTUNE_DATA, else the tree beside the repository: a render in a fresh shell must not lose the column
-    data = os.environ.get("GENTUNE_DATA") or str(ROOT.parent / "shared" / "data" / "glue")
-    try:
-        train, dev = load_splits(spec, data)
-    except Exception:  # no data here: the column shows "-"
-        return {}
-    majority = np.bincount(train["label"]).argmax()
-    labels = np.asarray(dev["label"])
-    return compute(spec.metrics, np.full_like(labels, majority), labels)
-
-
 def _main(cell: dict) -> float:
     s = cell["summary"]
     return s["final_dev"][s["main_metric"]]
@@ -142,29 +121,58 @@ def render_comparison(cells: list[dict], methods: list[str]) -> str:
                 avg[m].append(statistics.fmean(vals))
                 avg_diff[m].append(d)
         lines.append(tables.row(row))
-    n = len(avg["vanilla"])
-    row = ["average", "", f"{100 * statistics.fmean(avg['vanilla']):.1f}" if n else "-"]
-    for m in methods:
-        if len(avg[m]) == n and n:
-            d = stats.mean_of(avg_diff[m])
-            partial = f" ({d.n} seeds so far)" if d.n < 5 else ""
-            row += [f"{100 * statistics.fmean(avg[m]):.1f}{partial}", stats.fmt_paired(d)]
-        else:
-            row += ["(not every task yet)", "-"]
-    lines.append(tables.row(row))
+    tasks_done = [t for t in TASKS if any(c["task"] == t and c["method"] == "vanilla" for c in cells)]
+    for label, keep in (("average", tasks_done), ("average without stsb", [t for t in tasks_done if t != "stsb"])):
+        idx = [tasks_done.index(t) for t in keep]
+        n = len(idx)
+        row = [label, "", f"{100 * statistics.fmean(avg['vanilla'][i] for i in idx):.1f}" if n else "-"]
+        for m in methods:
+            if len(avg[m]) == len(tasks_done) and n:
+                d = stats.mean_of([avg_diff[m][i] for i in idx])
+                partial = f" ({d.n} seeds so far)" if d.n < 5 else ""
+                row += [f"{100 * statistics.fmean(avg[m][i] for i in idx):.1f}{partial}", stats.fmt_paired(d)]
+            else:
+                row += ["(not every task yet)", "-"]
+        lines.append(tables.row(row))
+    return "\n".join(lines)
+
+
+def render_regression_scale(cells: list[dict], methods: list[str], trivial: dict) -> str:
+    """STS-B's dev MSE per arm beside the constant predictor's and the MSE that predictions shrunk to half the
+    gold score would have: what Pearson cannot show."""
+    tc = [c for c in cells if c["task"] == "stsb"]
+    base = {c["seed"]: c["summary"]["final_dev"]["loss"] for c in tc if c["method"] == "vanilla"}
+    if not base:
+        return ""
+    lines = tables.header(["arm", "dev MSE", "MSE - vanilla's", "Pearson x100"])
+    for m in ["vanilla", *methods]:
+        mc = [c for c in tc if c["method"] == m]
+        if not mc:
+            continue
+        mse = {c["seed"]: c["summary"]["final_dev"]["loss"] for c in mc}
+        d = stats.paired(mse, base, scale=1) if m != "vanilla" else None
+        lines.append(tables.row([m, stats.fmt(list(mse.values()), scale=1, digits=2),
+                                 f"{d.mean:+.2f} ± {d.se:.2f}" if d else "-",
+                                 stats.fmt([c["summary"]["final_dev"]["pearson"] for c in mc])]))
+    t = trivial.get("stsb") or {}
+    if t:
+        lines.append(tables.row(["the training mean, everywhere", f"{t['mse']:.2f}", "", "undefined"]))
+        lines.append(tables.row(["gold / 2 (half the scale, perfect correlation)", f"{t['mse_half']:.2f}", "",
+                                 "100.0"]))
     return "\n".join(lines)
 
 
 def render_table(cells: list[dict], method: str, majority: dict[str, dict]) -> str:
-    """A method's table: per task and metric, final and best dev (mean ± std), the majority class, speed.
+    """A method's table: per task and metric, final and best dev (mean ± std; STS-B's MSE unscaled), the trivial
+    predictor on the same dev set, speed.
 
     Args:
         cells: the grid's cells.
         method: the method shown.
-        majority: task -> :func:`majority_baseline`.
+        majority: task -> :func:`trivial_baseline`.
     """
     mc = [c for c in cells if c["method"] == method]
-    lines = tables.header(["task", "metric", "final dev", "best dev", "majority", "seeds", "s/step",
+    lines = tables.header(["task", "metric", "final dev", "best dev", "trivial (dev)", "seeds", "s/step",
                            "train min/run"])
     for task in TASKS + sorted({c["task"] for c in mc} - set(TASKS)):
         tc = [c for c in mc if c["task"] == task]
@@ -173,10 +181,15 @@ def render_table(cells: list[dict], method: str, majority: dict[str, dict]) -> s
         s0 = tc[0]["summary"]
         base = majority[task]
         metrics = [s0["main_metric"]] + [m for m in s0["final_dev"] if m not in (s0["main_metric"], "loss")]
+        if task == "stsb":
+            metrics.append("mse")  # the loss of a regression: Pearson and Spearman cannot see a shrunken scale
         for i, metric in enumerate(metrics):
-            final = stats.fmt([c["summary"]["final_dev"][metric] for c in tc])
-            best = stats.fmt([c["summary"]["best_dev"][metric] for c in tc])
-            maj = f"{100 * base[metric]:.1f}" if metric in base else "-"
+            key = "loss" if metric == "mse" else metric
+            scale = 1 if metric == "mse" else 100
+            digits = 2 if metric == "mse" else 1
+            final = stats.fmt([c["summary"]["final_dev"][key] for c in tc], scale=scale, digits=digits)
+            best = stats.fmt([c["summary"]["best_dev"][key] for c in tc], scale=scale, digits=digits)
+            maj = (f"{scale * base[metric]:.{2 if metric == 'mse' else 1}f}" if metric in base else "-")
             if i:
                 lines.append(tables.row(["", metric, final, best, maj, "", "", ""]))
                 continue
@@ -229,9 +242,10 @@ def sections(data: dict) -> dict[str, str]:
     methods = sorted({c["method"] for c in grid}, key=lambda m: (m != "vanilla", m))
     out = {}
     smart_arms = [m for m in SMART_ARMS if m in methods]
+    majority = {t: trivial_baseline(t) for t in sorted({c["task"] for c in grid})}
     if smart_arms:
         out["finetune/comparison"] = render_comparison(grid, smart_arms)
-    majority = {t: majority_baseline(t) for t in sorted({c["task"] for c in grid})}
+        out["finetune/stsb-scale"] = render_regression_scale(grid, smart_arms, majority)
     for m in methods:
         out[f"finetune/{m}/table"] = render_table(grid, m, majority)
         out[f"finetune/{m}/about"] = render_about(grid, m)

@@ -11,13 +11,13 @@ import statistics
 from typing import Iterable, NamedTuple
 
 
-def fmt(values: list[float], scale: float = 100.0) -> str:
-    """``mean ± std`` of ``values`` times ``scale``, one decimal; std 0 for one value, ``-`` for none."""
+def fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± std`` of ``values`` times ``scale``, ``digits`` decimals; std 0 for one value, ``-`` for none."""
     if not values:
         return "-"
     mean = statistics.fmean(values) * scale
     std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 class Paired(NamedTuple):
