@@ -7,8 +7,8 @@ deterministic: rerun on the same cells it writes the same bytes.
 
     GENTUNE_DATA=../shared/data/glue python benchmarks/render_results.py
 
-GENTUNE_DATA (default ../shared/data/glue beside the repository) is read for the fine-tuning tables' majority
-class column; without the data that column shows "-".
+GENTUNE_DATA (default ../shared/data/glue beside the repository) is read for the fine-tuning tables' trivial
+predictor column; without the data that column shows "-".
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import finetune_grid
 import pretrain_grid
 import radreg_grid
 import smart_cost
+import smart_retest
 from _lib import cells, template
 from _lib.paths import DOC, IMG, ROOT, TEMPLATE
 
@@ -32,7 +33,7 @@ def blocks() -> dict[str, str]:
     radreg_grid.plots(radreg, IMG)
     return {**finetune_grid.sections(finetune_grid.load()), **smart_cost.sections(),
             **pretrain_grid.sections(pretrain), **radreg_grid.sections(radreg),
-            **diagnostics_study.sections(diagnostics_study.load())}
+            **diagnostics_study.sections(diagnostics_study.load()), **smart_retest.sections(smart_retest.load())}
 
 
 def main() -> int:

@@ -1,5 +1,7 @@
 """SMART's Bregman momentum teacher: update arithmetic, schedule, penalty value, state, and the composite."""
 
+import math
+
 import pytest
 import torch
 
@@ -88,3 +90,82 @@ def test_state_dict_passes_on_a_loaded_teacher_before_first_use(tiny):
     other = Bregman()
     other.load_state_dict(reg.state_dict())
     assert other.state_dict()["teacher"] is not None  # not lost when saved again before any forward
+
+
+class _Scalar(torch.nn.Module):
+    """One parameter, set from outside at every step: a student whose trajectory is known."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x):
+        return x * self.w
+
+
+def _teacher_after(reg: Bregman, trajectory: list[float]) -> float:
+    """Run the teacher's updates over a student that is at trajectory[t] after optimizer step t (it starts at 0)."""
+    from gentune.regularizers.base import Context
+
+    student = _Scalar()
+    reg.setup(Context(len(trajectory), student, {}))
+    reg._ensure_teacher(student)  # the first call: the teacher is the starting model (w = 0)
+    for value in trajectory:
+        with torch.no_grad():
+            student.w.fill_(value)
+        reg.after_step(student)
+    return float(reg.teacher.w)
+
+
+def _literal_teacher(betas: list[float], trajectory: list[float]) -> float:
+    """theta~_T = prod(beta) theta_0 + sum_t (1 - beta_t) prod_{s > t} beta_s theta_t, theta_0 = 0, written out."""
+    value = 0.0
+    for beta, theta in zip(betas, trajectory):
+        value = beta * value + (1 - beta) * theta
+    return value
+
+
+def test_the_paper_schedule_leaves_the_teacher_at_the_start_over_a_grid_cell():
+    """189 optimizer steps (1,000 examples, batch 16, 3 epochs): with beta 0.99 then 0.999 the teacher is still 0.70
+    the starting model, and, for a student that moves linearly from 0 to 1, it ends at about 0.15 of the way."""
+    steps = 189
+    path = [(t + 1) / steps for t in range(steps)]
+    reg = Bregman()
+    end = _teacher_after(reg, path)
+    betas = [0.99 if t < 0.1 * steps else 0.999 for t in range(steps)]
+    assert end == pytest.approx(_literal_teacher(betas, path), rel=1e-12)
+    assert reg.init_weight == pytest.approx(0.99 ** 19 * 0.999 ** 170, rel=1e-12) and 0.69 < reg.init_weight < 0.70
+    assert reg.log() == {"bregman_init_weight": reg.init_weight}
+    assert end < 0.16  # the student is at 1
+
+
+@pytest.mark.parametrize("steps", [189, 630, 5000])
+@pytest.mark.parametrize("half_life", [0.05, 0.2])
+def test_a_half_life_teacher_trails_by_the_same_share_of_any_run(steps, half_life):
+    """half_life h: the teacher's weight on where the student stood h of the run ago is 1/2 at any run length, and
+    on the starting model 2^(-1/h); for a linear student path it ends about h / ln 2 of the run behind."""
+    path = [(t + 1) / steps for t in range(steps)]
+    reg = Bregman(half_life=half_life)
+    end = _teacher_after(reg, path)
+    beta = 0.5 ** (1 / (half_life * steps))
+    assert end == pytest.approx(_literal_teacher([beta] * steps, path), rel=1e-10)
+    assert reg.init_weight == pytest.approx(2 ** (-1 / half_life), rel=1e-9)
+    # an exponential average of the ramp t/N from 0 ends beta (1 - beta^N) / ((1 - beta) N) behind it: about
+    # h / ln 2 of the run, whatever its length
+    assert 1 - end == pytest.approx(beta * (1 - 2 ** (-1 / half_life)) / ((1 - beta) * steps), rel=1e-9)
+    assert beta / (1 - beta) == pytest.approx(half_life * steps / math.log(2) - 0.5, rel=0.01)
+
+
+def test_half_life_with_inner_steps_and_bad_values():
+    steps, inner = 200, 4
+    path = [(t + 1) / steps for t in range(steps)]
+    reg = Bregman(half_life=0.1, inner_steps=inner)
+    end = _teacher_after(reg, path)
+    beta = 0.5 ** (inner / (0.1 * steps))
+    held = [path[t] for t in range(inner - 1, steps, inner)]  # updated after every 4th step only
+    assert end == pytest.approx(_literal_teacher([beta] * len(held), held), rel=1e-10)
+    assert reg.init_weight == pytest.approx(0.5 ** 10, rel=1e-9)
+    with pytest.raises(ValueError, match="half_life"):
+        Bregman(half_life=-0.1)
+    assert Smart(half_life=0.2).bregman.half_life == 0.2
+    assert _teacher_after(Bregman(half_life=0.2, momentum=False), path) == path[-1]  # no momentum: the iterate

@@ -187,6 +187,7 @@ REGULARIZERS = {
     "smart-adv": RegRow("sequence-classification", ("smart_adv",)),
     "bregman": RegRow("sequence-classification", ("bregman",)),
     "r3f": RegRow("sequence-classification", ("r3f",)),
+    "rdrop": RegRow("sequence-classification", ("rdrop", "rdrop_nll")),
     "radreg": RegRow("mae", ("radreg",), lambda env: {"data": str(env.folder), "head": "mlp", "batch_size": 4}),
 }
 

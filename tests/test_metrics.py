@@ -54,6 +54,18 @@ def test_correlations(seed):
     assert got["spearman"] == pytest.approx(np.corrcoef(_ranks(p), _ranks(y))[0, 1])
 
 
+def test_regression_scale_metrics_see_what_correlations_cannot():
+    rng = np.random.default_rng(0)
+    y = rng.uniform(0, 5, 200)
+    half = compute(("pearson", "mse", "slope"), y / 2, y)  # perfectly correlated, shrunk to half the scale
+    assert half["pearson"] == pytest.approx(1.0)
+    assert half["slope"] == pytest.approx(0.5) and half["mse"] == pytest.approx(np.mean(y ** 2) / 4)
+    p = 3.0 * y + 1.0 + rng.normal(0, 0.1, 200)
+    fit = np.polyfit(y, p, 1)[0]  # numpy's least-squares line of prediction on gold
+    assert compute(("slope",), p, y)["slope"] == pytest.approx(fit, rel=1e-10)
+    assert compute(("slope",), p, np.ones(200))["slope"] == 0.0
+
+
 def test_degenerate_cases():
     y = np.array([0, 1, 1, 0])
     assert compute(("f1",), np.zeros(4, int), y)["f1"] == 0.0  # never predicts the positive class

@@ -37,7 +37,7 @@ def test_loss_figure_shows_raw_and_smoothed_loss_and_drops_constant_values():
     fig = loss_figure(train, "run")
     titles = [ax.get_title() for ax in _panels(fig)]
     # the loss, the log-scale terms, the signed values, the counts; the constant-zero counter has no panel
-    assert titles == ["run: training loss", "regularizer terms (log scale)", "other logged values", "counts"]
+    assert titles == ["run: training loss", "regularizer terms, positive values (log scale)", "other logged values", "counts"]
     labels = [ln.get_label() for ln in fig.axes[-1].get_lines() if not ln.get_label().startswith("_")]
     assert not any("nonfinite" in label for ax in fig.axes for label in
                    [ln.get_label() for ln in ax.get_lines()])

@@ -113,7 +113,8 @@ def test_resumed_at_the_last_step_keeps_the_last_evaluation_as_final(glue, tiny_
 
 def test_regression_and_f1_tasks(glue, tiny_model, tmp_path):
     s = gentune.finetune(**_args(glue, tiny_model, tmp_path / "stsb", task="stsb", task_dir="STS-B", epochs=1))
-    assert set(s["final_dev"]) == {"pearson", "spearman", "loss"} and s["main_metric"] == "pearson"
+    assert set(s["final_dev"]) == {"pearson", "spearman", "mse", "slope", "loss"} and s["main_metric"] == "pearson"
+    assert s["final_dev"]["mse"] == pytest.approx(s["final_dev"]["loss"], rel=1e-5)  # the loss is the MSE
     s = gentune.finetune(**_args(glue, tiny_model, tmp_path / "mrpc", task="mrpc", task_dir="MRPC", epochs=1,
                                  save_model=False))
     assert set(s["final_dev"]) == {"accuracy", "f1", "loss"} and not (tmp_path / "mrpc" / "best").exists()

@@ -61,6 +61,9 @@ def load_representation(checkpoint: str) -> Representation:
     from .models.hf import load_error, load_errors, load_tokenizer, quiet_transformers, resolve_model_path
 
     name = resolve_model_path(checkpoint)
+    mean = meta.get("pooling") == "mean"  # a mean-pooled classifier: its head reads the mean of encoder/'s states
+    if mean:
+        name = str(path / "encoder")
     if not (Path(name) / "config.json").is_file() and path.exists():
         raise GentuneError(f"{checkpoint}: not a checkpoint (no gentune.json of an image model, no config.json)")
     try:
@@ -74,11 +77,15 @@ def load_representation(checkpoint: str) -> Representation:
 
     def features(batch: dict) -> torch.Tensor:
         out = model(**{k: v for k, v in batch.items() if k != "labels"})
+        if mean:
+            from .models.pooling import masked_mean
+
+            return masked_mean(out.last_hidden_state, batch.get("attention_mask"))
         # what a BERT-style classifier's head reads: the (trained) pooler output, else the [CLS] state
         pooled = getattr(out, "pooler_output", None) if trained_pooler else None
         return pooled if pooled is not None else out.last_hidden_state[:, 0]
 
-    return Representation(str(checkpoint), "text", features, meta, load_tokenizer(name))
+    return Representation(str(checkpoint), "text", features, meta, load_tokenizer(str(path) if mean else name))
 
 
 def _batches_text(rep: Representation, task: str, data: str, limit: int, seed: int):

@@ -36,7 +36,23 @@ def spearman(preds: np.ndarray, labels: np.ndarray) -> float:
     return _corr(stats.spearmanr, preds, labels)
 
 
-METRICS = {"accuracy": accuracy, "f1": f1, "mcc": mcc, "pearson": pearson, "spearman": spearman}
+def mse(preds: np.ndarray, labels: np.ndarray) -> float:
+    """Mean squared error: the scale and offset that a correlation cannot see."""
+    return float(np.mean((np.asarray(preds, float) - np.asarray(labels, float)) ** 2))
+
+
+def slope(preds: np.ndarray, labels: np.ndarray) -> float:
+    """The least-squares slope of the predictions on the gold scores, cov(pred, gold) / var(gold): 1 for predictions
+    on the gold scale, 0.5 for predictions shrunk to half of it (0 for constant gold scores)."""
+    y, p = np.asarray(labels, float), np.asarray(preds, float)
+    var = np.var(y)
+    return float(np.mean((p - p.mean()) * (y - y.mean())) / var) if var > 0 else 0.0
+
+
+METRICS = {"accuracy": accuracy, "f1": f1, "mcc": mcc, "pearson": pearson, "spearman": spearman, "mse": mse,
+           "slope": slope}
+# Reported beside a regression's own metrics: a shrunken or shifted prediction shows in them.
+REGRESSION_SCALE = ("mse", "slope")
 
 
 def compute(names: tuple[str, ...], preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -83,7 +83,7 @@ def loss_figure(train: list[dict], title: str):
     plt = pyplot()
     positive, signed, counts = split_terms(train)
     varying = {n for n in positive + signed + counts if len({r[n] for r in train if n in r}) > 1}
-    titles = {"log": "regularizer terms (log scale)", "linear": "other logged values", "counts": "counts"}
+    titles = {"log": "regularizer terms, positive values (log scale)", "linear": "other logged values", "counts": "counts"}
     panels = [(kind, [n for n in names if n in varying]) for kind, names in zip(titles, (positive, signed, counts))]
     panels = [(kind, names) for kind, names in panels if names]
     fig, axes = plt.subplots(1, 1 + len(panels), figsize=(6 + 5 * len(panels), 3.8), squeeze=False)

@@ -195,15 +195,19 @@ def load_text_classifier(path: str | os.PathLike, task, trainable: bool = False)
 
     from .hf import load_error, load_errors, quiet_transformers, resolve_model_path
 
+    from .pooling import ENCODER, load_mean_pooled
+
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise GentuneError(f"{path}: not a checkpoint directory (no config.json)")
+    meta = read_meta(path) or {}
+    mean = meta.get("pooling") == "mean"
+    where = path / ENCODER if mean else path  # a mean-pooled classifier: its encoder folder holds the config
+    if not (where / "config.json").is_file():
+        raise GentuneError(f"{path}: not a checkpoint directory (no {'encoder/' if mean else ''}config.json)")
     try:
         with quiet_transformers():
-            config = AutoConfig.from_pretrained(path)
+            config = AutoConfig.from_pretrained(where)
     except load_errors() as e:
         raise load_error(f"{path / 'config.json'}: not a model config", e) from None
-    meta = read_meta(path) or {}
     want = list(task.labels) if task.labels else None
     have = meta.get("labels", "unknown") if meta else None
     if config.num_labels != task.num_labels or (meta and have != want):
@@ -214,7 +218,9 @@ def load_text_classifier(path: str | os.PathLike, task, trainable: bool = False)
         )
     try:
         with quiet_transformers():
-            if (path / "adapter_config.json").is_file():  # a PEFT adapter on its base model
+            if mean:
+                model = load_mean_pooled(path, config)
+            elif (path / "adapter_config.json").is_file():  # a PEFT adapter on its base model
                 from peft import PeftModel
 
                 base = AutoModelForSequenceClassification.from_pretrained(

@@ -99,23 +99,38 @@ def load_tokenizer(name: str):
         raise GentuneError(f"cannot load a tokenizer from {name!r}: {str(e).splitlines()[0]}") from None
 
 
-def load_for_task(name: str, task: TaskSpec):
+def load_for_task(name: str, task: TaskSpec, pooling: str = "cls"):
     """A sequence-classification model for ``task`` from a pretrained ``name``: a new head when ``name`` has none
-    or one of another size (a fine-tuned classifier of other labels), its own head when it fits."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    or one of another size (a fine-tuned classifier of other labels), its own head when it fits. ``pooling``:
+    ``cls`` (the model's own head: its pooler on the first token) or ``mean`` (a
+    :class:`gentune.models.pooling.MeanPooledClassifier` on the mean of the token states)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
+    from .pooling import ENCODER, HEAD, MeanPooledClassifier, load_mean_pooled
+
+    if pooling not in ("cls", "mean"):
+        raise GentuneError(f"pooling must be cls or mean, got {pooling!r}")
     path = resolve_model_path(name)
+    mean_saved = (Path(path) / ENCODER / "config.json").is_file() and (Path(path) / HEAD).is_file()
+    source = str(Path(path) / ENCODER) if mean_saved else path  # a mean-pooled gentune checkpoint: its encoder
     labels = task.label_names  # what pipeline() answers: "positive", not "1"
     try:
         with quiet_transformers():
             config = AutoConfig.from_pretrained(
-                path,
+                source,
                 num_labels=task.num_labels,
                 id2label=dict(enumerate(labels)),
                 label2id={l: i for i, l in enumerate(labels)},
                 problem_type="regression" if task.is_regression else "single_label_classification",
             )
-            return AutoModelForSequenceClassification.from_pretrained(path, config=config,
-                                                                      ignore_mismatched_sizes=True)
+            if pooling == "cls":
+                return AutoModelForSequenceClassification.from_pretrained(source, config=config,
+                                                                          ignore_mismatched_sizes=True)
+            if mean_saved:
+                model = load_mean_pooled(path, config)
+                if model.classifier.out_features == task.num_labels:
+                    return model  # its own head fits: it trains on
+                return MeanPooledClassifier(model.encoder, task.num_labels)
+            return MeanPooledClassifier(AutoModel.from_pretrained(source, config=config), task.num_labels)
     except load_errors() as e:
         raise load_error(f"cannot load model {name!r}", e) from None

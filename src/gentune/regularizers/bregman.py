@@ -4,6 +4,11 @@ A teacher copy theta~ of the model trails the student; after every S optimizer s
 
     theta~ <- (1 - beta) * theta + beta * theta~          (beta = beta_early for the first early_fraction of steps)
 
+The paper's absolute schedule (0.99, then 0.999) was made for runs of many thousands of steps: over 189 steps the
+teacher ends 0.99^19 x 0.999^170 = 0.70 the initial model. ``half_life`` (a fraction of the run) sets the momentum
+from the run's length instead: beta = 0.5 ** (inner_steps / (half_life * total_steps)), so that the teacher's
+weight on where the student was ``half_life`` of the run ago is one half, at any run length.
+
 With ``momentum=False`` (beta = 0) this is the paper's plain Bregman proximal point method (its eq. 4): the teacher
 is the iterate theta_t, held fixed while S optimizer steps approximately solve
 min_theta F(theta) + mu * D_Breg(theta, theta_t), then moved to the new iterate.
@@ -55,6 +60,14 @@ def beta_at(step: int, total_steps: int, beta: float, beta_early: float, early_f
     return beta_early if step < early_fraction * total_steps else beta
 
 
+def half_life_beta(half_life: float, total_steps: int, inner_steps: int = 1) -> float:
+    """The momentum whose half-life is ``half_life`` of a run of ``total_steps`` optimizer steps, for a teacher
+    updated every ``inner_steps``: beta ** (half_life * total_steps / inner_steps) = 1/2."""
+    if half_life <= 0 or total_steps <= 0:
+        raise ValueError(f"half_life and total_steps must be positive, got {half_life} and {total_steps}")
+    return 0.5 ** (inner_steps / (half_life * total_steps))
+
+
 @register("regularizer", "bregman")
 class Bregman(Regularizer):
     """SMART's Bregman proximal point term R_B with a momentum teacher (Jiang et al., ACL 2020).
@@ -68,15 +81,21 @@ class Bregman(Regularizer):
         momentum: False: the teacher is the previous iterate (beta = 0), the paper's plain proximal point.
         inner_steps: S, optimizer steps between teacher updates.
         regression: squared error instead of the symmetric KL; None infers it from the output width (1).
+        half_life: > 0: the momentum from the run's length, the teacher's half-life as this fraction of the run
+            (replaces beta and beta_early); 0: the paper's absolute schedule.
         embed_fn, forward_from_embeddings: for a plain ``nn.Module`` (see ``smart-adv``): the teacher's outputs
             are ``forward_from_embeddings(teacher, embed_fn(teacher, batch), batch)``.
     """
 
     def __init__(self, mu: float = 1.0, beta: float = 0.999, beta_early: float = 0.99, early_fraction: float = 0.1,
-                 total_steps: int = 0, momentum: bool = True, inner_steps: int = 1, regression: bool | None = None, *,
-                 embed_fn=None, forward_from_embeddings=None):
+                 total_steps: int = 0, momentum: bool = True, inner_steps: int = 1, regression: bool | None = None,
+                 half_life: float = 0.0, *, embed_fn=None, forward_from_embeddings=None):
         if inner_steps < 1:
             raise ValueError(f"bregman: inner_steps must be >= 1, got {inner_steps}")
+        if half_life < 0 or half_life != half_life:
+            raise ValueError(f"bregman: half_life must be >= 0 (a fraction of the run), got {half_life}")
+        self.half_life = half_life
+        self.init_weight = 1.0  # the teacher's weight on the starting model: the product of the betas so far
         self.mu, self.beta, self.beta_early, self.early_fraction = mu, beta, beta_early, early_fraction
         self.total_steps, self.momentum, self.inner_steps, self.regression = total_steps, momentum, inner_steps, regression
         self._run_length = not total_steps  # left at 0: each run's setup() gives it
@@ -111,20 +130,36 @@ class Bregman(Regularizer):
         regression = student.shape[-1] == 1 if self.regression is None else self.regression
         return {"bregman": self.mu * smoothness_divergence(student, target, regression)}
 
+    def beta_now(self) -> float:
+        """The momentum of the update after the current step."""
+        if not self.momentum:
+            return 0.0
+        if self.half_life:
+            if self.total_steps <= 0:
+                raise ValueError("bregman: half_life needs the run's length (total_steps, given at setup)")
+            return half_life_beta(self.half_life, self.total_steps, self.inner_steps)
+        return beta_at(self.step, self.total_steps, self.beta, self.beta_early, self.early_fraction)
+
     def after_step(self, model) -> None:
         teacher = self._ensure_teacher(model)
         if (self.step + 1) % self.inner_steps == 0:
-            beta = beta_at(self.step, self.total_steps, self.beta, self.beta_early, self.early_fraction)
-            momentum_update(teacher.state_dict(), unwrap(model).state_dict(), beta if self.momentum else 0.0)
+            beta = self.beta_now()
+            momentum_update(teacher.state_dict(), unwrap(model).state_dict(), beta)
+            self.init_weight *= beta
         self.step += 1
+
+    def log(self) -> dict[str, float]:
+        """``bregman_init_weight``: how much of the starting model the teacher still is (1 at the start)."""
+        return {"bregman_init_weight": self.init_weight}
 
     def state_dict(self) -> dict:
         # a loaded teacher not yet applied (no forward since load_state_dict) is passed on as it is
         teacher = self._pending if self.teacher is None else self.teacher.state_dict()
-        return {"step": self.step, "teacher": teacher}
+        return {"step": self.step, "teacher": teacher, "init_weight": self.init_weight}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
+        self.init_weight = state.get("init_weight", 1.0)
         if self.teacher is not None and state["teacher"] is not None:
             self.teacher.load_state_dict(state["teacher"])
         else:
@@ -155,6 +190,8 @@ class Smart(Regularizer):
         inner_steps: S, optimizer steps between teacher updates.
         regression: squared error instead of the symmetric KL, for both terms; None infers it from the output
             width (1: regression).
+        half_life: > 0: the teacher's momentum from the run's length, its half-life as this fraction of the run
+            (replaces beta and beta_early); 0: the paper's absolute schedule.
         embed_fn, forward_from_embeddings: for a plain module (see smart-adv).
     """
 
@@ -162,13 +199,13 @@ class Smart(Regularizer):
                  steps: int = 1, norm: str = "inf", granularity: str = "token", step_style: str = "paper",
                  start_step: int = 0, dropout: str = "independent", mu: float = 1.0, beta: float = 0.999,
                  beta_early: float = 0.99, early_fraction: float = 0.1, total_steps: int = 0, momentum: bool = True,
-                 inner_steps: int = 1, regression: bool | None = None, *, embed_fn=None,
+                 inner_steps: int = 1, regression: bool | None = None, half_life: float = 0.0, *, embed_fn=None,
                  forward_from_embeddings=None):
         plain = {"embed_fn": embed_fn, "forward_from_embeddings": forward_from_embeddings}
         self.adversarial = SmartAdversarial(adv_weight, sigma, eps, eta, steps, norm, granularity, step_style,
                                             start_step, dropout, regression, **plain)
         self.bregman = (Bregman(mu, beta, beta_early, early_fraction, total_steps, momentum, inner_steps, regression,
-                                **plain) if mu else None)
+                                half_life, **plain) if mu else None)
 
     def setup(self, context: Context) -> None:
         self.adversarial.setup(context)
@@ -185,8 +222,8 @@ class Smart(Regularizer):
         self.adversarial.close()
 
     def log(self) -> dict[str, float]:
-        """The adversarial part's log values (smart_zero_grad)."""
-        return self.adversarial.log()
+        """The adversarial part's log values (smart_zero_grad) and the teacher's (bregman_init_weight)."""
+        return {**self.adversarial.log(), **(self.bregman.log() if self.bregman else {})}
 
     def after_step(self, model) -> None:
         self.adversarial.after_step(model)

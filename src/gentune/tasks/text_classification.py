@@ -23,7 +23,7 @@ from ..data.tables import Columns, labels_of, load_named, read_table, standardiz
 from ..data.text_tasks import TaskSpec, TsvLayout
 from ..errors import GentuneError
 from ..fs import write_json_atomic
-from ..metrics import compute
+from ..metrics import REGRESSION_SCALE, compute
 from ..models.checkpoint import load_text_classifier, read_meta, save_text_classifier
 from ..models.hf import (DEFAULT_MODEL, hub_name, load_for_task, load_tokenizer, quiet_transformers,
                          resolve_model_path)
@@ -68,6 +68,9 @@ class TextClassificationConfig(RunConfig):
     init: str | None = opt(None, "start from a finished gentune text run (its best/) or a fine-tuned model folder; "
                                  "a head that does not fit the labels is made anew")
     max_length: int = opt(128, "maximum tokens per example")
+    pooling: str = opt("cls", "cls: the model's own classification head (its pooler on the first token); mean: a new "
+                              "linear head on the mean of the token states over the non-padding tokens, as "
+                              "sentence-transformers checkpoints were trained (saved so that it reloads with it)")
     train_size: int | None = opt(None, "a seeded, label-stratified subsample of the training set")
     dev_from_train: int | None = opt(None, "carve this many seeded, label-stratified training examples out as the "
                                            "dev set that picks the best checkpoint (before train_size), so that "
@@ -93,6 +96,9 @@ class TextClassificationConfig(RunConfig):
             (not (self.train and self.dataset), "give --train/--dev or --dataset, not both"),
             (own or not self.dataset, f"--dataset is for your own data (task text-classification), not {self.task}"),
             (not self.labels or not self.regression, "labels and regression exclude each other"),
+            (self.pooling in ("cls", "mean"), f"pooling must be cls or mean, got {self.pooling!r}"),
+            (not (self.peft and self.pooling == "mean"), "pooling=mean with --peft is not supported (PEFT wraps "
+                                                         "Hugging Face classifiers): use pooling=cls"),
         ]
 
 
@@ -109,7 +115,7 @@ def evaluate_model(model, dataloader, task, accelerator) -> dict[str, float]:
             preds.append(predictions(logits, task.is_regression).cpu())
             labels.append(gold.cpu())
     p, y = torch.cat(preds).numpy(), torch.cat(labels).numpy()
-    out = compute(task.metrics, p, y)
+    out = compute(task.metrics + (REGRESSION_SCALE if task.is_regression else ()), p, y)
     out["loss"] = float(sum(losses) / len(y))
     return out
 
@@ -127,9 +133,12 @@ def _start(cfg: TextClassificationConfig) -> str:
     if not cfg.init:
         return cfg.model
     p = Path(cfg.init)
-    if (p / "best" / "config.json").is_file() or (p / "best" / "adapter_config.json").is_file():
+    def model_folder(q: Path) -> bool:
+        return any((q / f).is_file() for f in ("config.json", "adapter_config.json", "encoder/config.json"))
+
+    if model_folder(p / "best"):
         return str(p / "best")
-    if (p / "config.json").is_file() or (p / "adapter_config.json").is_file():
+    if model_folder(p):
         return str(p)
     raise GentuneError(f"--init {cfg.init}: not a finished gentune text run (no best/) nor a model folder")
 
@@ -205,7 +214,12 @@ def peft_config(cfg: TextClassificationConfig):
         raise GentuneError(f"--peft {cfg.peft}: {e}") from None
 
 
-def _how_to_load(adapter: bool, base: str) -> str:
+def _how_to_load(adapter: bool, base: str, pooling: str = "cls") -> str:
+    if pooling == "mean":
+        return ("A mean-pooled classifier (pooling=mean): `encoder/` is a standard `AutoModel` folder and the head is "
+                "in `head.safetensors`; `transformers.pipeline()` would classify from the first token, so load it with "
+                "`gentune.models.checkpoint.load_text_classifier(PATH, task)` or score a labelled file with "
+                "`gentune evaluate --checkpoint PATH --task TASK --data FILE`.")
     if not adapter:
         return ("Load it with `transformers.pipeline(\"text-classification\", model=PATH)`, or score a labelled file "
                 "with `gentune evaluate --checkpoint PATH --task TASK --data FILE`.")
@@ -256,7 +270,7 @@ def model_card(cfg: TextClassificationConfig, task: TaskSpec, meta: dict, train_
 - training: lr {cfg.lr}, batch {cfg.batch_size}, {cfg.max_steps or cfg.epochs} {"steps" if cfg.max_steps else "epochs"}, seed {cfg.seed}
 - made with gentune {__version__}: `gentune finetune --config config.yaml` with the run's config.yaml reproduces it
 
-{_how_to_load(bool(cfg.peft), start)}
+{_how_to_load(bool(cfg.peft), start, cfg.pooling)}
 """
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}").content
 
@@ -269,7 +283,7 @@ def _model(cfg: TextClassificationConfig, task: TaskSpec, start: str):
             raise GentuneError(f"--init {cfg.init}: a PEFT adapter, which trains on as it is; drop --peft")
         model, _ = load_text_classifier(start, task, trainable=True)
         return model
-    model = load_for_task(start, task)
+    model = load_for_task(start, task, cfg.pooling)
     if cfg.peft:
         import peft
 
@@ -306,6 +320,7 @@ def build(cfg: TextClassificationConfig) -> Job:
         save=save,
         meta={"task": task.name, "labels": list(task.labels) if task.labels else None,
               "label_names": list(task.label_names), "base_model": start, "max_length": cfg.max_length,
+              "pooling": cfg.pooling,
               **({"columns": {"text": cfg.text_column, "text_pair": task.tsv.text_b, "label": cfg.label_column}}
                  if task.name == GENERIC else {}),
               **({"peft": cfg.peft} if cfg.peft else {})},
