@@ -80,7 +80,7 @@ def run_cell(cell: Path, out: Path, argv: list[str], record: dict) -> bool:
     if cells.finished(cell, f"{record} -> {cell.relative_to(ROOT)}"):
         return False
     t0 = time.time()
-    runner.gentune(argv, label=" ".join(f"{k}={v}" for k, v in record.items()))
+    runner.gentune(["finetune", *argv], label=" ".join(f"{k}={v}" for k, v in record.items()))
     cells.write_json(cell, {
         **record, "command": command, "config": yaml.safe_load((out / "config.yaml").read_text()),
         "machine": machine(), "commit": commit(), "date": dt.date.today().isoformat(),
