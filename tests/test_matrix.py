@@ -163,8 +163,21 @@ def context_encoder_row(env: Env, seed: int = 0) -> Job:
     return _job(model, objective, data, collate, _image_context(env))
 
 
+def mlm_row(env: Env, seed: int = 0) -> Job:
+    from gentune.models.hf import load_masked_lm, load_tokenizer
+    from gentune.objectives.mlm import MaskedLMCollator
+
+    torch.manual_seed(seed)
+    model, _ = load_masked_lm(env.text_model)  # a BertModel without a head: the head is tied to the embeddings
+    tok = load_tokenizer(env.text_model)
+    examples = [tok(s, truncation=True, max_length=32, return_special_tokens_mask=True) for s in SENTENCES]
+    objective = registry.create("objective", "mlm", mask_prob=0.3).bind(tok)
+    return _job(model, objective, examples, MaskedLMCollator(tok))
+
+
 OBJECTIVES = {
     "sequence-classification": text_row,
+    "mlm": mlm_row,
     "image-classification": image_classification_row,
     "mae": mae_row,
     "context-encoder": context_encoder_row,
@@ -221,7 +234,18 @@ def pretrain_task(env: Env, out: Path, **kw):
                          "test")
 
 
-TASKS = {"text-classification": text_task, "image-classification": image_task, "image-pretraining": pretrain_task}
+def text_pretrain_task(env: Env, out: Path, **kw):
+    from gentune.tasks.text_pretraining import TextPretrainingConfig
+
+    text = env.tmp / "text.txt"
+    text.write_text("\n".join(SENTENCES * 5) + "\n")
+    return apply_mapping(TextPretrainingConfig(), dict(data=str(text), out=str(out), model=env.text_model,
+                                                       val_size=4, batch_size=4, eval_batch_size=4, max_length=32,
+                                                       objective_options={"mlm": {"mask_prob": 0.3}}, **kw), "test")
+
+
+TASKS = {"text-classification": text_task, "image-classification": image_task, "image-pretraining": pretrain_task,
+         "text-pretraining": text_pretrain_task}
 ROWS = {"task": TASKS, "objective": OBJECTIVES, "regularizer": REGULARIZERS}
 
 
@@ -365,6 +389,15 @@ def test_task_row(name, env, monkeypatch):
         data = task.datasets(make(env, full))
         scored = task.score(loaded, data.heldout)
         assert scored == pytest.approx(summary["best_dev"], rel=1e-5)
+    elif name == "text-pretraining":
+        from transformers import AutoModelForMaskedLM
+
+        from gentune.models.checkpoint import read_meta
+
+        assert read_meta(full / "model")["kind"] == "text-mlm"
+        loaded = AutoModelForMaskedLM.from_pretrained(full / "model")  # the standard way, with no gentune code
+        trained = {k: v for k, v in loaded.state_dict().items()}
+        assert trained and all(torch.isfinite(v).all() for v in trained.values() if v.is_floating_point())
     else:
         from gentune.models.checkpoint import load_encoder, read_meta
 
@@ -392,3 +425,8 @@ def test_task_row(name, env, monkeypatch):
     logs = [[json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, part)]
     assert [(r["type"], r["step"]) for r in logs[1]] == [(r["type"], r["step"]) for r in logs[0]]
     assert [r["loss"] for r in _train(logs[1])] == pytest.approx([r["loss"] for r in _train(logs[0])], rel=1e-5)
+    if name == "text-pretraining":  # the resumed run saved the same weights
+        from safetensors.torch import load_file
+
+        a, b = (load_file(d / "model" / "model.safetensors") for d in (full, part))
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

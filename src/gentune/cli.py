@@ -109,15 +109,19 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--train-size", type=int, help="seeded, label-stratified subsample of the training set")
     _run_flags(ft, TextClassificationConfig(), "a regularizer option as NAME.OPTION=VALUE")
 
-    pt = sub.add_parser("pretrain", help="unsupervised pretraining of an image encoder (mae, context-encoder)",
+    pt = sub.add_parser("pretrain", help="unsupervised pretraining: an image encoder (mae, context-encoder) or a text "
+                                         "encoder (mlm)",
                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_keys_epilog("pretrain"),
-                        description="Pretrain an image encoder on an image folder or archive (labels ignored); "
-                                    "saves OUT/encoder for `gentune finetune --task image-classification --init`. "
-                                    "Rerunning with the same --out resumes.")
-    pt.add_argument("--objective", help="mae (default) or context-encoder")
-    pt.add_argument("--data", help="an image folder <root>/<class>/<file>, or a .tar.gz of one")
-    pt.add_argument("--out", help="run directory (config, metrics, plots, encoder/, reconstructions.png)")
-    pt.add_argument("--model", help="encoder name (default vit-tiny-p4 for mae, conv-small for context-encoder)")
+                        description="Pretrain an image encoder on an image folder or archive (labels ignored; saves "
+                                    "OUT/encoder for `gentune finetune --task image-classification --init`), or a "
+                                    "text encoder with masked-LM on unlabeled text (--objective mlm; saves OUT/model "
+                                    "for `gentune finetune --model`). Rerunning with the same --out resumes.")
+    pt.add_argument("--objective", help="mae (default), context-encoder, or mlm (text)")
+    pt.add_argument("--data", help="an image folder <root>/<class>/<file> or a .tar.gz of one; mlm: a text file (.txt "
+                                   "one example a line, CSV/TSV/JSON/JSONL with a text column) or a folder of them")
+    pt.add_argument("--out", help="run directory (config, metrics, plots, encoder/ or model/)")
+    pt.add_argument("--model", help="encoder name (default vit-tiny-p4 for mae, conv-small for context-encoder); "
+                                    "mlm: a Hugging Face model name or path (default all-MiniLM-L6-v2)")
     # kept for commands written before RadReg's data became its option: --regularizer radreg --set radreg.data=PATH
     pt.add_argument("--radreg-data", metavar="PATH", help=argparse.SUPPRESS)
     _run_flags(pt, ImagePretrainingConfig(), "an objective/regularizer option as NAME.OPTION=VALUE "
@@ -281,9 +285,12 @@ def _cmd_pretrain(args) -> int:
     summary = pretrain(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         dev = summary["final_dev"] or {}
-        print(f"{summary['objective']}: validation loss {dev.get('loss', float('nan')):.4f}; "
+        saved = "model" if summary["objective"] == "mlm" else "encoder"
+        unit = "examples" if summary["objective"] == "mlm" else "images"
+        extra = f", masked-token accuracy {dev['accuracy']:.4f}" if "accuracy" in dev else ""
+        print(f"{summary['objective']}: validation loss {dev.get('loss', float('nan')):.4f}{extra}; "
               f"{summary['train_steps']} steps in {summary['train_seconds']:.0f}s "
-              f"({summary['examples_per_second']:.0f} images/s) -> {cfg.out}/encoder")
+              f"({summary['examples_per_second']:.0f} {unit}/s) -> {cfg.out}/{saved}")
     return 0
 
 

@@ -153,6 +153,51 @@ def standardize(ds, columns: Columns, labels: list[str] | None, where: str, labe
     return datasets.Dataset.from_list(rows, features=features), pair is not None
 
 
+def read_texts(paths: list[str], text_column: str = "text", text_pair_column: str | None = None,
+               task=None):
+    """Unlabeled text for pretraining, as a :class:`datasets.Dataset` of ``text_a`` (and ``text_b``): plain-text
+    files (``.txt``, one example per non-empty line), CSV/TSV/JSON/JSONL files with a header (``text_column``, and
+    ``text_pair_column`` when present), or, with ``task`` (a :class:`gentune.data.text_tasks.TaskSpec`), that
+    task's own files with their labels dropped. Several files are concatenated."""
+    import datasets
+
+    _quiet()
+    parts = []
+    for path in paths:
+        p = Path(path)
+        if task is not None:
+            from .glue import read_file
+
+            ds = read_file(task, p, labelled=False).remove_columns(["label"])
+        elif p.suffix.lower() == ".txt":
+            if not p.is_file():
+                raise GentuneError(f"{p}: no such file")
+            try:
+                lines = [line.strip() for line in p.read_text(encoding="utf-8").split("\n")]
+            except UnicodeDecodeError as e:
+                raise GentuneError(f"{p}: not UTF-8 text (byte {e.start})") from None
+            lines = [line for line in lines if line]
+            if not lines:
+                raise GentuneError(f"{p}: no text (every line is empty)")
+            ds = datasets.Dataset.from_dict({"text_a": lines, "text_b": [None] * len(lines)},
+                                            features=datasets.Features({"text_a": datasets.Value("string"),
+                                                                        "text_b": datasets.Value("string")}))
+        else:
+            table = read_table(p)
+            _column(table, text_column, str(p))
+            pair = text_pair_column if text_pair_column and text_pair_column in table.column_names else None
+            bad = next((i for i, t in enumerate(table[text_column]) if not isinstance(t, str)), None)
+            if bad is not None:
+                raise GentuneError(f"{p}: row {bad + 1}: column {text_column!r} is not text")
+            ds = datasets.Dataset.from_dict(
+                {"text_a": table[text_column], "text_b": table[pair] if pair else [None] * len(table)},
+                features=datasets.Features({"text_a": datasets.Value("string"), "text_b": datasets.Value("string")}))
+        parts.append(ds)
+    if not parts:
+        raise GentuneError("no text given (--data FILE ...)")
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
 def cache_dir() -> Path:
     """Where in-memory datasets given to the Python API are saved: ``$GENTUNE_CACHE`` or ~/.cache/gentune."""
     return Path(os.environ.get("GENTUNE_CACHE") or Path.home() / ".cache" / "gentune")
@@ -181,4 +226,4 @@ def to_disk(data) -> str:
     return str(target)
 
 
-__all__ = ["Columns", "cache_dir", "labels_of", "load_named", "read_table", "standardize", "to_disk"]
+__all__ = ["Columns", "cache_dir", "labels_of", "load_named", "read_table", "read_texts", "standardize", "to_disk"]

@@ -32,7 +32,7 @@ from ..fs import atomic_dir, read_json, recover_dir
 META = "gentune.json"
 WEIGHTS = "model.safetensors"
 VERSION = 1
-KINDS = ("text-classifier", "image-encoder", "image-classifier")
+KINDS = ("text-classifier", "text-mlm", "image-encoder", "image-classifier")
 
 
 def read_meta(path: str | Path) -> dict | None:
@@ -69,7 +69,7 @@ def kind_of(path: str | Path) -> str | None:
 
 def _describe(kind: str, meta: dict, model=None) -> dict:
     info = {"gentune": VERSION, "kind": kind, **meta}
-    if kind == "text-classifier":
+    if kind in ("text-classifier", "text-mlm"):
         info["architecture"] = "hf"
     else:
         encoder = model if kind == "image-encoder" else model.encoder
@@ -114,6 +114,18 @@ def save_text_classifier(model, tokenizer, directory: str | Path, meta: dict, ca
         (tmp / META).write_text(json.dumps(_describe("text-classifier", dict(meta)), indent=2))
         if card is not None:
             (tmp / "README.md").write_text(card)
+    return Path(directory)
+
+
+def save_masked_lm(model, tokenizer, directory: str | Path, meta: dict) -> Path:
+    """A masked-LM ``save_pretrained`` folder (what ``AutoModelForMaskedLM.from_pretrained`` loads) with its tokenizer
+    and ``gentune.json`` (kind ``text-mlm``)."""
+    from .hf import quiet_transformers
+
+    with atomic_dir(Path(directory)) as tmp, quiet_transformers():
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / META).write_text(json.dumps(_describe("text-mlm", dict(meta)), indent=2))
     return Path(directory)
 
 

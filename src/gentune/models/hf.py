@@ -99,6 +99,31 @@ def load_tokenizer(name: str):
         raise GentuneError(f"cannot load a tokenizer from {name!r}: {str(e).splitlines()[0]}") from None
 
 
+def load_masked_lm(name: str):
+    """(an ``AutoModelForMaskedLM`` of ``name``, the head's provenance). A checkpoint without a masked-LM head (a
+    sentence encoder such as all-MiniLM-L6-v2) gets one whose output layer is tied to the word embeddings (when the
+    config ties them, as BERT's does) and whose transform and bias are new: "tied" (or "new" when untied), against
+    "pretrained" for a checkpoint that holds its head."""
+    from transformers import AutoModelForMaskedLM
+
+    path = resolve_model_path(name)
+    try:
+        with quiet_transformers():
+            model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+    except load_errors() as e:
+        raise load_error(f"cannot load model {name!r} as a masked LM", e) from None
+    missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
+    head = [k for k in missing if k.startswith(("cls.", "lm_head.", "vocab_", "predictions."))]
+    body = [k for k in missing if k not in head]
+    if body:
+        raise GentuneError(f"model {name!r}: {len(body)} encoder weights are missing as a masked LM (e.g. {body[0]}): "
+                           "not a checkpoint of this architecture")
+    if not head:
+        return model, "pretrained"
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    return model, "tied" if tied else "new"
+
+
 def load_for_task(name: str, task: TaskSpec, pooling: str = "cls"):
     """A sequence-classification model for ``task`` from a pretrained ``name``: a new head when ``name`` has none
     or one of another size (a fine-tuned classifier of other labels), its own head when it fits. ``pooling``:

@@ -193,6 +193,8 @@ def _micro_step(p: _Parts, batch: dict, state: TrainState) -> dict | None:
         record["nonfinite_steps"] = state.nonfinite_steps  # steps skipped so far
     for reg in p.regularizers:  # values a regularizer reports beside its loss terms (e.g. an unweighted estimate)
         record.update(reg.log())
+    # values the objective reports beside its loss (the masked-token accuracy of MLM)
+    record.update({k: float(v) for k, v in result.get("log", {}).items()})
     return record
 
 
