@@ -175,9 +175,30 @@ def mlm_row(env: Env, seed: int = 0) -> Job:
     return _job(model, objective, examples, MaskedLMCollator(tok))
 
 
+def prompt_row(env: Env, seed: int = 0) -> Job:
+    from gentune.data import get_task
+    from gentune.data.prompts import packaged
+    from gentune.models.hf import load_tokenizer
+    from gentune.objectives.classification import Collator
+    from gentune.objectives.prompt import tokenize_prompt
+    from gentune.tasks.text_classification import prompt_model
+
+    import datasets
+
+    torch.manual_seed(seed)
+    tok = load_tokenizer(env.text_model)
+    prompt = packaged("sst2")
+    model, _ = prompt_model(env.text_model, tok, prompt, note=False)
+    rows = datasets.Dataset.from_dict({"text_a": SENTENCES, "text_b": [None] * len(SENTENCES),
+                                       "label": [i % 2 for i in range(len(SENTENCES))]})
+    examples = tokenize_prompt(rows, tok, prompt, 32)
+    return _job(model, registry.create("objective", "prompt"), list(examples), Collator(tok, False))
+
+
 OBJECTIVES = {
     "sequence-classification": text_row,
     "mlm": mlm_row,
+    "prompt": prompt_row,
     "image-classification": image_classification_row,
     "mae": mae_row,
     "context-encoder": context_encoder_row,

@@ -49,7 +49,7 @@ def _run_flags(p: argparse.ArgumentParser, defaults, options: str) -> None:
 FINETUNE_FLAGS = ("task", "out", "data_dir", "train", "dev", "model", "epochs", "max_steps", "batch_size", "lr",
                   "max_length", "train_size", "seed", "regularizer", "data", "init", "classes", "labels_per_class",
                   "linear_probe", "report_to", "test", "dataset", "dataset_config", "text_column",
-                  "text_pair_column", "label_column", "labels", "peft")
+                  "text_pair_column", "label_column", "labels", "peft", "objective")
 PRETRAIN_FLAGS = ("objective", "data", "out", "model", "epochs", "max_steps", "batch_size", "lr", "seed",
                   "regularizer", "report_to")
 DIAGNOSE_FLAGS = ("checkpoint", "task", "data", "pretrain_data", "out", "max_examples", "n_sigma", "bound", "mlp",
@@ -94,6 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     own.add_argument("--labels", type=lambda v: [c.strip() for c in v.split(",") if c.strip()],
                      help="comma-separated label set in index order (default: the training labels, sorted); "
                           "--set regression=true for scores")
+    ft.add_argument("--objective", choices=["sequence-classification", "prompt"],
+                    help="text tasks: sequence-classification (default: a classification head) or prompt (LM-BFF: the "
+                         "masked LM's label-word logits at a template's [MASK]; --set prompt.template=... "
+                         "prompt.label_words=...)")
     ft.add_argument("--peft", metavar="METHOD", help="train a PEFT adapter (lora, ia3, ...) instead of the whole "
                                                      "model; its options: --set peft.r=8 peft.alpha=16")
     img = ft.add_argument_group("image-classification")
@@ -151,6 +155,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="a labelled file in the task's formats (e.g. a GLUE dev TSV), or "
                                                   "an image folder/archive for image-classification")
     ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--objective", choices=["prompt"],
+                    help="prompt: score a masked LM (any model with a masked-LM head) through the task's LM-BFF prompt "
+                         "with no training (zero-shot); a trained prompt checkpoint needs no flag")
+    ev.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="with --objective prompt: prompt.template='{text_a} It was {mask} .' "
+                         "prompt.label_words=terrible,great")
 
     ls = sub.add_parser("list", help="tasks, models, objectives and regularizers; `gentune list NAME`: one with its "
                                      "options")
@@ -331,7 +341,19 @@ def _cmd_evaluate(args) -> int:
     from .fs import dumps_strict
     from .tasks import evaluate
 
-    print(dumps_strict(evaluate(args.checkpoint, args.task, args.data, batch_size=args.batch_size)))
+    options = None
+    if args.set:
+        from .config import apply_overrides
+        from .tasks.text_classification import TextClassificationConfig
+
+        bad = [s for s in args.set if not s.split("=", 1)[0].strip().startswith("prompt.")]
+        if bad or args.objective != "prompt":
+            raise GentuneError(f"--set {(bad or args.set)[0]}: evaluate takes only prompt.OPTION=VALUE, with "
+                               "--objective prompt")
+        cfg = apply_overrides(TextClassificationConfig(task="sst2", objective="prompt"), args.set)
+        options = cfg.objective_options.get("prompt", {})
+    print(dumps_strict(evaluate(args.checkpoint, args.task, args.data, batch_size=args.batch_size,
+                                objective=args.objective, objective_options=options)))
     return 0
 
 

@@ -44,6 +44,7 @@ class Representation:
     fn: object
     meta: dict
     tokenizer: object = None
+    prompt: object = None  # a prompt-based checkpoint: examples are encoded in its prompt, h(x) is the [MASK] state
 
 
 def load_representation(checkpoint: str) -> Representation:
@@ -59,6 +60,25 @@ def load_representation(checkpoint: str) -> Representation:
     from transformers import AutoModel
 
     from .models.hf import load_error, load_errors, load_tokenizer, quiet_transformers, resolve_model_path
+
+    if meta.get("objective") == "prompt":  # what its label words read: the encoder's state at the [MASK]
+        from transformers import AutoModelForMaskedLM
+
+        from .data.prompts import Prompt
+        from .models.prompting import PromptClassifier
+
+        saved = meta["prompt"]
+        try:
+            with quiet_transformers():
+                mlm = AutoModelForMaskedLM.from_pretrained(path)
+        except load_errors() as e:
+            raise load_error(f"{checkpoint}: cannot load a model", e) from None
+        model = PromptClassifier(mlm, saved["label_ids"], saved["mask_token_id"]).eval()
+        prompt = Prompt(saved["template"], tuple(saved["label_words"]),
+                        tuple(saved["bounds"]) if saved.get("bounds") else None)
+        return Representation(str(checkpoint), "text",
+                              lambda batch: model.mask_hidden(**{k: v for k, v in batch.items() if k != "labels"}),
+                              meta, load_tokenizer(str(path)), prompt)
 
     name = resolve_model_path(checkpoint)
     mean = meta.get("pooling") == "mean"  # a mean-pooled classifier: its head reads the mean of encoder/'s states
@@ -113,7 +133,15 @@ def _batches_text(rep: Representation, task: str, data: str, limit: int, seed: i
             print(f"note: read {data} without labels ({e})", file=sys.stderr)
     if len(ds) > limit:
         ds = ds.select(np.random.default_rng(seed).choice(len(ds), limit, replace=False).tolist())
-    tok = tokenize(ds, rep.tokenizer, 128, pair)
+    if rep.prompt is not None:
+        from .objectives.prompt import tokenize_prompt
+
+        if rep.prompt.pair and not pair:
+            raise GentuneError(f"{data}: one text per line, but the checkpoint's prompt {rep.prompt.template!r} takes "
+                               "two")
+        tok = tokenize_prompt(ds, rep.tokenizer, rep.prompt, 128)
+    else:
+        tok = tokenize(ds, rep.tokenizer, 128, pair)
     dl = torch.utils.data.DataLoader(tok, batch_size=64, collate_fn=Collator(rep.tokenizer, spec.is_regression))
     return dl, (np.asarray(ds["label"], dtype=float) if labelled else np.full(len(ds), np.nan))
 

@@ -222,6 +222,22 @@ def load_text_classifier(path: str | os.PathLike, task, trainable: bool = False)
         raise load_error(f"{path / 'config.json'}: not a model config", e) from None
     want = list(task.labels) if task.labels else None
     have = meta.get("labels", "unknown") if meta else None
+    if meta.get("objective") == "prompt":  # a masked LM read through its prompt's label words
+        if have != want:
+            raise GentuneError(f"{path}: checkpoint does not fit task {task.name} (a prompt over labels {have}; the "
+                               f"task needs " + (f"labels {want})" if want else "regression)"))
+        from transformers import AutoModelForMaskedLM
+
+        from .prompting import PromptClassifier
+
+        prompt = meta["prompt"]
+        try:
+            with quiet_transformers():
+                mlm = AutoModelForMaskedLM.from_pretrained(path)
+        except load_errors() as e:
+            raise load_error(f"{path}: cannot load checkpoint", e) from None
+        return PromptClassifier(mlm, prompt["label_ids"], prompt["mask_token_id"],
+                                tuple(prompt["bounds"]) if prompt.get("bounds") else None), meta
     if config.num_labels != task.num_labels or (meta and have != want):
         desc = f"{config.num_labels} output(s)" + (f", labels {have}" if meta else "")
         raise GentuneError(

@@ -40,8 +40,10 @@ def pretrain(cfg) -> dict:
     return run(cfg, task.build)
 
 
-def evaluate(checkpoint: str, task: str, data: str, batch_size: int = 64) -> dict:
-    """Metrics of a fine-tuned checkpoint on any labelled file or folder of ``task``'s format."""
+def evaluate(checkpoint: str, task: str, data: str, batch_size: int = 64, objective: str | None = None,
+             objective_options: dict | None = None) -> dict:
+    """Metrics of a fine-tuned checkpoint on any labelled file or folder of ``task``'s format; text tasks with
+    ``objective="prompt"``: of any masked LM through a prompt, untrained (zero-shot)."""
     from ..errors import GentuneError
 
     if batch_size < 1:
@@ -49,7 +51,12 @@ def evaluate(checkpoint: str, task: str, data: str, batch_size: int = 64) -> dic
     entry = for_name(task)
     if entry.load is None or entry.read is None or entry.score is None:
         raise GentuneError(f"task {task!r} ({entry.name}) cannot evaluate a checkpoint")
-    model = entry.load(checkpoint, task)
+    if objective is not None or objective_options:
+        if entry.name != "text-classification":
+            raise GentuneError(f"--objective: task {task!r} ({entry.name}) has no objective to choose at evaluation")
+        model = entry.load(checkpoint, task, objective, objective_options)
+    else:
+        model = entry.load(checkpoint, task)
     dataset = entry.read(data, model)
     metrics = entry.score(model, dataset, batch_size)
     return {"task": model.name, "file": str(data), "examples": len(dataset), **metrics}

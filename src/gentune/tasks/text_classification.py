@@ -34,6 +34,7 @@ from .base import Splits, Task, register_task
 
 
 GENERIC = "text-classification"  # --task for your own files or dataset, with named columns
+OBJECTIVES = ("sequence-classification", "prompt")
 
 
 def implied_task(task, data_dir=None, train=None, dataset=None) -> str:
@@ -65,6 +66,13 @@ class TextClassificationConfig(RunConfig):
                                          "sorted)")
     regression: bool = opt(False, "your data: the labels are scores (mean squared error, Pearson and Spearman)")
     model: str = opt(DEFAULT_MODEL, "a Hugging Face model name or path")
+    objective: str = opt("sequence-classification", "sequence-classification: a classification head on the encoder "
+                                                     "(see pooling); prompt: the masked LM's logits of label words at "
+                                                     "the [MASK] of a template (LM-BFF), options --set "
+                                                     "prompt.template=... prompt.label_words=...")
+    objective_options: dict[str, dict[str, Any]] = opt(
+        factory=dict, help="the objective's options: --set prompt.template='{text_a} It was {mask} .' "
+                           "prompt.label_words=terrible,great")
     init: str | None = opt(None, "start from a finished gentune text run (its best/) or a fine-tuned model folder; "
                                  "a head that does not fit the labels is made anew")
     max_length: int = opt(128, "maximum tokens per example")
@@ -99,7 +107,20 @@ class TextClassificationConfig(RunConfig):
             (self.pooling in ("cls", "mean"), f"pooling must be cls or mean, got {self.pooling!r}"),
             (not (self.peft and self.pooling == "mean"), "pooling=mean with --peft is not supported (PEFT wraps "
                                                          "Hugging Face classifiers): use pooling=cls"),
+            (self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}, got "
+                                           f"{self.objective!r}"),
+            (not (self.objective == "prompt" and self.pooling == "mean"), "pooling=mean is for a classification "
+                                                                          "head; the prompt objective reads the [MASK]"),
+            (not (self.objective == "prompt" and self.peft), "--peft with the prompt objective is not supported "
+                                                             "yet: fine-tune the whole masked LM"),
         ]
+
+    def validate(self) -> None:
+        super().validate()
+        for name in self.objective_options:
+            if name != self.objective:
+                raise GentuneError(f"config: options given for objective {name!r}, but the objective is "
+                                   f"{self.objective!r} (--objective {name})")
 
 
 def evaluate_model(model, dataloader, task, accelerator) -> dict[str, float]:
@@ -126,6 +147,36 @@ def check(cfg: TextClassificationConfig) -> None:
     resolve_model_path(_start(cfg))  # so does a model path that does not exist
     if cfg.peft:
         peft_config(cfg)
+    if cfg.objective == "prompt":
+        options = cfg.objective_options.get("prompt", {})
+        create("objective", "prompt", **options)
+        if cfg.task != GENERIC:
+            from ..data.prompts import label_word_ids
+
+            prompt = prompt_of(get_task(cfg.task), options)  # a bad template or label word fails before any work
+            label_word_ids(load_tokenizer(_start(cfg)), prompt.label_words)
+
+
+def prompt_of(task: TaskSpec, options: dict):
+    """The prompt of ``task`` with the prompt objective's options (``template``, ``label_words``, ``bounds``)."""
+    from ..data.prompts import prompt_for
+
+    return prompt_for(task, options.get("template"), options.get("label_words"), options.get("bounds"))
+
+
+def prompt_model(start: str, tokenizer, prompt, note: bool = True):
+    """A :class:`gentune.models.prompting.PromptClassifier` of the masked LM ``start`` for ``prompt``."""
+    from ..data.prompts import label_word_ids
+    from ..models.hf import load_masked_lm
+    from ..models.prompting import PromptClassifier
+
+    ids = label_word_ids(tokenizer, prompt.label_words)
+    mlm, head = load_masked_lm(start)
+    if head != "pretrained" and note:
+        print(f"note: {start} has no masked-LM head: its output layer is "
+              f"{'tied to the word embeddings' if head == 'tied' else 'new'} and the transform before it is new, so "
+              "the label-word logits start untrained (pretrain the head first: gentune pretrain --objective mlm)")
+    return PromptClassifier(mlm, ids, tokenizer.mask_token_id, prompt.bounds), head
 
 
 def _start(cfg: TextClassificationConfig) -> str:
@@ -214,7 +265,16 @@ def peft_config(cfg: TextClassificationConfig):
         raise GentuneError(f"--peft {cfg.peft}: {e}") from None
 
 
-def _how_to_load(adapter: bool, base: str, pooling: str = "cls") -> str:
+def _how_to_load(adapter: bool, base: str, pooling: str = "cls", prompt: dict | None = None) -> str:
+    if prompt is not None:
+        words = ", ".join(f"{w}" for w in prompt["label_words"])
+        return (f"A masked LM fine-tuned through a prompt (LM-BFF): each example is written as "
+                f"`{prompt['template']}` and the label is the label word ({words}) with the highest masked-LM logit "
+                "at [MASK]" + (f" (regression: {prompt['bounds'][0]:g} + ({prompt['bounds'][1]:g} - "
+                               f"{prompt['bounds'][0]:g}) p(high word))" if prompt.get("bounds") else "") +
+                ". `transformers.pipeline(\"fill-mask\", model=PATH)` fills a [MASK]; score a labelled file with "
+                "`gentune evaluate --checkpoint PATH --task TASK --data FILE` (it applies the prompt, saved in "
+                "gentune.json).")
     if pooling == "mean":
         return ("A mean-pooled classifier (pooling=mean): `encoder/` is a standard `AutoModel` folder and the head is "
                 "in `head.safetensors`; `transformers.pipeline()` would classify from the first token, so load it with "
@@ -253,7 +313,8 @@ def model_card(cfg: TextClassificationConfig, task: TaskSpec, meta: dict, train_
                           metric_value=float(v)) for k, v in dev.items() if k != "loss" and isinstance(v, float)]
     start = hub_name(_start(cfg))
     card_data = ModelCardData(base_model=start if not Path(start).exists() else None,
-                              library_name="peft" if cfg.peft else "transformers", pipeline_tag="text-classification",
+                              library_name="peft" if cfg.peft else "transformers",
+                              pipeline_tag="fill-mask" if meta.get("objective") == "prompt" else "text-classification",
                               tags=["gentune", "text-classification", *cfg.regularizer], eval_results=results or None,
                               model_name=f"{task.name}-{Path(cfg.out).name}")
     regs = "; ".join(f"{r} {cfg.regularizer_options.get(r, {}) or '(defaults)'}" for r in cfg.regularizer) or "none"
@@ -270,7 +331,9 @@ def model_card(cfg: TextClassificationConfig, task: TaskSpec, meta: dict, train_
 - training: lr {cfg.lr}, batch {cfg.batch_size}, {cfg.max_steps or cfg.epochs} {"steps" if cfg.max_steps else "epochs"}, seed {cfg.seed}
 - made with gentune {__version__}: `gentune finetune --config config.yaml` with the run's config.yaml reproduces it
 
-{_how_to_load(bool(cfg.peft), start, cfg.pooling)}
+- objective: {cfg.objective}{f" (template {meta['prompt']['template']!r}, label words {meta['prompt']['label_words']})" if meta.get("prompt") else ""}
+
+{_how_to_load(bool(cfg.peft), start, cfg.pooling, meta.get("prompt"))}
 """
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}").content
 
@@ -297,7 +360,23 @@ def build(cfg: TextClassificationConfig) -> Job:
     task = data.info
     start = _start(cfg)
     tokenizer = load_tokenizer(start)
-    model = _model(cfg, task, start)
+    prompt, extra = None, {}
+    if cfg.objective == "prompt":
+        from ..objectives.prompt import tokenize_prompt
+
+        options = cfg.objective_options.get("prompt", {})
+        prompt = prompt_of(task, options)
+        model, head = prompt_model(start, tokenizer, prompt)
+        objective = create("objective", "prompt", **options)
+        train_set = tokenize_prompt(data.train, tokenizer, prompt, cfg.max_length)
+        dev_set = tokenize_prompt(data.heldout, tokenizer, prompt, cfg.max_length)
+        extra = {"objective": "prompt", "mlm_head": head,
+                 "prompt": {**prompt.as_dict(), "label_ids": model.label_ids, "mask_token_id": model.mask_token_id}}
+    else:
+        model = _model(cfg, task, start)
+        objective = create("objective", "sequence-classification", regression=task.is_regression)
+        train_set = tokenize(data.train, tokenizer, cfg.max_length, task.text_pair)
+        dev_set = tokenize(data.heldout, tokenizer, cfg.max_length, task.text_pair)
 
     def save(unwrapped, directory: Path, meta: dict) -> None:
         card = model_card(cfg, task, meta, len(data.train), len(data.heldout))
@@ -311,10 +390,10 @@ def build(cfg: TextClassificationConfig) -> Job:
 
     return Job(
         model=model,
-        objective=create("objective", "sequence-classification", regression=task.is_regression),
-        train_set=tokenize(data.train, tokenizer, cfg.max_length, task.text_pair),
+        objective=objective,
+        train_set=train_set,
         collate=Collator(tokenizer, task.is_regression),
-        dev_set=tokenize(data.heldout, tokenizer, cfg.max_length, task.text_pair),
+        dev_set=dev_set,
         evaluate=lambda m, dl, acc: evaluate_model(m, dl, task, acc),
         main_metric=task.main_metric,
         save=save,
@@ -323,8 +402,9 @@ def build(cfg: TextClassificationConfig) -> Job:
               "pooling": cfg.pooling,
               **({"columns": {"text": cfg.text_column, "text_pair": task.tsv.text_b, "label": cfg.label_column}}
                  if task.name == GENERIC else {}),
-              **({"peft": cfg.peft} if cfg.peft else {})},
-        summary={"task": task.name, "model": cfg.model},
+              **({"peft": cfg.peft} if cfg.peft else {}), **extra},
+        summary={"task": task.name, "model": cfg.model, "objective": cfg.objective,
+                 **({"mlm_head": extra["mlm_head"]} if prompt else {})},
         on_end=on_end if cfg.test else None,
     )
 
@@ -337,16 +417,34 @@ class _Loaded:
     tokenizer: object
     task: object
     max_length: int
+    prompt: object = None  # a gentune.data.prompts.Prompt: examples are encoded in it
 
     @property
     def name(self) -> str:
         return self.task.name
 
 
-def load(checkpoint: str, name: str) -> _Loaded:
-    """A saved text classifier (or a PEFT adapter with its base model), checked against the task's labels; for
-    your own data the labels and columns come from its gentune.json."""
+def load(checkpoint: str, name: str, objective: str | None = None, objective_options: dict | None = None) -> _Loaded:
+    """A saved text classifier (or a PEFT adapter with its base model, or a prompt-based one), checked against the
+    task's labels; for your own data the labels and columns come from its gentune.json. ``objective="prompt"``
+    scores any masked LM through a prompt with no training (zero-shot), the task's packaged one or
+    ``objective_options`` (``template``, ``label_words``, ``bounds``)."""
     meta = read_meta(Path(checkpoint)) or {}
+    if objective not in (None, *OBJECTIVES):
+        raise GentuneError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if objective_options and objective != "prompt":
+        raise GentuneError("objective options are for --objective prompt (zero-shot prompting)")
+    if objective == "prompt" and meta.get("objective") != "prompt":  # zero-shot: a masked LM through a prompt
+        if name == GENERIC:
+            raise GentuneError("zero-shot prompting needs a named task (--task sst2, ...): your own data's label set "
+                               "comes from a trained checkpoint")
+        spec = get_task(name)
+        prompt = prompt_of(spec, objective_options or {})
+        tokenizer = load_tokenizer(checkpoint)
+        model, _ = prompt_model(checkpoint, tokenizer, prompt, note=False)
+        return _Loaded(model, tokenizer, spec, 128, prompt)
+    if objective == "sequence-classification" and meta.get("objective") == "prompt":
+        raise GentuneError(f"{checkpoint}: a prompt-based checkpoint (objective prompt), not a classification head")
     if name == GENERIC or meta.get("task") == GENERIC:
         if meta.get("task") != GENERIC:
             raise GentuneError(f"{checkpoint}: not a model of your own data (task {meta.get('task')!r}); give "
@@ -359,7 +457,17 @@ def load(checkpoint: str, name: str) -> _Loaded:
     else:
         spec = get_task(name)
     model, meta = load_text_classifier(checkpoint, spec)
-    return _Loaded(model, load_tokenizer(checkpoint), spec, meta.get("max_length", 128))
+    prompt = None
+    if meta.get("objective") == "prompt":
+        from ..data.prompts import Prompt
+
+        saved = meta["prompt"]
+        prompt = Prompt(saved["template"], tuple(saved["label_words"]),
+                        tuple(saved["bounds"]) if saved.get("bounds") else None)
+        if objective_options:
+            raise GentuneError(f"{checkpoint}: a trained prompt checkpoint keeps its own prompt ({prompt.template!r});"
+                               " objective options are for zero-shot prompting of a masked LM")
+    return _Loaded(model, load_tokenizer(checkpoint), spec, meta.get("max_length", 128), prompt)
 
 
 def read(path: str, loaded: _Loaded):
@@ -382,7 +490,12 @@ def score(loaded: _Loaded, dataset, batch_size: int = 64) -> dict:
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    tok = tokenize(dataset, loaded.tokenizer, loaded.max_length, loaded.task.text_pair)
+    if loaded.prompt is not None:
+        from ..objectives.prompt import tokenize_prompt
+
+        tok = tokenize_prompt(dataset, loaded.tokenizer, loaded.prompt, loaded.max_length)
+    else:
+        tok = tokenize(dataset, loaded.tokenizer, loaded.max_length, loaded.task.text_pair)
     dl = torch.utils.data.DataLoader(tok, batch_size=batch_size, shuffle=False,
                                      collate_fn=Collator(loaded.tokenizer, loaded.task.is_regression))
     model, dl = accelerator.prepare(loaded.model, dl)
