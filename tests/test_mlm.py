@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,3 +231,19 @@ def test_pretrain_mlm_bad_inputs(tmp_path, tiny_model, capsys):
     cli_error(capsys, "mask_prob", "pretrain", "--objective", "mlm", "--model", tiny_model, "--data",
               str(tmp_path / "t.txt"), "--out", str(tmp_path / "o3"), "--set", "mlm.mask_prob=2")
     assert not (tmp_path / "o").exists() and not (tmp_path / "o3" / "model").exists()
+
+
+def test_head_only_mlm_leaves_the_encoder(tmp_path, tiny_model, capsys):
+    from safetensors.torch import load_file
+
+    from conftest import cli_ok
+
+    (tmp_path / "t.txt").write_text("\n".join(f"the cat sat on mat {i}" for i in range(40)) + "\n")
+    out = tmp_path / "head"
+    cli_ok(capsys, "pretrain", "--objective", "mlm", "--model", tiny_model, "--data", str(tmp_path / "t.txt"), "--out",
+           str(out), "--max-steps", "3", "--batch-size", "8", "--lr", "1e-2", "--set", "train=head", "val_size=4")
+    before = load_file(str(Path(tiny_model) / "model.safetensors"))
+    after = load_file(str(out / "model" / "model.safetensors"))
+    body = [k for k in after if k.startswith("bert.") and k.removeprefix("bert.") in before]
+    assert len(body) > 10 and all(torch.equal(after[k], before[k.removeprefix("bert.")]) for k in body)
+    assert json.loads((out / "model" / "gentune.json").read_text())["train"] == "head"

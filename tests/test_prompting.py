@@ -5,6 +5,7 @@ that keeps the [MASK], the refusals, and the command (fine-tune, reload, zero-sh
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -290,3 +291,43 @@ def test_prompt_config_refusals(tmp_path, tiny_mlm, glue, capsys):
     cli_error(capsys, "single tokens", *base, "--out", str(tmp_path / "c"), "--objective", "prompt", "--set",
               "prompt.label_words=bad,hippopotamuses")
     assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_evaluation_sets_lose_every_k_shot_text(glue):
+    """The few-shot protocol's dedup: every example of full/<TASK>/dev whose text is in a seed's k-shot train or dev
+    goes, counted; texts compare case- and whitespace-insensitively, pairs as pairs."""
+    import datasets
+
+    from gentune.data.glue import read_file
+    from gentune.data.splits import without_overlap
+
+    spec = get_task("mr")
+    dev = read_file(spec, glue / "full" / "mr" / "dev.json")
+    k = glue / "k-shot" / "mr" / "16-42"
+    train, kdev = read_file(spec, k / "train.csv"), read_file(spec, k / "dev.csv")
+    kept, removed = without_overlap(dev, train, kdev)
+    inside = {" ".join(t.lower().split()) for t in list(train["text_a"]) + list(kdev["text_a"])}
+    assert removed == sum(" ".join(t.lower().split()) in inside for t in dev["text_a"]) and removed > 0
+    assert not inside & {" ".join(t.lower().split()) for t in kept["text_a"]}
+    assert len(kept) + removed == len(dev)
+    pairs = datasets.Dataset.from_dict({"text_a": ["A b", "A b", "c"], "text_b": ["x", "y", None], "label": [0, 1, 0]})
+    other = datasets.Dataset.from_dict({"text_a": ["a  B", "C"], "text_b": ["X", None]})
+    kept, removed = without_overlap(pairs, other)
+    assert removed == 2 and kept["text_b"] == ["y"]
+
+
+def test_a_text_linear_probe_trains_the_head_only(tmp_path, tiny_model, glue, capsys):
+    from safetensors.torch import load_file
+
+    from conftest import cli_ok
+
+    train, dev = _files(glue, tmp_path)
+    out = tmp_path / "probe"
+    cli_ok(capsys, "finetune", "--task", "sst2", "--model", tiny_model, "--train", str(train), "--dev", str(dev),
+           "--out", str(out), "--max-steps", "3", "--batch-size", "8", "--lr", "1e-2", "--linear-probe", "--set",
+           "pooling=mean")
+    before = load_file(str(Path(tiny_model) / "model.safetensors"))
+    after = load_file(str(out / "best" / "encoder" / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before if k in after) and len(after) > 10
+    head = load_file(str(out / "best" / "head.safetensors"))
+    assert head["weight"].shape == (2, 32)

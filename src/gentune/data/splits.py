@@ -71,4 +71,21 @@ def pixel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return mean, std
 
 
-__all__ = ["align_classes", "held_out_split", "pixel_stats", "select_classes"]
+def text_key(text_a: str | None, text_b: str | None = None) -> tuple[str, str]:
+    """An example's text as compared for overlap: each part lowercased, whitespace collapsed."""
+    def norm(t):
+        return " ".join((t or "").lower().split())
+
+    return norm(text_a), norm(text_b)
+
+
+def without_overlap(dataset, *others):
+    """(``dataset`` without every example whose text, (text_a, text_b) as :func:`text_key` compares it, occurs in
+    any of ``others``, how many were removed). For few-shot protocols whose small training and dev files were
+    drawn from the set an evaluation file was split from (LM-BFF's k-shot files and ``full/<TASK>/dev``)."""
+    seen = {text_key(a, b) for o in others for a, b in zip(o["text_a"], o["text_b"])}
+    keep = [i for i, (a, b) in enumerate(zip(dataset["text_a"], dataset["text_b"])) if text_key(a, b) not in seen]
+    return dataset.select(keep), len(dataset) - len(keep)
+
+
+__all__ = ["align_classes", "held_out_split", "pixel_stats", "select_classes", "text_key", "without_overlap"]

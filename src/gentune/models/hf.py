@@ -159,3 +159,25 @@ def load_for_task(name: str, task: TaskSpec, pooling: str = "cls"):
             return MeanPooledClassifier(AutoModel.from_pretrained(source, config=config), task.num_labels)
     except load_errors() as e:
         raise load_error(f"cannot load model {name!r}", e) from None
+
+
+def freeze_encoder(model):
+    """A linear probe: the encoder of a sequence classifier (``base_model``, or a mean-pooled classifier's
+    ``encoder``) gets no gradients and stays in eval mode (no dropout) even when the model trains; only the head
+    on top learns (for a BERT classifier: its classifier layer on the frozen pooler output). Returns ``model``."""
+    import types
+
+    import torch
+
+    encoder = getattr(model, "encoder", None) if type(model).__name__ == "MeanPooledClassifier" else None
+    encoder = encoder if encoder is not None else model.base_model
+    if encoder is model:
+        raise GentuneError(f"linear probe: {type(model).__name__} has no separate encoder to freeze")
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    encoder.train = types.MethodType(lambda self, mode=True: torch.nn.Module.train(self, False), encoder)
+    encoder.eval()
+    if not any(p.requires_grad for p in model.parameters()):
+        raise GentuneError(f"linear probe: {type(model).__name__} has no trainable head outside its encoder")
+    return model
+

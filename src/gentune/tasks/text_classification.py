@@ -79,6 +79,7 @@ class TextClassificationConfig(RunConfig):
     pooling: str = opt("cls", "cls: the model's own classification head (its pooler on the first token); mean: a new "
                               "linear head on the mean of the token states over the non-padding tokens, as "
                               "sentence-transformers checkpoints were trained (saved so that it reloads with it)")
+    linear_probe: bool = opt(False, "freeze the encoder (no gradients, no dropout), train the head only")
     train_size: int | None = opt(None, "a seeded, label-stratified subsample of the training set")
     dev_from_train: int | None = opt(None, "carve this many seeded, label-stratified training examples out as the "
                                            "dev set that picks the best checkpoint (before train_size), so that "
@@ -111,6 +112,8 @@ class TextClassificationConfig(RunConfig):
                                            f"{self.objective!r}"),
             (not (self.objective == "prompt" and self.pooling == "mean"), "pooling=mean is for a classification "
                                                                           "head; the prompt objective reads the [MASK]"),
+            (not (self.linear_probe and (self.peft or self.objective == "prompt")),
+             "linear_probe trains a classification head on frozen features: not with --peft or the prompt objective"),
             (not (self.objective == "prompt" and self.peft), "--peft with the prompt objective is not supported "
                                                              "yet: fine-tune the whole masked LM"),
         ]
@@ -374,6 +377,10 @@ def build(cfg: TextClassificationConfig) -> Job:
                  "prompt": {**prompt.as_dict(), "label_ids": model.label_ids, "mask_token_id": model.mask_token_id}}
     else:
         model = _model(cfg, task, start)
+        if cfg.linear_probe:
+            from ..models.hf import freeze_encoder
+
+            freeze_encoder(model)
         objective = create("objective", "sequence-classification", regression=task.is_regression)
         train_set = tokenize(data.train, tokenizer, cfg.max_length, task.text_pair)
         dev_set = tokenize(data.heldout, tokenizer, cfg.max_length, task.text_pair)
@@ -399,7 +406,7 @@ def build(cfg: TextClassificationConfig) -> Job:
         save=save,
         meta={"task": task.name, "labels": list(task.labels) if task.labels else None,
               "label_names": list(task.label_names), "base_model": start, "max_length": cfg.max_length,
-              "pooling": cfg.pooling,
+              "pooling": cfg.pooling, "linear_probe": cfg.linear_probe,
               **({"columns": {"text": cfg.text_column, "text_pair": task.tsv.text_b, "label": cfg.label_column}}
                  if task.name == GENERIC else {}),
               **({"peft": cfg.peft} if cfg.peft else {}), **extra},

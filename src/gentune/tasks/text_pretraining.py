@@ -47,6 +47,8 @@ class TextPretrainingConfig(RunConfig):
     model: str = opt(DEFAULT_MODEL, "a Hugging Face model name or path (without a masked-LM head: one is tied to the "
                                     "word embeddings)")
     max_length: int = opt(128, "maximum tokens per example")
+    train: str = opt("all", "all: the encoder and the masked-LM head; head: the head only (its transform and bias; an "
+                            "output layer tied to the word embeddings stays as it is), the encoder frozen")
     val_size: int = opt(500, "examples held out for the masked-token loss and accuracy (at most a tenth of the text)")
     split_seed: int = opt(0, "the held-out slice")
     epochs: float = opt(3.0, "training epochs")
@@ -60,6 +62,7 @@ class TextPretrainingConfig(RunConfig):
             *super()._checks(),
             (self.val_size >= 0, "val_size must be >= 0"),
             (self.max_length >= 8, "max_length must be at least 8"),
+            (self.train in ("all", "head"), f"train must be all or head, got {self.train!r}"),
         ]
 
     def validate(self) -> None:
@@ -157,13 +160,17 @@ def build(cfg: TextPretrainingConfig) -> Job:
     if head != "pretrained":
         print(f"note: {cfg.model} has no masked-LM head: its output layer is "
               f"{'tied to the word embeddings' if head == 'tied' else 'new'}, the transform before it new")
+    if cfg.train == "head":
+        from ..models.hf import freeze_encoder
+
+        freeze_encoder(model)  # base_model: the encoder, word embeddings (and a tied output layer) included
     whole = objective.whole_word
     train = tokenize_text(data.train, tokenizer, cfg.max_length, whole)
     val = tokenize_text(data.heldout, tokenizer, cfg.max_length, whole) if data.heldout is not None else None
     collate = MaskedLMCollator(tokenizer, whole)
     tokens = float(np.mean([len(x) for x in train["input_ids"]])) if len(train) else 0.0
     meta = {"objective": "mlm", "objective_options": options, "base_model": cfg.model, "head": head,
-            "data": cfg.data, "from_task": cfg.from_task, "max_length": cfg.max_length, "val_size": len(val or [])}
+            "data": cfg.data, "from_task": cfg.from_task, "train": cfg.train, "max_length": cfg.max_length, "val_size": len(val or [])}
     return Job(
         model=model,
         objective=objective,
