@@ -24,7 +24,7 @@ FORBIDDEN = [
       for layer in ("data", "models", "objectives", "regularizers", "train", "tasks", "diagnostics", "config",
                     "registry", "cli")],
 ]
-GRIDS = ["finetune_grid", "pretrain_grid", "radreg_grid", "diagnostics_study", "smart_retest"]
+GRIDS = ["finetune_grid", "pretrain_grid", "radreg_grid", "diagnostics_study", "smart_retest", "fewshot_grid"]
 
 
 def _imports_tool(root: Path, package: str, forbidden: list[tuple[str, str]]):

@@ -106,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     img.add_argument("--classes", type=lambda v: [c for c in v.split(",") if c],
                      help="comma-separated class folders to use, in label order (default: all)")
     img.add_argument("--labels-per-class", type=int, help="label budget: seeded training images per class")
-    img.add_argument("--linear-probe", action="store_const", const=True, help="freeze the encoder, train the head")
+    img.add_argument("--linear-probe", action="store_const", const=True,
+                     help="freeze the encoder, train the head (text tasks too)")
     ft.add_argument("--model", help="Hugging Face model name or path (default: all-MiniLM-L6-v2); images without "
                                     "--init: an encoder name (default vit-tiny-p4)")
     ft.add_argument("--max-length", type=int, help="maximum tokens per example (default 128)")

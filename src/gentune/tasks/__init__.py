@@ -1,8 +1,10 @@
 """The task layer: one file per task family, each registered under the kind ``task`` (:mod:`.base`).
 
-- ``text-classification`` (:mod:`.text_classification`): GLUE-family text classification and regression;
+- ``text-classification`` (:mod:`.text_classification`): GLUE-family text classification and regression, with a
+  head or through a prompt (``objective: prompt``);
 - ``image-classification`` (:mod:`.image_classification`): an image folder, a pretrained or fresh encoder;
-- ``image-pretraining`` (:mod:`.image_pretraining`): ``mae`` and ``context-encoder`` on an image folder.
+- ``image-pretraining`` (:mod:`.image_pretraining`): ``mae`` and ``context-encoder`` on an image folder;
+- ``text-pretraining`` (:mod:`.text_pretraining`): ``mlm`` on unlabeled text.
 
 :func:`finetune`, :func:`pretrain` and :func:`evaluate` are what the CLI and the Python API call.
 """
