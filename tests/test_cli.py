@@ -68,7 +68,7 @@ def test_finetune_input_errors(capsys, tmp_path, glue, tiny_model):
           _write(tmp_path, "r.yaml", "regularizer: [l2sp]\nregularizer_options: {l2sp: {alpha: abc}}\n")],
          "r.yaml: regularizer_options.l2sp.alpha: expected a number, got 'abc'"),
         (["--train", good, "--dev", good, "--data", good], "--data applies to image-classification"),
-        (["--train", good, "--dev", good, "--linear-probe"], "--linear-probe applies to image-classification"),
+        (["--train", good, "--dev", good, "--labels-per-class", "3"], "--labels-per-class applies to image-classification"),
         (["--train", good, "--dev", good, "--regularizer", "smart", "--set", "smart.norm=foo"],
          "norm must be one of ('inf', 'l2'), got 'foo'"),
     ]
