@@ -5,8 +5,8 @@ on the shipped splade-tiny masked LM, on it after task-adaptive MLM, and on Mini
 Data: the LM-BFF 16-shot splits `k-shot/<TASK>/16-<seed>/` (seeds 13, 21, 42, 87, 100): train for training, their
 dev for checkpoint and learning-rate selection (as LM-BFF does). Reported: `full/<TASK>/dev` with every example
 whose text occurs in that seed's k-shot train or dev removed (the k-shot files were drawn from the training sets
-that `full/` was split from; seed 42's sets are all inside `full/*/dev` for sst-5, mr, cr, subj and trec), the count
-removed in each cell. No choice ever sees the reported set.
+that `full/` was split from; seed 42's k-shot sets of sst-5, mr, cr, subj and trec lie inside `full/*/dev`), the
+number of dev examples removed in each cell. No choice ever sees the reported set.
 
 Phases, in order (each run is one JSON cell under benchmarks/results/fewshot/, finished cells are skipped, so the
 grid spans sessions):

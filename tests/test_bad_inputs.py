@@ -95,10 +95,21 @@ def cli_quiet(argv):
     return code, "", err.getvalue()
 
 
+_UNFINISHED: list[tuple[Path, Path]] = []  # (a template run, the test folder it was made in)
+
+
 def _unfinished_run(env: Env) -> Path:
-    """A run stopped after its last checkpoint, before summary.json: the same command resumes it."""
-    out = _finished_run(env, "unfinished")
-    (out / "summary.json").unlink()
+    """A run stopped after its last checkpoint, before summary.json: the same command resumes it. Made once and
+    copied, its config's paths moved to this test's folder (the data files are the same in every test)."""
+    out = env.tmp / "unfinished"
+    if not _UNFINISHED:
+        made = _finished_run(env, "unfinished-template")
+        (made / "summary.json").unlink()
+        _UNFINISHED.append((made, env.tmp))
+    template, made_in = _UNFINISHED[0]
+    shutil.copytree(template, out)
+    config = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(config.replace(str(template), str(out)).replace(str(made_in), str(env.tmp)))
     return out
 
 
