@@ -58,10 +58,16 @@ def tokenize(dataset, tokenizer, max_length: int, text_pair: bool):
         enc["labels"] = batch["label"]
         return enc
 
+    return map_quietly(dataset, fn)
+
+
+def map_quietly(dataset, fn):
+    """``dataset.map(fn, batched=True)`` in place of its columns, without datasets' progress bar (tokenizing a few
+    thousand rows takes well under a second)."""
     import datasets
 
     bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # tokenizing a few thousand rows takes well under a second
+    datasets.disable_progress_bars()
     try:
         return dataset.map(fn, batched=True, remove_columns=dataset.column_names)
     finally:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import register
+from .classification import map_quietly
 
 
 def prompt_loss(label_logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float] | None) -> torch.Tensor:
@@ -62,8 +63,6 @@ class PromptFinetuning:
 def tokenize_prompt(dataset, tokenizer, prompt, max_length: int):
     """Encode a (text_a, text_b, label) Dataset in ``prompt`` (a :class:`gentune.data.prompts.Prompt`) once;
     padding happens per batch in the collator (:class:`gentune.objectives.classification.Collator`)."""
-    import datasets
-
     from ..data.prompts import encode
 
     def fn(batch):
@@ -72,13 +71,7 @@ def tokenize_prompt(dataset, tokenizer, prompt, max_length: int):
         enc["labels"] = batch["label"]
         return enc
 
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        return dataset.map(fn, batched=True, remove_columns=dataset.column_names)
-    finally:
-        if bars:
-            datasets.enable_progress_bars()
+    return map_quietly(dataset, fn)
 
 
 PromptFinetuningConfig = PromptFinetuning.Config

@@ -23,6 +23,7 @@ from ..data.tables import read_texts
 from ..errors import GentuneError
 from ..models.checkpoint import save_masked_lm
 from ..models.hf import DEFAULT_MODEL, load_masked_lm, load_tokenizer, resolve_model_path
+from ..objectives.classification import map_quietly
 from ..objectives.mlm import MaskedLMCollator
 from ..registry import create
 from ..train import Job
@@ -115,15 +116,7 @@ def tokenize_text(dataset, tokenizer, max_length: int, whole_word: bool):
         return tokenizer(batch["text_a"], second, truncation=True, max_length=max_length,
                          return_special_tokens_mask=True, return_offsets_mapping=whole_word)
 
-    import datasets
-
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        return dataset.map(fn, batched=True, remove_columns=dataset.column_names)
-    finally:
-        if bars:
-            datasets.enable_progress_bars()
+    return map_quietly(dataset, fn)
 
 
 def masked_lm_eval(objective, seed: int = 0):
