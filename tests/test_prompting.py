@@ -243,6 +243,14 @@ def test_finetune_prompt_reload_and_score(tmp_path, tiny_mlm, glue, capsys):
         h = torch.cat([rep.fn(b) for b in dl])
     assert h.shape == (8, 32) and len(labels) == 8
 
+    assert Prompt.from_dict(meta["prompt"]) == packaged("sst2")  # what as_dict wrote comes back
+    from conftest import cli_error
+
+    damaged = {**meta, "prompt": {k: v for k, v in meta["prompt"].items() if k != "template"}}
+    (out / "best" / "gentune.json").write_text(json.dumps(damaged))
+    cli_error(capsys, "gentune.json: prompt: not a saved prompt (KeyError: 'template')", "evaluate", "--checkpoint",
+              str(out / "best"), "--task", "sst2", "--data", str(dev))
+
 
 def test_zero_shot_and_regression(tmp_path, tiny_mlm, glue, capsys):
     """Zero-shot scoring of a masked LM through the packaged or a user prompt equals the untrained classifier's

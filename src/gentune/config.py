@@ -122,6 +122,11 @@ class RunConfig:
             if name not in self.regularizer:
                 raise GentuneError(f"config: options given for regularizer {name!r}, which is not in regularizer "
                                    f"{self.regularizer}")
+        objective = getattr(self, "objective", None)  # the families with a choice of objective
+        for name in getattr(self, "objective_options", {}):
+            if name != objective:
+                raise GentuneError(f"config: options given for objective {name!r}, but the objective is "
+                                   f"{objective!r} (--objective {name})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -62,20 +62,10 @@ def load_representation(checkpoint: str) -> Representation:
     from .models.hf import load_error, load_errors, load_tokenizer, quiet_transformers, resolve_model_path
 
     if meta.get("objective") == "prompt":  # what its label words read: the encoder's state at the [MASK]
-        from transformers import AutoModelForMaskedLM
+        from .models.checkpoint import load_prompt_classifier
 
-        from .data.prompts import Prompt
-        from .models.prompting import PromptClassifier
-
-        saved = meta["prompt"]
-        try:
-            with quiet_transformers():
-                mlm = AutoModelForMaskedLM.from_pretrained(path)
-        except load_errors() as e:
-            raise load_error(f"{checkpoint}: cannot load a model", e) from None
-        model = PromptClassifier(mlm, saved["label_ids"], saved["mask_token_id"]).eval()
-        prompt = Prompt(saved["template"], tuple(saved["label_words"]),
-                        tuple(saved["bounds"]) if saved.get("bounds") else None)
+        model, prompt = load_prompt_classifier(path, meta)
+        model.eval()
         return Representation(str(checkpoint), "text",
                               lambda batch: model.mask_hidden(**{k: v for k, v in batch.items() if k != "labels"}),
                               meta, load_tokenizer(str(path)), prompt)

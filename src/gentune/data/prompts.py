@@ -53,6 +53,16 @@ class Prompt:
         return {"template": self.template, "label_words": list(self.label_words),
                 "bounds": list(self.bounds) if self.bounds else None}
 
+    @classmethod
+    def from_dict(cls, saved: dict, where: str = "prompt") -> "Prompt":
+        """The prompt that :meth:`as_dict` wrote (a checkpoint's gentune.json); a damaged entry names ``where``."""
+        try:
+            bounds = saved.get("bounds")
+            return cls(str(saved["template"]), tuple(str(w) for w in saved["label_words"]),
+                       (float(bounds[0]), float(bounds[1])) if bounds else None)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise GentuneError(f"{where}: not a saved prompt ({type(e).__name__}: {e})") from None
+
 
 def parse_template(template: str) -> list[tuple[str, str]]:
     """(kind, value) parts of ``template``; one ``{mask}`` exactly, known fields and filters only."""

@@ -195,6 +195,29 @@ def load_image_classifier(path: str | Path):
     return model.eval(), meta
 
 
+def load_prompt_classifier(path, meta: dict):
+    """A prompt-based checkpoint (``objective: prompt`` in ``meta``, its gentune.json): the masked LM wrapped as a
+    :class:`~gentune.models.prompting.PromptClassifier` over its saved label words, and its
+    :class:`~gentune.data.prompts.Prompt`."""
+    from transformers import AutoModelForMaskedLM
+
+    from ..data.prompts import Prompt
+    from .hf import load_error, load_errors, quiet_transformers
+    from .prompting import PromptClassifier
+
+    path = Path(path)
+    saved = meta.get("prompt")
+    if not isinstance(saved, dict) or not {"label_ids", "mask_token_id"} <= set(saved):
+        raise GentuneError(f"{path / META}: a prompt checkpoint without its prompt (label_ids, mask_token_id)")
+    prompt = Prompt.from_dict(saved, f"{path / META}: prompt")
+    try:
+        with quiet_transformers():
+            mlm = AutoModelForMaskedLM.from_pretrained(path)
+    except load_errors() as e:
+        raise load_error(f"{path}: cannot load checkpoint", e) from None
+    return PromptClassifier(mlm, saved["label_ids"], saved["mask_token_id"], prompt.bounds), prompt
+
+
 def load_text_classifier(path: str | os.PathLike, task, trainable: bool = False):
     """(model, gentune.json) of a ``text-classifier`` folder (or any ``save_pretrained`` sequence classifier),
     checked against ``task``'s label set (a :class:`gentune.data.text_tasks.TaskSpec`); a PEFT adapter comes on
@@ -226,18 +249,7 @@ def load_text_classifier(path: str | os.PathLike, task, trainable: bool = False)
         if have != want:
             raise GentuneError(f"{path}: checkpoint does not fit task {task.name} (a prompt over labels {have}; the "
                                f"task needs " + (f"labels {want})" if want else "regression)"))
-        from transformers import AutoModelForMaskedLM
-
-        from .prompting import PromptClassifier
-
-        prompt = meta["prompt"]
-        try:
-            with quiet_transformers():
-                mlm = AutoModelForMaskedLM.from_pretrained(path)
-        except load_errors() as e:
-            raise load_error(f"{path}: cannot load checkpoint", e) from None
-        return PromptClassifier(mlm, prompt["label_ids"], prompt["mask_token_id"],
-                                tuple(prompt["bounds"]) if prompt.get("bounds") else None), meta
+        return load_prompt_classifier(path, meta)[0], meta
     if config.num_labels != task.num_labels or (meta and have != want):
         desc = f"{config.num_labels} output(s)" + (f", labels {have}" if meta else "")
         raise GentuneError(

@@ -65,13 +65,6 @@ class ImagePretrainingConfig(RunConfig):
             (0 < self.crop_scale <= 1, "crop_scale must be in (0, 1]"),
         ]
 
-    def validate(self) -> None:
-        super().validate()
-        for name in self.objective_options:
-            if name != self.objective:
-                raise GentuneError(f"config: options given for objective {name!r}, but the objective is "
-                                   f"{self.objective!r}")
-
 
 def validation_loss(objective, seed: int = 0):
     """``evaluate(model, dataloader, accelerator)``: the mean objective loss over the validation images, with

@@ -118,13 +118,6 @@ class TextClassificationConfig(RunConfig):
                                                              "yet: fine-tune the whole masked LM"),
         ]
 
-    def validate(self) -> None:
-        super().validate()
-        for name in self.objective_options:
-            if name != self.objective:
-                raise GentuneError(f"config: options given for objective {name!r}, but the objective is "
-                                   f"{self.objective!r} (--objective {name})")
-
 
 def evaluate_model(model, dataloader, task, accelerator) -> dict[str, float]:
     """Metrics of a sequence classifier on every example of ``dataloader`` (gathered across processes)."""
@@ -468,9 +461,7 @@ def load(checkpoint: str, name: str, objective: str | None = None, objective_opt
     if meta.get("objective") == "prompt":
         from ..data.prompts import Prompt
 
-        saved = meta["prompt"]
-        prompt = Prompt(saved["template"], tuple(saved["label_words"]),
-                        tuple(saved["bounds"]) if saved.get("bounds") else None)
+        prompt = Prompt.from_dict(meta["prompt"], f"{checkpoint}/gentune.json: prompt")
         if objective_options:
             raise GentuneError(f"{checkpoint}: a trained prompt checkpoint keeps its own prompt ({prompt.template!r});"
                                " objective options are for zero-shot prompting of a masked LM")

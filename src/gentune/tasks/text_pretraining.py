@@ -66,13 +66,6 @@ class TextPretrainingConfig(RunConfig):
             (self.train in ("all", "head"), f"train must be all or head, got {self.train!r}"),
         ]
 
-    def validate(self) -> None:
-        super().validate()
-        for name in self.objective_options:
-            if name != self.objective:
-                raise GentuneError(f"config: options given for objective {name!r}, but the objective is "
-                                   f"{self.objective!r}")
-
 
 def text_files(data: str) -> list[str]:
     """The files of ``data``: itself, or a folder's text files (sorted)."""
