@@ -15,31 +15,6 @@ from gentune.data.prompts import Prompt, encode, label_word_ids, packaged, promp
 from gentune.errors import GentuneError
 
 
-@pytest.fixture(scope="module")
-def tok():
-    from gentune.models.hf import load_tokenizer
-
-    return load_tokenizer("all-MiniLM-L6-v2")
-
-
-@pytest.fixture(scope="module")
-def tiny_mlm(tmp_path_factory, tok):
-    """A tiny random BertForMaskedLM (its own head, untied bias) with the MiniLM vocabulary, dropout off."""
-    from transformers import BertConfig, BertForMaskedLM
-
-    path = tmp_path_factory.mktemp("tiny-mlm")
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)
-    model = BertForMaskedLM(cfg)
-    with torch.no_grad():
-        model.cls.predictions.bias.normal_(0, 0.5)  # a non-zero bias, so that leaving it out would show
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
-
-
 def _gelu(x):
     return 0.5 * x * (1.0 + torch.erf(x / 2.0 ** 0.5))
 

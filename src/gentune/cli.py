@@ -1,5 +1,5 @@
-"""The ``gentune`` command line: ``finetune``, ``pretrain``, ``evaluate``, ``diagnose``, ``compare``, ``list``,
-``recipes``.
+"""The ``gentune`` command line: ``finetune``, ``pretrain``, ``evaluate``, ``diagnose``, ``kernel``, ``compare``,
+``list``, ``recipes``.
 
 Every training command takes its task's config (:mod:`gentune.tasks`) from, in order of precedence, the config's
 defaults < ``--config FILE.yaml`` < explicit flags < ``--set key=value``, all through one typed path
@@ -52,6 +52,8 @@ FINETUNE_FLAGS = ("task", "out", "data_dir", "train", "dev", "model", "epochs", 
                   "text_pair_column", "label_column", "labels", "peft", "objective")
 PRETRAIN_FLAGS = ("objective", "data", "out", "model", "epochs", "max_steps", "batch_size", "lr", "seed",
                   "regularizer", "report_to")
+KERNEL_FLAGS = ("model", "checkpoint", "task", "train", "eval", "out", "objective", "kernel", "solver", "params",
+                "seed")
 DIAGNOSE_FLAGS = ("checkpoint", "task", "data", "pretrain_data", "out", "max_examples", "n_sigma", "bound", "mlp",
                   "seed")
 
@@ -149,6 +151,33 @@ def _parser() -> argparse.ArgumentParser:
                     help="skip the MLP-head estimate (the slow one)")
     dg.add_argument("--seed", type=int)
     _config_flags(dg, "e.g. --set n_sigma=500")
+
+    kn = sub.add_parser("kernel", help="the empirical NTK of (prompt-based) fine-tuning and its solvers' predictions",
+                        description="The empirical neural tangent kernel (SGD, SignGD or Adam's asymmetric SignGD "
+                                    "kernel) of a model's outputs on a task's training examples, and the kernel "
+                                    "solvers' predictions on held-out examples (Malladi et al., ICML 2023). Writes "
+                                    "OUT/metrics.json, OUT/predictions.json and the kernels (safetensors); a rerun "
+                                    "resumes from the finished blocks.",
+                        epilog="examples:\n  gentune kernel --model ../shared/models/splade_tiny_bert_mlm --task sst2 "
+                               "--train k-shot/SST-2/16-13/train.tsv --eval SST-2/dev.tsv --out runs/k\n"
+                               "  gentune kernel ... --kernel asym-signgd   (solver asym, logit difference)\n\n"
+                               "keys (--set key=value): reg, logistic_reg, svm_c, asym_gamma, asym_lambda, "
+                               "adjust_for_init, difference, sign_eps, head, pooling, lora_r, template, label_words, "
+                               "max_length, max_eval, chunk, panel, progress",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    kn.add_argument("--model", help="a Hugging Face model (a masked LM for the prompt objective)")
+    kn.add_argument("--checkpoint", help="a fine-tuned gentune run's best/ instead of --model")
+    kn.add_argument("--task", help="a text task (sst2, sst5, mr, cr, mpqa, subj, trec, rte, qnli, mrpc, ...)")
+    kn.add_argument("--train", help="training examples: any file of the task's formats")
+    kn.add_argument("--eval", help="held-out examples the solvers predict")
+    kn.add_argument("--out", help="output folder")
+    kn.add_argument("--objective", choices=["prompt", "classification"], help="default prompt")
+    kn.add_argument("--kernel", choices=["sgd", "signgd", "asym-signgd"], help="default sgd")
+    kn.add_argument("--solver", choices=["lstsq", "logistic", "svm", "asym"],
+                    help="default lstsq (asym for --kernel asym-signgd)")
+    kn.add_argument("--params", choices=["all", "no-embeddings", "no-head", "bitfit", "lora"], help="default all")
+    kn.add_argument("--seed", type=int)
+    _config_flags(kn, "e.g. --set reg=1e-3 adjust_for_init=true")
 
     ev = sub.add_parser("evaluate", help="metrics of a fine-tuned checkpoint on a data file (JSON on stdout)")
     ev.add_argument("--checkpoint", required=True, help="a run's best/ directory (or any save_pretrained dir)")
@@ -338,6 +367,22 @@ def _cmd_diagnose(args) -> int:
     return 0
 
 
+def _cmd_kernel(args) -> int:
+    from .kernel import KernelConfig, run_kernel
+
+    cfg = _fill(KernelConfig, args, _given(args, KERNEL_FLAGS), _yaml(args), args.config, "kernel")
+    res = run_kernel(cfg)
+    solver = ", ".join(f"{k} {v:.4f}" for k, v in res["solver_metrics"].items())
+    model = ", ".join(f"{k} {v:.4f}" for k, v in res["model_metrics"].items())
+    trivial = ", ".join(f"{k} {v:.4f}" for k, v in res["trivial_metrics"].items())
+    print(f"kernel {res['kernel']} over {res['parameters']:,} parameters ({res['params']}), {res['n_train']} x "
+          f"{res['n_train']} and {res['n_eval']} x {res['n_train']} examples in "
+          f"{sum(res['seconds'].values()):.1f} s")
+    print(f"solver {res['solver']}: {solver}\nthe model itself: {model}\ntrivial predictor: {trivial}")
+    print(f"-> {cfg.out}/metrics.json, {cfg.out}/predictions.json")
+    return 0
+
+
 def _cmd_evaluate(args) -> int:
     from .fs import dumps_strict
     from .tasks import evaluate
@@ -389,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     commands = {"finetune": _cmd_finetune, "pretrain": _cmd_pretrain, "evaluate": _cmd_evaluate,
-                "diagnose": _cmd_diagnose, "list": _cmd_list, "recipes": _cmd_recipes,
+                "diagnose": _cmd_diagnose, "kernel": _cmd_kernel, "list": _cmd_list, "recipes": _cmd_recipes,
                 "compare": _cmd_compare}
     try:
         return commands[args.command](args)

@@ -8,11 +8,17 @@ ints, strings and lists, ready for ``json.dumps``:
   linear or two-layer ReLU heads on downstream features, with a 95% interval and an upper bound;
 - ``heterogeneity``: kernel MMD^2 with a permutation test and a domain classifier between two feature samples;
 - ``transferability``: the fitted power law downstream excess risk = C_beta * pretraining excess loss^beta;
-- ``generalization_gap``: heldout-vs-train gaps, positive when worse held out.
+- ``generalization_gap``: heldout-vs-train gaps, positive when worse held out;
+- ``kernel`` (:mod:`.ntk`): the empirical NTK of a model's outputs (SGD, SignGD, asymmetric SignGD) over a
+  parameter subset, chunked, sharded and resumable; ``solve`` (:mod:`.kernels`): the kernel solvers (Malladi et
+  al., ICML 2023).
 """
 
 from .heterogeneity import heterogeneity
+from .kernels import solve
+from .ntk import kernel
 from .rademacher import complexity_curve, rademacher_complexity
 from .transfer import generalization_gap, transferability
 
-__all__ = ["complexity_curve", "generalization_gap", "heterogeneity", "rademacher_complexity", "transferability"]
+__all__ = ["complexity_curve", "generalization_gap", "heterogeneity", "kernel", "rademacher_complexity", "solve",
+           "transferability"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import GentuneError
+from ..progress import hms
 
 STATE_FILE = "trainer_state.json"  # the TrainState inside a resume checkpoint
 
@@ -153,12 +154,6 @@ class Clock:
         self.mark = time.perf_counter()
 
 
-def _hms(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, m, s = seconds // 3600, seconds % 3600 // 60, seconds % 60
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
 class Progress:
     """Where the run stands. On a terminal, a tqdm bar of optimizer steps with the loss and the latest main metric;
     otherwise (a pipe, nohup, SLURM, CI) one plain line on stdout every ``every`` optimizer steps (0: about every
@@ -192,7 +187,7 @@ class Progress:
             per_step = (now - self.started) / max(state.step - self.first, 1)
             print(f"step {state.step}/{self.total} ({100 * state.step / max(self.total, 1):.0f}%)  loss "
                   f"{record['loss']:.4f}  lr {record['lr']:.2e}  {per_step:.2f} s/step  left "
-                  f"{_hms(per_step * (self.total - state.step))}", file=self.stream, flush=True)
+                  f"{hms(per_step * (self.total - state.step))}", file=self.stream, flush=True)
             self.last = now
 
     def evaluated(self, step: int, metrics: dict) -> None:
