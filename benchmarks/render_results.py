@@ -18,6 +18,7 @@ import sys
 
 import diagnostics_study
 import finetune_grid
+import kernel_speed
 import pretrain_grid
 import radreg_grid
 import smart_cost
@@ -33,7 +34,8 @@ def blocks() -> dict[str, str]:
     radreg_grid.plots(radreg, IMG)
     return {**finetune_grid.sections(finetune_grid.load()), **smart_cost.sections(),
             **pretrain_grid.sections(pretrain), **radreg_grid.sections(radreg),
-            **diagnostics_study.sections(diagnostics_study.load()), **smart_retest.sections(smart_retest.load())}
+            **diagnostics_study.sections(diagnostics_study.load()), **smart_retest.sections(smart_retest.load()),
+            **kernel_speed.sections()}
 
 
 def main() -> int:

@@ -57,7 +57,9 @@ class RunConfig:
     max_steps: int = opt(0, "optimizer steps; > 0 overrides epochs")
     batch_size: int = opt(16, "global batch per optimizer micro-step, split across processes")
     eval_batch_size: int = opt(64, "batch size of evaluation")
-    lr: float = opt(1e-4, "peak learning rate (AdamW, linear warm-up then linear decay)")
+    optimizer: str = opt("adamw", "adamw, or sgd (plain SGD, no momentum: the dynamics the eNTK describes; "
+                                  "gentune kernel)")
+    lr: float = opt(1e-4, "peak learning rate (linear warm-up then linear decay)")
     weight_decay: float = opt(0.01, "AdamW weight decay (not on biases and norms)")
     adam_eps: float = opt(1e-8, "AdamW epsilon")
     adam_beta2: float = opt(0.999, "AdamW beta2")
@@ -99,6 +101,7 @@ class RunConfig:
             (self.lr > 0, "lr must be positive"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.adam_eps > 0, "adam_eps must be positive"),
+            (self.optimizer in ("adamw", "sgd"), f"optimizer must be adamw or sgd, got {self.optimizer!r}"),
             (0 < self.adam_beta2 < 1, "adam_beta2 must be in (0, 1)"),
             (self.grad_accum >= 1, "grad_accum must be at least 1"),
             (self.eval_every_epochs >= 0, "eval_every_epochs must be >= 0"),

@@ -24,7 +24,8 @@ GEMM of 2 (nC)^2 P multiply-adds for P parameters):
 - memory is bounded by ``panel`` (examples whose Jacobians are held while the others stream past in chunks), not
   by n: a panel's Jacobians are computed once, every column chunk once per panel (for a symmetric kernel only the
   chunks at or after the panel);
-- panels are shared out across processes (``torch.distributed``: ``torchrun`` or ``accelerate launch``) and summed
+- panels are shared out across processes, balanced by their work (``torch.distributed``: ``torchrun`` or
+  ``accelerate launch``) and summed
   onto every rank; with ``block_dir`` each finished panel is saved (safetensors) and skipped when the computation
   is run again.
 
@@ -203,8 +204,8 @@ class Jacobians:
     The word-embedding table (and a prompt classifier's output embedding, tied to it or not) is differentiated
     through the rows a chunk uses only: a forward hook on the input embedding reads its tokens from those rows, and
     one on the output embedding recomputes the label words' logits from their rows (the full-vocabulary logits it
-    computed are kept, without gradient). Their Jacobians never take the table's size, which for a small BERT is
-    90% of its parameters. Any other 2-D parameter of at least 512 rows (position embeddings) is kept row-sparse
+    computed are kept, without gradient). Their Jacobians never take the table's size (for splade-tiny 3.9M of its
+    4.4M parameters). Any other 2-D parameter of at least 512 rows (position embeddings) is kept row-sparse
     after the fact."""
 
     def __init__(self, model, fn, params: dict[str, torch.nn.Parameter]):
@@ -476,10 +477,11 @@ def kernel(model, x: dict, y: dict | None = None, *, kind: str = "sgd", params: 
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
         work = [(len(y_chunks) - p[0]) if symmetric else len(y_chunks) for p in panels]
-        bar = WorkProgress(sum(w for i, w in enumerate(work) if i % world == rank), progress and rank == 0,
+        owner = _share(work, world)
+        bar = WorkProgress(sum(w for i, w in enumerate(work) if owner[i] == rank), progress and rank == 0,
                            "kernel", "block")
         for i, rows in enumerate(panels):
-            if i % world != rank:
+            if owner[i] != rank:
                 continue
             r0, r1 = rows[0] * chunk * c, min((rows[-1] + 1) * chunk, nx) * c
             col0 = rows[0] * chunk * c if symmetric else 0
@@ -494,6 +496,7 @@ def kernel(model, x: dict, y: dict | None = None, *, kind: str = "sgd", params: 
                         kf[col0:, r0:r1] = saved["right"].T
                 bar.update(work[i], skipped=True)
                 continue
+            held = None  # the last panel's Jacobians go before this one's come: never two panels at once
             held = {q: jac(take_rows(x, x_chunks[q])) for q in rows}
             cols = range(rows[0], len(y_chunks)) if symmetric else range(len(y_chunks))
             for q in cols:
@@ -534,6 +537,17 @@ def kernel(model, x: dict, y: dict | None = None, *, kind: str = "sgd", params: 
         return t.reshape(nx, c, ny, c)[inv_x][:, :, inv_y].contiguous()
 
     return Kernel(unsort(k), kind, params, jac.dim, unsort(kf) if asym else None, time.perf_counter() - started)
+
+
+def _share(work: list[int], world: int) -> list[int]:
+    """The rank of each panel: the largest first, each to the least loaded rank (a symmetric kernel's panels
+    shrink from the first to the last, so taking turns would leave rank 0 the most)."""
+    load, owner = [0] * world, [0] * len(work)
+    for i in sorted(range(len(work)), key=lambda i: (-work[i], i)):
+        r = min(range(world), key=lambda r: (load[r], r))
+        owner[i] = r
+        load[r] += work[i]
+    return owner
 
 
 def _panel_path(out_dir: Path, i: int) -> Path:
@@ -591,10 +605,63 @@ def outputs(model, inputs: dict, difference: bool = False, batch_size: int = 32,
     return torch.cat(out)
 
 
+def linearization(model, finetuned, inputs: dict, difference: bool = False, batch_size: int = 16,
+                  fn=None) -> dict:
+    """The paper's linearization test: does fine-tuning move the outputs as the first-order Taylor expansion at the
+    start predicts? With theta_0 = ``model``'s weights and theta_1 = ``finetuned``'s (the same architecture),
+    per example
+
+        actual = f(x; theta_1) - f(x; theta_0),      linear = <grad f(x; theta_0), theta_1 - theta_0>
+
+    (the linear change by forward-mode AD, one ``jvp`` per batch). Returns the share of the actual change the
+    linear one explains, ``explained`` = 1 - ||actual - linear||^2 / ||actual||^2 (1: the kernel regime; it can
+    be negative), the outputs' relative change ||actual|| / ||f(theta_0)||, the cosine of the two changes, and
+    the arrays (float64): ``f0``, ``f1``, ``linear``."""
+    from torch.func import functional_call, jvp
+
+    fn = fn or output_fn(model, difference)
+    inputs = prompt_inputs(model, inputs)
+    start = dict(model.named_parameters())
+    end = dict(finetuned.named_parameters())
+    if set(start) != set(end):
+        raise GentuneError("linearization: the two models do not have the same parameters")
+    params = {n: p.detach() for n, p in start.items()}
+    delta = {n: (end[n].detach().to(p.dtype) - p) for n, p in params.items()}
+    buffers = dict(model.named_buffers())
+    n = len(_lengths(inputs))
+    f0, lin = [], []
+    with _vmappable(model):
+        for s in range(0, n, batch_size):
+            batch = take_rows(inputs, torch.arange(s, min(s + batch_size, n)))
+
+            def f(p, batch=batch):
+                return fn(_Bound(functional_call, model, {**buffers, **p}), batch)
+
+            with torch.no_grad():
+                out, tangent = jvp(f, (params,), (delta,))
+            f0.append(out.double())
+            lin.append(tangent.double())
+    f1 = outputs(finetuned, inputs, difference, batch_size, fn)
+    f0, lin = torch.cat(f0), torch.cat(lin)
+    actual = f1 - f0
+    sq = float(actual.pow(2).sum())
+    return {"explained": 1.0 - float((actual - lin).pow(2).sum()) / sq if sq > 0 else float("nan"),
+            "relative_change": float(actual.norm() / f0.norm().clamp_min(1e-300)),
+            "cosine": float((actual * lin).sum() / (actual.norm() * lin.norm()).clamp_min(1e-300)),
+            "f0": f0, "f1": f1, "linear": lin}
+
+
+def kernel_change(before: Kernel, after: Kernel) -> float:
+    """||K_after - K_before||_F / ||K_before||_F: how far the kernel moved over training (0: fixed, as the kernel
+    regime assumes)."""
+    return float((after.values - before.values).norm() / before.values.norm().clamp_min(1e-300))
+
+
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|: the error of a kernel ``a`` against a reference ``b``."""
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-300))
 
 
-__all__ = ["KERNELS", "PARAM_SETS", "Jacobians", "Kernel", "encoder_of", "kernel", "output_fn", "outputs",
+__all__ = ["KERNELS", "PARAM_SETS", "Jacobians", "Kernel", "encoder_of", "kernel", "kernel_change", "linearization",
+           "output_fn", "outputs",
            "prompt_inputs", "relative_error", "select_parameters", "take_rows"]

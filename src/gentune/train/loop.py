@@ -109,7 +109,8 @@ def _prepare(job: Job, cfg, accelerator, regularizers) -> _Parts:
         regularizers = [as_regularizer(r) for r in regularizers]
     for reg in regularizers:
         reg.setup(context)
-    optimizer = adamw(job.model, cfg.lr, cfg.weight_decay, cfg.adam_eps, cfg.adam_beta2, job.param_groups)
+    optimizer = adamw(job.model, cfg.lr, cfg.weight_decay, cfg.adam_eps, cfg.adam_beta2, job.param_groups,
+                      cfg.optimizer)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     model, optimizer, train_dl, *dev = accelerator.prepare(job.model, optimizer, train_dl,
                                                            *([dev_dl] if dev_dl is not None else []))

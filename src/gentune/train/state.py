@@ -57,8 +57,10 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
-def adamw(model, lr: float, weight_decay: float, eps: float = 1e-8, beta2: float = 0.999, groups: list | None = None):
-    """AdamW; by default no weight decay on biases and normalisation weights (the BERT recipe)."""
+def adamw(model, lr: float, weight_decay: float, eps: float = 1e-8, beta2: float = 0.999, groups: list | None = None,
+          kind: str = "adamw"):
+    """AdamW (``kind="sgd"``: plain SGD, no momentum); by default no weight decay on biases and normalisation
+    weights (the BERT recipe)."""
     if groups is None:
         decay, no_decay = [], []
         for name, p in model.named_parameters():
@@ -66,6 +68,8 @@ def adamw(model, lr: float, weight_decay: float, eps: float = 1e-8, beta2: float
                 continue
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.0)
     return torch.optim.AdamW(groups, lr=lr, eps=eps, betas=(0.9, beta2))
 
 
