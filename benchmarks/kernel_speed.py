@@ -105,6 +105,7 @@ def worker(args) -> dict:
 
             dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank,
                                     world_size=args.world)
+            dist.barrier()  # both ranks start timing together, after both have loaded
         base = _reset_peak()
         t = time.perf_counter()
         k = kernel(model, x, chunk=8, panel=64)
@@ -199,7 +200,7 @@ def processes(model: str, n: int, args) -> dict:
 
 
 def markdown() -> str:
-    rows = [cells.read_json(p) for p in sorted(OUT.glob("*_n*.json"))]
+    rows = [cells.read_json(p) for p in sorted(OUT.glob("*_n*.json")) if not p.name.startswith("processes_")]
     if not rows:
         return "No kernel speed cells yet (`python benchmarks/kernel_speed.py`)."
     lines = ["| model | parameters | n | gentune (s) | reference (s) | speed-up | rel. error vs float64 | "

@@ -24,7 +24,8 @@ FORBIDDEN = [
       for layer in ("data", "models", "objectives", "regularizers", "train", "tasks", "diagnostics", "config",
                     "registry", "cli")],
 ]
-GRIDS = ["finetune_grid", "pretrain_grid", "radreg_grid", "diagnostics_study", "smart_retest", "fewshot_grid"]
+GRIDS = ["finetune_grid", "pretrain_grid", "radreg_grid", "diagnostics_study", "smart_retest", "fewshot_grid",
+         "kernel_grid", "kernel_speed"]
 
 
 def _imports_tool(root: Path, package: str, forbidden: list[tuple[str, str]]):

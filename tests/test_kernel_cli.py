@@ -106,3 +106,23 @@ def test_kernel_refusals(tmp_path, tiny_mlm, glue, capsys):
     assert (busy / "mine.txt").read_text() == "keep"
     cli_error(capsys, "regression task", "kernel", "--model", tiny_mlm, "--task", "stsb", "--train",
               *_files(glue, "STS-B")[:1], "--eval", _files(glue, "STS-B")[1], "--out", str(tmp_path / "e"))
+
+
+def test_plain_sgd_is_the_kernels_optimizer(tmp_path, tiny_model_nodrop, glue, capsys):
+    """optimizer=sgd: one step moves every weight by exactly -lr (grad + weight decay where it applies)."""
+    from gentune.train.state import adamw
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = adamw(model, 0.1, 0.01, kind="sgd")
+    assert isinstance(opt, torch.optim.SGD) and all(g["momentum"] == 0 for g in opt.param_groups)
+    model(torch.randn(4, 3)).pow(2).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    opt.step()
+    for n, p in model.named_parameters():
+        decay = 0.01 if n == "0.weight" else 0.0  # biases and norms: no decay
+        assert torch.allclose(p, before[n] - 0.1 * (grads[n] + decay * before[n]), atol=1e-7)
+    train, dev = _files(glue)
+    cli_error(capsys, "optimizer must be adamw or sgd", "finetune", "--task", "sst2", "--model", tiny_model_nodrop,
+              "--train", train, "--dev", dev, "--out", str(tmp_path / "r"), "--set", "optimizer=adam")

@@ -398,3 +398,36 @@ def test_the_literal_reference_in_benchmarks_agrees(prompt_model):
         # differ only where a gradient that is zero in exact arithmetic has rounding noise
         got = ours.flipped if kind == "asym-signgd" else ours.values
         assert relative_error(got, ref) < (1e-10 if kind == "sgd" else 2e-2)
+
+
+def test_linearization_against_finite_differences(prompt_model):
+    """For a small step the first-order change explains all of the actual change (explained -> 1, with the error
+    shrinking like the step squared); a larger step explains less; the kernel's change is 0 against itself."""
+    import copy
+
+    from gentune.diagnostics.ntk import kernel_change, linearization
+
+    x = _inputs(5, 15)
+    g = torch.Generator().manual_seed(0)
+    direction = {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in prompt_model.named_parameters()}
+
+    def moved(t):
+        m = copy.deepcopy(prompt_model)
+        with torch.no_grad():
+            for n, p in m.named_parameters():
+                p.add_(t * direction[n])
+        return m
+
+    small, large = linearization(prompt_model, moved(1e-4), x), linearization(prompt_model, moved(1e-1), x)
+    tiny = linearization(prompt_model, moved(1e-5), x)
+    assert small["explained"] > 1 - 1e-3 and small["cosine"] > 1 - 1e-4
+    # central check of the first-order term itself: (f(t) - f(-t)) / 2t against the jvp
+    plus, minus = moved(1e-6), moved(-1e-6)
+    from gentune.diagnostics.ntk import outputs
+
+    fd = (outputs(plus, x) - outputs(minus, x)) / 2e-6
+    assert torch.allclose(small["linear"] / 1e-4, fd, rtol=1e-5, atol=1e-7)
+    assert 1 - tiny["explained"] < (1 - small["explained"]) / 10  # second-order error: t^2
+    assert large["explained"] < small["explained"]
+    k = kernel(prompt_model, x)
+    assert kernel_change(k, k) == 0.0
