@@ -66,11 +66,11 @@ def _inputs(model_name: str, n: int):
     train = train.select(range(n))
     tok = load_tokenizer(model_name)
     prompt = packaged("sst2")
+    torch.manual_seed(0)  # a model without a masked-LM head gets a new one: the same in every process
     model, _ = prompt_model(model_name, tok, prompt, note=False)
     enc = encode(prompt, tok, list(train["text_a"]), None, 64)
     rows = [{k: enc[k][i] for k in enc} for i in range(n)]
     x = dict(DataCollatorWithPadding(tok)(rows))
-    torch.manual_seed(0)
     return model.eval(), x
 
 
@@ -212,8 +212,11 @@ def markdown() -> str:
                      f"{'-' if r['relative_error'] is None else format(r['relative_error'], '.1e')} | "
                      f"{r['gentune_peak_growth_mb']:.0f} |")
     lines.append("")
-    lines.append(f"Machine: {rows[0].get('machine', '?')}; commit {rows[0].get('commit', '?')}; "
-                 f"{rows[0].get('date', '?')}; {rows[0]['threads']} threads.")
+    made = sorted({(r["model"], r.get("commit", "?"), r.get("date", "?"), r.get("machine", "?"), r["threads"])
+                   for r in rows})
+    for model, rev, date, where, threads in made:
+        lines.append(f"{model}: commit {rev}, {date}, {where}, {threads} threads; "
+                     f"`{next(r['command'] for r in rows if r['model'] == model and r.get('commit') == rev)}`.  ")
     for p in sorted(OUT.glob("processes_*.json")):
         r = cells.read_json(p)
         lines.append(f"\nTwo processes (one thread each) against one (one thread), {r['model']}, n = {r['n']}: "
