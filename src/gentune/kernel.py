@@ -14,6 +14,7 @@ Writes into ``--out``:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,7 +252,9 @@ def run_kernel(cfg: KernelConfig) -> dict:
         tensors = {"kernel": k.values, "f0": f0, "labels": torch.as_tensor(labels).double()}
         if k.flipped is not None:
             tensors["flipped"] = k.flipped
-        save_file(tensors, str(out / f"{name}.safetensors"), metadata={"kind": k.kind, "params": k.params})
+        path = out / f"{name}.safetensors"
+        save_file(tensors, str(path.with_suffix(".tmp")), metadata={"kind": k.kind, "params": k.params})
+        os.replace(path.with_suffix(".tmp"), path)  # a reader never sees half a file
 
     solver = cfg.chosen_solver
     solver_options = {"lstsq": {"reg": cfg.reg}, "logistic": {"reg": cfg.logistic_reg}, "svm": {"c_reg": cfg.svm_c},
