@@ -1,0 +1,207 @@
+"""Named-entity data: CoNLL files, EntLM's JSON splits, and the conversion between tags and entity spans.
+
+Formats (by extension; :func:`read`):
+
+- CoNLL (``.txt``, ``.conll``, ``.bio``, ``.iob``, ``.tsv``): one token per line, its tag in the last
+  whitespace-separated column (``token TAG``, or CoNLL-2003's ``token POS CHUNK TAG``), a blank line between
+  sentences, ``-DOCSTART-`` lines skipped.
+- EntLM JSON lines (``.json``, ``.jsonl``): one sentence per line, ``{"text": [tokens], "label": [tags]}``.
+
+Tags are IOB2 (``B-TYPE`` begins an entity, ``I-TYPE`` continues it, ``O`` is outside). ``scheme="iob1"`` (or
+``auto``, the default) reads IOB1, where ``I-TYPE`` also begins an entity and ``B-TYPE`` only separates two
+adjacent entities of one type, and converts it: an ``I-TYPE`` that does not continue an entity of its type becomes
+``B-TYPE``. ``scheme="iob2"`` refuses such a tag instead. A malformed line, an unknown tag or a type outside
+``types`` is a one-line error naming the file and line.
+
+Spans are (start, end, type) over token positions, end exclusive: "Peter Blackburn visited Brussels" tagged
+``B-PER I-PER O B-LOC`` has spans (0, 2, PER) and (3, 4, LOC).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import GentuneError
+
+CONLL_SUFFIXES = (".txt", ".conll", ".bio", ".iob", ".tsv")
+JSON_SUFFIXES = (".json", ".jsonl")
+SCHEMES = ("auto", "iob1", "iob2")
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """A tokenized sentence and its IOB2 tags, one per token."""
+
+    tokens: tuple[str, ...]
+    tags: tuple[str, ...]
+
+    @property
+    def spans(self) -> list[tuple[int, int, str]]:
+        return tags_to_spans(self.tags)
+
+
+def _split_tag(tag: str, where: str) -> tuple[str, str]:
+    if tag == "O":
+        return "O", ""
+    prefix, sep, kind = tag.partition("-")
+    if not sep or prefix not in ("B", "I") or not kind:
+        raise GentuneError(f"{where}: unknown tag {tag!r} (tags are O, B-TYPE or I-TYPE)")
+    return prefix, kind
+
+
+def _at(where, i: int) -> str:
+    return where(i) if callable(where) else where
+
+
+def normalize(tags: list[str], scheme: str = "auto", where="tags", types: set[str] | None = None) -> tuple[str, ...]:
+    """``tags`` as IOB2 (see the module). ``where`` names them in an error: a string, or a function of the token's
+    index (``file:line`` of that token)."""
+    if scheme not in SCHEMES:
+        raise GentuneError(f"tag scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    out = []
+    previous = ""
+    for i, tag in enumerate(tags):
+        prefix, kind = _split_tag(tag, _at(where, i))
+        if kind and types is not None and kind not in types:
+            raise GentuneError(f"{_at(where, i)}: tag {tag!r} has an unknown type (known: {', '.join(sorted(types))})")
+        if prefix == "I" and previous != kind:
+            if scheme == "iob2":
+                raise GentuneError(f"{_at(where, i)}: {tag!r} continues no {kind} entity (IOB2: an entity begins with "
+                                   "B-; give scheme=iob1 for IOB1 files)")
+            tag = f"B-{kind}"
+        out.append(tag)
+        previous = kind
+    return tuple(out)
+
+
+def read_conll(path: str | Path, scheme: str = "auto", types: set[str] | None = None) -> list[Sentence]:
+    """Every sentence of a CoNLL file (see the module)."""
+    path = Path(path)
+    lines = _lines(path)
+    sentences: list[Sentence] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    first = 0
+
+    def flush():
+        if tokens:
+            sentences.append(Sentence(tuple(tokens), normalize(tags, scheme, lambda i: f"{path}:{first + i}", types)))
+        tokens.clear()
+        tags.clear()
+
+    for number, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            flush()
+            continue
+        if fields[0] == "-DOCSTART-":
+            flush()
+            continue
+        if len(fields) < 2:
+            raise GentuneError(f"{path}:{number}: {line.strip()!r} has no tag (lines are 'token TAG')")
+        if not tokens:
+            first = number
+        tokens.append(fields[0])
+        tags.append(fields[-1])
+    flush()
+    if not sentences:
+        raise GentuneError(f"{path}: no sentences")
+    return sentences
+
+
+def read_json(path: str | Path, scheme: str = "auto", types: set[str] | None = None) -> list[Sentence]:
+    """Every sentence of an EntLM JSON-lines file (``{"text": [...], "label": [...]}`` per line)."""
+    path = Path(path)
+    sentences = []
+    for number, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GentuneError(f"{path}:{number}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), list) or not isinstance(row.get("label"),
+                                                                                               list):
+            raise GentuneError(f"{path}:{number}: a sentence is {{\"text\": [tokens], \"label\": [tags]}}")
+        text, label = row["text"], row["label"]
+        if len(text) != len(label):
+            raise GentuneError(f"{path}:{number}: {len(text)} tokens but {len(label)} tags")
+        if not text:
+            continue
+        if not all(isinstance(t, str) for t in text + label):
+            raise GentuneError(f"{path}:{number}: tokens and tags must be strings")
+        sentences.append(Sentence(tuple(text), normalize(label, scheme, f"{path}:{number}", types)))
+    if not sentences:
+        raise GentuneError(f"{path}: no sentences")
+    return sentences
+
+
+def read(path: str | Path, scheme: str = "auto", types: set[str] | None = None) -> list[Sentence]:
+    """A NER file by its extension (CoNLL or EntLM JSON lines)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in JSON_SUFFIXES:
+        return read_json(path, scheme, types)
+    if suffix in CONLL_SUFFIXES:
+        return read_conll(path, scheme, types)
+    raise GentuneError(f"{path}: not a NER file (CoNLL: {', '.join(CONLL_SUFFIXES)}; EntLM JSON lines: "
+                       f"{', '.join(JSON_SUFFIXES)})")
+
+
+def _lines(path: Path) -> list[str]:
+    if path.is_dir():
+        raise GentuneError(f"{path}: a folder, not a NER file")
+    if not path.is_file():
+        raise GentuneError(f"{path}: no such file")
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise GentuneError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def write_conll(sentences: list[Sentence], path: str | Path) -> None:
+    """``token TAG`` lines, a blank line after each sentence (what :func:`read_conll` reads back)."""
+    from ..fs import write_text_atomic
+
+    write_text_atomic(Path(path), "".join("".join(f"{t} {g}\n" for t, g in zip(s.tokens, s.tags)) + "\n"
+                                          for s in sentences))
+
+
+def tags_to_spans(tags) -> list[tuple[int, int, str]]:
+    """The entities of IOB2 ``tags`` as (start, end exclusive, type), in order; an ``I-`` that continues nothing
+    (an IOB1 or damaged sequence) begins an entity, as seqeval's default mode reads it."""
+    spans = []
+    start, kind = None, None
+    for i, tag in enumerate(list(tags) + ["O"]):
+        prefix, k = ("O", "") if tag == "O" else tag.split("-", 1)
+        if start is not None and (prefix != "I" or k != kind):
+            spans.append((start, i, kind))
+            start, kind = None, None
+        if prefix == "B" or (prefix == "I" and start is None):
+            start, kind = i, k
+    return spans
+
+
+def spans_to_tags(spans, length: int, scheme: str = "iob2") -> tuple[str, ...]:
+    """IOB2 (or ``io``: ``I-`` throughout) tags of ``length`` tokens for non-overlapping ``spans``."""
+    if scheme not in ("iob2", "io"):
+        raise GentuneError(f"spans_to_tags: scheme must be iob2 or io, got {scheme!r}")
+    tags = ["O"] * length
+    for start, end, kind in sorted(spans):
+        if not 0 <= start < end <= length:
+            raise GentuneError(f"span ({start}, {end}, {kind}) lies outside a sentence of {length} tokens")
+        if any(t != "O" for t in tags[start:end]):
+            raise GentuneError(f"span ({start}, {end}, {kind}) overlaps another")
+        tags[start:end] = [f"{'B' if (j == start and scheme == 'iob2') else 'I'}-{kind}" for j in range(start, end)]
+    return tuple(tags)
+
+
+def entity_types(sentences: list[Sentence]) -> list[str]:
+    """The entity types the sentences' tags use, sorted."""
+    return sorted({kind for s in sentences for _, _, kind in s.spans})
+
+
+__all__ = ["Sentence", "entity_types", "normalize", "read", "read_conll", "read_json", "spans_to_tags",
+           "tags_to_spans", "write_conll"]

@@ -1,0 +1,106 @@
+"""NER data (gentune.data.ner): the reader round trips on the real CoNLL-2003 files and EntLM splits, IOB1
+conversion and IOB2 strictness on hand-written sentences, spans <-> tags, and one-line errors for malformed files."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from conftest import shared_data
+from gentune.data.ner import (Sentence, entity_types, normalize, read, read_conll, spans_to_tags, tags_to_spans,
+                              write_conll)
+from gentune.errors import GentuneError
+
+
+@pytest.fixture(scope="module")
+def conll():
+    from pathlib import Path
+
+    return shared_data(Path(__file__).resolve().parents[2] / "shared" / "data" / "ner" / "conll2003",
+                       "CoNLL-2003 data")
+
+
+def test_the_real_files_read_and_round_trip(conll, tmp_path):
+    train, dev = read(conll / "train.txt"), read(conll / "dev.txt")
+    assert (len(train), len(dev)) == (14041, 3250)  # the counts the data's README gives
+    assert entity_types(train) == ["LOC", "MISC", "ORG", "PER"]
+    # every token and tag back from the file's own lines (IOB2 already: nothing converted)
+    raw = [l.split() for l in (conll / "dev.txt").read_text().splitlines() if l.strip()]
+    assert [t for s in dev for t in s.tokens] == [r[0] for r in raw]
+    assert [g for s in dev for g in s.tags] == [r[1] for r in raw]
+    for s in dev:  # spans -> tags -> spans
+        assert spans_to_tags(s.spans, len(s.tokens)) == s.tags
+        assert tags_to_spans(s.tags) == s.spans
+    write_conll(dev, tmp_path / "dev.txt")
+    assert read(tmp_path / "dev.txt") == dev
+    assert sum(len(s.spans) for s in dev) == sum(1 for r in raw if r[1].startswith("B-"))
+
+
+@pytest.mark.parametrize("k", [5, 10, 20, 50])
+def test_entlm_splits_have_k_mentions_per_type_and_both_formats_agree(conll, k):
+    folder = conll / "fewshot" / f"{k}shot"
+    splits = sorted(folder.glob("*.json"))
+    assert len(splits) == (4 if k == 5 else 3)
+    for split in splits:
+        sentences = read(split)
+        assert read(split.with_suffix(".txt")) == sentences
+        assert Counter(kind for s in sentences for _, _, kind in s.spans) == {t: k for t in ("PER", "LOC", "ORG",
+                                                                                              "MISC")}
+
+
+def test_iob1_is_converted_and_iob2_is_strict():
+    iob1 = ["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG", "I-ORG"]
+    assert normalize(iob1) == ("B-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-ORG", "I-ORG")
+    assert tags_to_spans(normalize(iob1)) == [(0, 2, "PER"), (3, 4, "LOC"), (4, 5, "LOC"), (5, 7, "ORG")]
+    with pytest.raises(GentuneError, match="continues no PER entity"):
+        normalize(["O", "I-PER"], "iob2")
+    with pytest.raises(GentuneError, match="continues no LOC entity"):
+        normalize(["B-PER", "I-LOC"], "iob2")
+    assert normalize(["B-PER", "I-PER", "B-PER"], "iob2") == ("B-PER", "I-PER", "B-PER")
+    assert spans_to_tags([(0, 2, "PER"), (3, 4, "LOC")], 5, "io") == ("I-PER", "I-PER", "O", "I-LOC", "O")
+    with pytest.raises(GentuneError, match="overlaps"):
+        spans_to_tags([(0, 2, "PER"), (1, 3, "LOC")], 4)
+    with pytest.raises(GentuneError, match="outside a sentence"):
+        spans_to_tags([(2, 6, "PER")], 4)
+
+
+def test_docstart_four_columns_and_blank_lines(tmp_path):
+    f = tmp_path / "a.conll"
+    f.write_text("-DOCSTART- -X- -X- O\n\nEU NNP B-NP I-ORG\nrejects VBZ B-VP O\n\n\n"
+                 "Peter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER\n")
+    assert read_conll(f) == [Sentence(("EU", "rejects"), ("B-ORG", "O")),
+                             Sentence(("Peter", "Blackburn"), ("B-PER", "I-PER"))]
+
+
+@pytest.mark.parametrize("name, text, needle", [
+    ("a.txt", "EU B-ORG\nrejects\n", "a.txt:2: 'rejects' has no tag"),
+    ("b.txt", "EU X-ORG\n", "b.txt:1: unknown tag 'X-ORG'"),
+    ("c.txt", "EU B-ORG\n\nSome O\nthing I-\n", "c.txt:4: unknown tag 'I-'"),
+    ("d.txt", "EU B-FOOD\n", "d.txt:1: tag 'B-FOOD' has an unknown type"),
+    ("e.json", '{"text": ["a", "b"], "label": ["O"]}\n', "e.json:1: 2 tokens but 1 tags"),
+    ("f.json", '{"text": ["a"], "label": ["O"]}\n{"text": ["a"\n', "f.json:2: not JSON"),
+    ("g.json", '["a", "O"]\n', "g.json:1: a sentence is"),
+    ("h.txt", "\n\n", "h.txt: no sentences"),
+    ("i.csv", "a,O\n", "not a NER file"),
+])
+def test_malformed_files_are_one_line_errors(tmp_path, name, text, needle):
+    f = tmp_path / name
+    f.write_text(text)
+    with pytest.raises(GentuneError) as e:
+        read(f, types={"PER", "LOC", "ORG", "MISC"})
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(GentuneError, match="no such file"):
+        read(tmp_path / "missing.txt")
+
+
+def test_strict_iob2_names_the_line(tmp_path):
+    f = tmp_path / "s.txt"
+    f.write_text("EU B-ORG\n\nPeter O\nBlackburn I-PER\n")
+    with pytest.raises(GentuneError, match=r"s.txt:4: 'I-PER' continues no PER entity"):
+        read(f, scheme="iob2")
+    assert read(f)[1].tags == ("O", "B-PER")  # auto: read as IOB1
+    j = tmp_path / "s.json"
+    j.write_text(json.dumps({"text": ["Peter", "Blackburn"], "label": ["O", "I-PER"]}) + "\n")
+    assert read(j)[0].spans == [(1, 2, "PER")]
