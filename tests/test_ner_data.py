@@ -104,3 +104,65 @@ def test_strict_iob2_names_the_line(tmp_path):
     j = tmp_path / "s.json"
     j.write_text(json.dumps({"text": ["Peter", "Blackburn"], "label": ["O", "I-PER"]}) + "\n")
     assert read(j)[0].spans == [(1, 2, "PER")]
+
+
+# ----------------------------------------------------------------------------------------------- FFF-NER spans
+
+
+def _hand_sentence():
+    # "Peter Blackburn met EU officials in Brussels on Monday ." : PER 0-2, ORG 3-4, LOC 6-7
+    tokens = ("Peter", "Blackburn", "met", "EU", "officials", "in", "Brussels", "on", "Monday", ".")
+    return Sentence(tokens, spans_to_tags([(0, 2, "PER"), (3, 4, "ORG"), (6, 7, "LOC")], len(tokens)))
+
+
+def test_span_enumeration_counts_and_order():
+    from gentune.data.ner import candidate_spans
+
+    assert candidate_spans(3) == [(0, 1), (1, 2), (2, 3), (0, 2), (1, 3), (0, 3)]
+    assert len(candidate_spans(10, 8)) == sum(10 - w + 1 for w in range(1, 9)) == 52
+    assert len(candidate_spans(10)) == 55 and candidate_spans(2, 8) == [(0, 1), (1, 2), (0, 2)]
+
+
+def test_negative_sampler_count_and_distribution():
+    """The count is int((10 + 10 x 3) x 3) = 120, capped at the 55 spans of 10 tokens; the draws follow
+    exp((entity tokens + 1) / width) over the 52 - 3 = 49 non-entity spans of width <= 8."""
+    import math
+
+    import numpy as np
+
+    from gentune.data.ner import candidate_spans, sample_spans
+
+    s = _hand_sentence()
+    rng = np.random.default_rng(0)
+    drawn = sample_spans(s, rng)
+    assert drawn[:3] == [(0, 2, "PER"), (3, 4, "ORG"), (6, 7, "LOC")]
+    assert len(drawn) == 3 + 55 and all(kind is None for _, _, kind in drawn[3:])
+    gold = {(0, 2), (3, 4), (6, 7)}
+    negatives = [sp for sp in candidate_spans(10, 8) if sp not in gold]
+    assert len(negatives) == 49 and all((a, b) in negatives for a, b, _ in drawn[3:])
+    entity = {0, 1, 3, 6}  # the tokens inside a gold entity
+    weight = {sp: math.exp((len(entity & set(range(*sp))) + 1) / (sp[1] - sp[0])) for sp in negatives}
+    total = sum(weight.values())
+    counts = Counter()
+    for _ in range(2000):
+        counts.update((a, b) for a, b, _ in sample_spans(s, rng)[3:])
+    n = sum(counts.values())
+    assert n == 2000 * 55
+    for sp, w in weight.items():  # every frequency within 4 standard errors of its probability
+        p = w / total
+        assert abs(counts[sp] / n - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-12, sp
+    # (0, 2) is gold, (1, 2) "Blackburn" (inside PER) is a heavy negative: e^2 against "met"'s e^1
+    assert weight[(1, 2)] / weight[(2, 3)] == pytest.approx(math.e)
+    few = Sentence(("a", "b"), ("O", "O"))
+    assert len(sample_spans(few, rng)) == 3  # int(2 x 3) = 6, capped at the sentence's 3 spans
+
+
+def test_overlap_resolution_by_confidence():
+    from gentune.data.ner import resolve_overlaps
+
+    predicted = [(0, 2, "PER", 0.9), (1, 3, "ORG", 0.95), (0, 1, "PER", 0.5), (3, 4, "LOC", 0.6),
+                 (2, 4, "MISC", 0.7), (5, 6, "LOC", 0.4)]
+    # 0.95 (1-3) first; 0.9 (0-2) and 0.7 (2-4) overlap it; 0.6 (3-4) is kept; 0.5 (0-1) does not touch 1-3
+    assert resolve_overlaps(predicted) == [(0, 1, "PER", 0.5), (1, 3, "ORG", 0.95), (3, 4, "LOC", 0.6),
+                                           (5, 6, "LOC", 0.4)]
+    assert resolve_overlaps([]) == []

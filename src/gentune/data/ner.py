@@ -198,10 +198,66 @@ def spans_to_tags(spans, length: int, scheme: str = "iob2") -> tuple[str, ...]:
     return tuple(tags)
 
 
+# ----------------------------------------------------------------------------------------------- span candidates
+# FFF-NER (Wang, Zhao, Wang, Shang, Findings of EMNLP 2022) turns every candidate span into a masked prediction.
+
+
+def candidate_spans(length: int, max_width: int | None = None) -> list[tuple[int, int]]:
+    """Every span (start, end exclusive) of a sentence of ``length`` tokens at most ``max_width`` wide (None: any
+    width), narrowest first, then left to right."""
+    widest = length if max_width is None else min(max_width, length)
+    return [(i, i + w) for w in range(1, widest + 1) for i in range(length - w + 1)]
+
+
+def negative_weight(start: int, end: int, entity_tokens: list[int]) -> float:
+    """FFF-NER's sampling weight of a non-entity span: exp((entity tokens inside it + 1) / its width), so spans
+    that overlap entities, the hard negatives, are drawn more often. ``entity_tokens``: prefix counts (position
+    i + 1 holds how many of tokens 0..i are inside a gold entity)."""
+    import math
+
+    return math.exp((entity_tokens[end] - entity_tokens[start] + 1) / (end - start))
+
+
+def sample_spans(sentence: Sentence, rng, max_width: int | None = 8, multiplier: float = 3.0,
+                 per_entity: int = 10) -> list[tuple[int, int, str | None]]:
+    """The training spans of one sentence: every gold entity (start, end, type) once, then negatives (type None)
+    drawn with replacement from the other candidate spans by :func:`negative_weight`. How many:
+    int((tokens + per_entity x entities) x multiplier), at most the number of all spans of the sentence, as
+    FFF-NER's data code draws them. ``rng``: a ``numpy.random.Generator``."""
+    import numpy as np
+
+    n = len(sentence.tokens)
+    gold = {(a, b): kind for a, b, kind in sentence.spans}
+    inside = [0] * (n + 1)
+    for a, b in gold:
+        for i in range(a, b):
+            inside[i + 1] = 1
+    for i in range(n):
+        inside[i + 1] += inside[i]
+    negatives = [(a, b) for a, b in candidate_spans(n, max_width) if (a, b) not in gold]
+    out: list[tuple[int, int, str | None]] = [(a, b, kind) for (a, b), kind in sorted(gold.items())]
+    count = min(int((n + per_entity * len(gold)) * multiplier), n * (n + 1) // 2)
+    if negatives and count > 0:
+        w = np.array([negative_weight(a, b, inside) for a, b in negatives])
+        for k in rng.choice(len(negatives), size=count, replace=True, p=w / w.sum()):
+            out.append((*negatives[int(k)], None))
+    return out
+
+
+def resolve_overlaps(predicted) -> list[tuple[int, int, str, float]]:
+    """Non-overlapping entities from scored span predictions (start, end, type, score): the most confident first,
+    each kept unless it overlaps one already kept (FFF-NER's greedy decoding); returned in sentence order."""
+    kept: list[tuple[int, int, str, float]] = []
+    for span in sorted(predicted, key=lambda p: (-p[3], p[0], p[1])):
+        if all(span[1] <= k[0] or k[1] <= span[0] for k in kept):
+            kept.append(tuple(span))
+    return sorted(kept)
+
+
 def entity_types(sentences: list[Sentence]) -> list[str]:
     """The entity types the sentences' tags use, sorted."""
     return sorted({kind for s in sentences for _, _, kind in s.spans})
 
 
-__all__ = ["Sentence", "entity_types", "normalize", "read", "read_conll", "read_json", "spans_to_tags",
-           "tags_to_spans", "write_conll"]
+__all__ = ["Sentence", "candidate_spans", "entity_types", "negative_weight", "normalize", "read", "read_conll",
+           "read_json", "resolve_overlaps", "sample_spans", "spans_to_tags", "tags_to_spans", "write_conll"]
