@@ -166,3 +166,26 @@ def test_overlap_resolution_by_confidence():
     assert resolve_overlaps(predicted) == [(0, 1, "PER", 0.5), (1, 3, "ORG", 0.95), (3, 4, "LOC", 0.6),
                                            (5, 6, "LOC", 0.4)]
     assert resolve_overlaps([]) == []
+
+
+def test_a_span_is_encoded_with_two_masks_between_brackets(tok):
+    from gentune.data.ner import SpanTokens, encode_span
+
+    ids = SpanTokens(cls=1, sep=2, mask=3, left=4, right=5)
+    words = [[10], [11, 12], [13], [14]]
+    got, entity_at, type_at = encode_span(words, 1, 3, ids)
+    assert got == [1, 10, 4, 3, 5, 4, 11, 12, 13, 5, 4, 3, 5, 14, 2]
+    assert (entity_at, type_at) == (3, 11) and got[entity_at] == got[type_at] == 3
+    # too long: the context farthest from the span goes, the longer side first; the span always stays
+    long_words = [[20 + i] for i in range(10)]
+    got, e, t = encode_span(long_words, 4, 5, ids, max_length=15)
+    assert len(got) == 15 and got[e] == got[t] == 3 and 24 in got
+    assert got[1:3] == [22, 23] and got[-3:-1] == [25, 26]  # two words kept on each side
+    with pytest.raises(GentuneError, match="more than max_length"):
+        encode_span(long_words, 0, 10, ids, max_length=15)
+    # with a real tokenizer: "[" and "]" are single tokens of BERT's vocabulary
+    left, right = tok.convert_tokens_to_ids(["[", "]"])
+    real = SpanTokens(tok.cls_token_id, tok.sep_token_id, tok.mask_token_id, left, right)
+    words = [tok.encode(w, add_special_tokens=False) for w in ["Peter", "Blackburn", "met", "EU"]]
+    got, e, t = encode_span(words, 0, 2, real)
+    assert tok.decode(got) == "[CLS] [ [MASK] ] [ peter blackburn ] [ [MASK] ] met eu [SEP]"

@@ -254,10 +254,51 @@ def resolve_overlaps(predicted) -> list[tuple[int, int, str, float]]:
     return sorted(kept)
 
 
+@dataclass(frozen=True)
+class SpanTokens:
+    """The ids FFF-NER's input is built from: the tokenizer's [CLS], [SEP] and [MASK], and the two brackets."""
+
+    cls: int
+    sep: int
+    mask: int
+    left: int
+    right: int
+
+
+def encode_span(words: list[list[int]], start: int, end: int, ids: SpanTokens,
+                max_length: int = 128) -> tuple[list[int], int, int]:
+    """One candidate span as FFF-NER's input,
+
+        [CLS] left words [ [MASK] ] [ span words ] [ [MASK] ] right words [SEP]
+
+    from each word's subword ids; returns (input ids, position of the is-entity [MASK], position of the type
+    [MASK]). Past ``max_length`` the context words farthest from the span go first (the longer side first); a span
+    that alone does not fit is an error."""
+    if not 0 <= start < end <= len(words):
+        raise GentuneError(f"span ({start}, {end}) lies outside a sentence of {len(words)} words")
+    span = [t for w in words[start:end] for t in w]
+    fixed = 2 + 3 + 2 + 3 + len(span)  # [CLS] [SEP], [ [MASK] ], the span's brackets, [ [MASK] ]
+    if fixed > max_length:
+        raise GentuneError(f"span ({start}, {end}) takes {fixed} tokens with its markers, more than max_length "
+                           f"{max_length}")
+    left, right = list(words[:start]), list(words[end:])
+    while fixed + sum(map(len, left)) + sum(map(len, right)) > max_length:
+        if sum(map(len, left)) >= sum(map(len, right)):
+            left.pop(0)
+        else:
+            right.pop()
+    out = [ids.cls, *[t for w in left for t in w], ids.left]
+    entity_at = len(out)
+    out += [ids.mask, ids.right, ids.left, *span, ids.right, ids.left]
+    type_at = len(out)
+    out += [ids.mask, ids.right, *[t for w in right for t in w], ids.sep]
+    return out, entity_at, type_at
+
+
 def entity_types(sentences: list[Sentence]) -> list[str]:
     """The entity types the sentences' tags use, sorted."""
     return sorted({kind for s in sentences for _, _, kind in s.spans})
 
 
-__all__ = ["Sentence", "candidate_spans", "entity_types", "negative_weight", "normalize", "read", "read_conll",
+__all__ = ["Sentence", "SpanTokens", "candidate_spans", "encode_span", "entity_types", "negative_weight", "normalize", "read", "read_conll",
            "read_json", "resolve_overlaps", "sample_spans", "spans_to_tags", "tags_to_spans", "write_conll"]
