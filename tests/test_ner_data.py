@@ -189,3 +189,43 @@ def test_a_span_is_encoded_with_two_masks_between_brackets(tok):
     words = [tok.encode(w, add_special_tokens=False) for w in ["Peter", "Blackburn", "met", "EU"]]
     got, e, t = encode_span(words, 0, 2, real)
     assert tok.decode(got) == "[CLS] [ [MASK] ] [ peter blackburn ] [ [MASK] ] met eu [SEP]"
+
+
+def test_seqeval_and_span_scores_agree_on_non_overlapping_predictions(conll):
+    """On the real dev set with predictions made by damaging the gold spans (some dropped, some retyped, some
+    shifted, some invented), seqeval's strict micro F1 equals FFF-NER's span F1, and per type it counts by hand."""
+    import random
+
+    from gentune.data.ner import resolve_overlaps
+    from gentune.metrics import entity_scores, span_scores
+
+    dev = read(conll / "dev.txt")[:600]
+    rnd = random.Random(0)
+    gold_tags, pred_tags, gold_spans, pred_spans = [], [], [], []
+    for s in dev:
+        spans = []
+        for a, b, kind in s.spans:
+            r = rnd.random()
+            if r < 0.15:
+                continue  # missed
+            if r < 0.25:
+                kind = "MISC" if kind != "MISC" else "PER"  # wrong type
+            elif r < 0.35 and b < len(s.tokens):
+                b += 1  # wrong boundary
+            spans.append((a, b, kind, rnd.random()))
+        if rnd.random() < 0.2:
+            a = rnd.randrange(len(s.tokens))
+            spans.append((a, a + 1, "LOC", rnd.random()))  # invented
+        kept = {(a, b, k) for a, b, k, _ in resolve_overlaps(spans)}
+        gold_tags.append(list(s.tags))
+        pred_tags.append(list(spans_to_tags(kept, len(s.tokens))))
+        gold_spans.append(set(s.spans))
+        pred_spans.append(kept)
+    seq, spn = entity_scores(gold_tags, pred_tags), span_scores(gold_spans, pred_spans)
+    assert 0.5 < spn["f1"] < 0.95
+    for k in ("precision", "recall", "f1"):
+        assert seq[k] == pytest.approx(spn[k], abs=1e-12)
+    for kind, row in seq["per_type"].items():
+        tp = sum(1 for g, p in zip(gold_spans, pred_spans) for sp in g & p if sp[2] == kind)
+        assert row["support"] == sum(1 for g in gold_spans for sp in g if sp[2] == kind)
+        assert row["recall"] == pytest.approx(tp / row["support"])

@@ -58,3 +58,35 @@ REGRESSION_SCALE = ("mse", "slope")
 def compute(names: tuple[str, ...], preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """All metrics ``names`` of predictions against labels (class indices, or scores for regression)."""
     return {name: METRICS[name](preds, labels) for name in names}
+
+
+# ----------------------------------------------------------------------------------------------- named entities
+
+
+def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict:
+    """Entity-level micro precision, recall and F1 over IOB2 tag sequences, and per type, by seqeval in strict
+    mode (an entity counts only with its exact boundaries and type). ``{"precision", "recall", "f1", "per_type":
+    {TYPE: {"precision", "recall", "f1", "support"}}}``."""
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2
+
+    if len(gold) != len(pred) or any(len(g) != len(p) for g, p in zip(gold, pred)):
+        raise ValueError("entity_scores: gold and predicted tags differ in shape")
+    report = classification_report(gold, pred, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
+    micro = report["micro avg"]
+    kinds = sorted(k for k in report if not k.endswith(" avg"))
+    return {"precision": float(micro["precision"]), "recall": float(micro["recall"]), "f1": float(micro["f1-score"]),
+            "per_type": {k: {"precision": float(report[k]["precision"]), "recall": float(report[k]["recall"]),
+                             "f1": float(report[k]["f1-score"]), "support": int(report[k]["support"])}
+                         for k in kinds}}
+
+
+def span_scores(gold: list[set], pred: list[set]) -> dict:
+    """FFF-NER's span micro P/R/F1: per sentence a set of (start, end, type) spans, predicted against gold (spans
+    may overlap: scored raw before overlap resolution, or after it)."""
+    tp = sum(len(g & p) for g, p in zip(gold, pred))
+    n_pred, n_gold = sum(map(len, pred)), sum(map(len, gold))
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_gold if n_gold else 0.0
+    f = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f}
