@@ -126,3 +126,22 @@ def test_plain_sgd_is_the_kernels_optimizer(tmp_path, tiny_model_nodrop, glue, c
     train, dev = _files(glue)
     cli_error(capsys, "optimizer must be adamw or sgd", "finetune", "--task", "sst2", "--model", tiny_model_nodrop,
               "--train", train, "--dev", dev, "--out", str(tmp_path / "r"), "--set", "optimizer=adam")
+
+
+def test_the_kernel_of_a_fine_tuned_prompt_checkpoint(tmp_path, tiny_mlm, glue, capsys):
+    """--checkpoint: the kernel after training, of the model gentune evaluate scores; its own metric is that
+    model's accuracy; the wrong objective for the checkpoint is refused."""
+    train, dev = _files(glue)
+    run = tmp_path / "run"
+    cli_ok(capsys, "finetune", "--task", "sst2", "--objective", "prompt", "--model", tiny_mlm, "--train", train,
+           "--dev", dev, "--out", str(run), "--max-steps", "3", "--batch-size", "8", "--lr", "1e-3")
+    out = tmp_path / "k"
+    cli_ok(capsys, "kernel", "--checkpoint", str(run / "best"), "--task", "sst2", "--train", train, "--eval", dev,
+           "--out", str(out), "--set", "progress=false")
+    scored = json.loads(cli_ok(capsys, "evaluate", "--checkpoint", str(run / "best"), "--task", "sst2", "--data",
+                               dev))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model_metrics"]["accuracy"] == pytest.approx(scored["accuracy"])
+    cli_error(capsys, "a prompt checkpoint; give --objective prompt", "kernel", "--checkpoint", str(run / "best"),
+              "--task", "sst2", "--train", train, "--eval", dev, "--out", str(tmp_path / "k2"), "--objective",
+              "classification")
