@@ -153,10 +153,10 @@ def _parser() -> argparse.ArgumentParser:
     _config_flags(dg, "e.g. --set n_sigma=500")
 
     kn = sub.add_parser("kernel", help="the empirical NTK of (prompt-based) fine-tuning and its solvers' predictions",
-                        description="The empirical neural tangent kernel (SGD, SignGD or Adam's asymmetric SignGD "
-                                    "kernel) of a model's outputs on a task's training examples, and the kernel "
-                                    "solvers' predictions on held-out examples (Malladi et al., ICML 2023). Writes "
-                                    "OUT/metrics.json, OUT/predictions.json and the kernels (safetensors); a rerun "
+                        description="The empirical neural tangent kernel (SGD, SignGD or Adam's asymmetric SignGD\n"
+                                    "kernel) of a model's outputs on a task's training examples, and the kernel\n"
+                                    "solvers' predictions on held-out examples (Malladi et al., ICML 2023). Writes\n"
+                                    "OUT/metrics.json, OUT/predictions.json and the kernels (safetensors); a rerun\n"
                                     "resumes from the finished blocks.",
                         epilog="examples:\n  gentune kernel --model ../shared/models/splade_tiny_bert_mlm --task sst2 "
                                "--train k-shot/SST-2/16-13/train.tsv --eval SST-2/dev.tsv --out runs/k\n"
