@@ -50,7 +50,8 @@ SINGLE = ["sst2", "sst5", "mr", "cr", "mpqa", "subj"]  # the target's six single
 TASKS = [*SINGLE, "trec", "rte", "qnli", "mrpc"]
 SEEDS = [13, 21, 42, 87, 100]
 SETTINGS = ["prompt", "noprompt"]
-SGD_LRS, ADAM_LRS = ["1e-2", "1e-1", "1"], ["1e-5", "5e-5", "2e-4"]  # a smoke cell (sst2, splade) chose SGD's top, 1e-1, of 1e-3..1e-1
+# a smoke cell (sst2, splade) chose the top of SGD's 1e-3..1e-1
+SGD_LRS, ADAM_LRS = ["1e-2", "1e-1", "1"], ["1e-5", "5e-5", "2e-4"]
 STEPS, BATCH, EVAL_EVERY = 250, 8, 50
 PROBE = {"lr": "1e-3", "steps": 250}
 SPLADE = str((ROOT.parent / "shared" / "models" / "splade_tiny_bert_mlm").resolve())
@@ -164,7 +165,8 @@ def run_cell(model: str, setting: str, task: str, seed: int, max_eval: int) -> d
             summary = _gentune(["finetune", "--task", task, *start, *objective, "--train", str(train), "--dev",
                                 str(dev), "--seed", str(seed), "--lr", lr, "--max-steps", str(STEPS),
                                 "--batch-size", str(BATCH), "--out", str(out.relative_to(ROOT)), "--set",
-                                f"optimizer={opt}", f"eval_steps={EVAL_EVERY}", "eval_every_epochs=0"], out, f"{opt} {lr} {task} {seed}")
+                                f"optimizer={opt}", f"eval_steps={EVAL_EVERY}", "eval_every_epochs=0"], out,
+                               f"{opt} {lr} {task} {seed}")
             runs[lr] = summary["best_dev"][spec.main_metric]
         lr = max(runs, key=runs.get)  # the k-shot dev chooses
         loaded, x_eval, pred = _predict(str(where / f"{opt}_lr{lr}" / "best"), task, str(test))

@@ -175,8 +175,10 @@ def measure(model: str, n: int, args, tmp: Path) -> dict:
     cell = {"model": model, "n": n, "outputs": 2, "parameters": ours["dim"], "gentune_s": ours["seconds"],
             "gentune_peak_growth_mb": ours["peak_growth_mb"], "reference_s": ref["seconds"],
             "reference_measured": ref["measured"],
-            "reference_detail": {k: v for k, v in ref.items() if k not in ("seconds", "measured")}, "speedup": ref["seconds"] / ours["seconds"],
-            "relative_error": relative_error(k32, k64) if k64 is not None else None, "error_against": against, "threads": args.threads}
+            "reference_detail": {k: v for k, v in ref.items() if k not in ("seconds", "measured")},
+            "speedup": ref["seconds"] / ours["seconds"],
+            "relative_error": relative_error(k32, k64) if k64 is not None else None, "error_against": against,
+            "threads": args.threads}
     return cell
 
 

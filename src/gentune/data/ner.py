@@ -300,5 +300,6 @@ def entity_types(sentences: list[Sentence]) -> list[str]:
     return sorted({kind for s in sentences for _, _, kind in s.spans})
 
 
-__all__ = ["Sentence", "SpanTokens", "candidate_spans", "encode_span", "entity_types", "negative_weight", "normalize", "read", "read_conll",
-           "read_json", "resolve_overlaps", "sample_spans", "spans_to_tags", "tags_to_spans", "write_conll"]
+__all__ = ["Sentence", "SpanTokens", "candidate_spans", "encode_span", "entity_types", "negative_weight", "normalize",
+           "read", "read_conll", "read_json", "resolve_overlaps", "sample_spans", "spans_to_tags", "tags_to_spans",
+           "write_conll"]

@@ -471,8 +471,8 @@ def kernel(model, x: dict, y: dict | None = None, *, kind: str = "sgd", params: 
         c = probe.shape[-1]
         k = torch.zeros(nx * c, ny * c, dtype=torch.float64)  # in sorted order
         kf = torch.zeros_like(k) if asym else None
-        key = _fingerprint([kind, sign_eps, difference], params, {**jac.weights, **jac.frozen}, chunk, panel, symmetric, x,
-                           None if symmetric else y)
+        key = _fingerprint([kind, sign_eps, difference], params, {**jac.weights, **jac.frozen}, chunk, panel,
+                           symmetric, x, None if symmetric else y)
         out_dir = Path(block_dir) if block_dir is not None else None
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
