@@ -82,8 +82,18 @@ ARMS = {
     "smart": "gentune smart: R_s (K=1) + Bregman teacher R_B (total_steps=1000)",
     "smart-no-teacher": "gentune smart with mu=0: R_s (K=1) only",
     "r3f": "gentune r3f: one noisy forward, symmetric KL",
+    "bregman": "gentune bregman alone: the momentum teacher's no-grad forward and its update",
+    "rdrop": "gentune rdrop: a second dropout forward, symmetric KL (and its task loss)",
+    "l2sp": "gentune l2sp: the distance to the starting weights",
     "smart-pytorch": "PyPI smart-pytorch 0.0.4 SMARTLoss (README defaults) on word embeddings via inputs_embeds",
 }
+# The pass-count bound, in forward-equivalents per step (a forward pass 1, a backward with weight gradients 2, a
+# backward to the inputs only 1): vanilla 1 + 2 = 3; smart-adv (K = 1) adds a noisy forward (1), the ascent's
+# backward to the noise (1), the adversarial forward (1) and its backward (2): 8; smart adds the teacher's no-grad
+# forward: 9; r3f and rdrop add one forward and its backward: 6; bregman adds the teacher's forward: 4; l2sp adds a
+# pass over the weights, negligible next to a forward: 3. smart-pytorch's SMARTLoss does what smart-adv does: 8.
+PASSES = {"vanilla": 3, "smart": 9, "smart-no-teacher": 8, "r3f": 6, "bregman": 4, "rdrop": 6, "l2sp": 3,
+          "smart-pytorch": 8}
 # The optimizer and clipping of `gentune finetune` (FinetuneConfig defaults).
 LR, WEIGHT_DECAY, ADAM_EPS, MAX_GRAD_NORM = 1e-4, 0.01, 1e-8, 1.0
 MEMORY_TAG = "SMART_COST_MEMORY "
@@ -252,6 +262,12 @@ def make_arm(name: str, model, args) -> Arm:
         return Arm(name, model, [registry.create("regularizer", "smart", mu=0, total_steps=1000)], bf16)
     if name == "r3f":
         return Arm(name, model, [registry.create("regularizer", "r3f")], bf16)
+    if name == "bregman":
+        return Arm(name, model, [registry.create("regularizer", "bregman", total_steps=1000)], bf16)
+    if name == "rdrop":
+        return Arm(name, model, [registry.create("regularizer", "rdrop")], bf16)
+    if name == "l2sp":
+        return Arm(name, model, [registry.create("regularizer", "l2sp")], bf16)
     if name == "smart-pytorch":
         module, _, _ = ensure_smart_pytorch(Path(args.deps_dir))
         return SmartPytorchArm(model, module, args.smart_pytorch_weight, bf16)
@@ -517,13 +533,16 @@ def _memory_cell(memory: dict, name: str, device_type: str) -> str:
 
 
 def table(results: dict) -> str:
-    """The markdown table: arm | median s/step | IQR | ratio to vanilla | peak memory."""
+    """The markdown table: arm | median s/step | IQR | ratio to vanilla | pass bound | ratio over bound | memory."""
     device_type = results["device"].split(":")[0]
-    lines = tables.header(["arm", "median s/step", "IQR", "ratio to vanilla", "peak memory"],
-                          ["---", "---:", "---:", "---:", "---:"])
+    lines = tables.header(["arm", "median s/step", "IQR", "ratio to vanilla", "pass-count bound",
+                           "ratio / bound", "peak memory"], ["---", "---:", "---:", "---:", "---:", "---:", "---:"])
     for name, a in results["arms"].items():
         ratio = (f"{a['ratio_of_medians']:.2f} ({a['median_round_ratio']:.2f})" if "ratio_of_medians" in a else "-")
+        bound = PASSES.get(name, 0) / PASSES["vanilla"] if name in PASSES else None
+        over = (f"{a['ratio_of_medians'] / bound:.2f}" if bound and "ratio_of_medians" in a else "-")
         lines.append(tables.row([name, _seconds(a["median_s"]), _seconds(a["iqr_s"]), ratio,
+                                 f"{bound:.2f}" if bound else "-", over,
                                  _memory_cell(results.get("memory", {}), name, device_type)]))
     return "\n".join(lines)
 
@@ -570,7 +589,9 @@ def render_body(results: dict) -> str:
         f"that length), {'bf16 autocast' if c.get('bf16') else 'float32'}. Each arm has its own copy of the "
         f"same initial model and its own AdamW; after {c['warmup']} warm-up step(s) per arm, {c['rounds']} "
         f"round(s) run every arm once in a shuffled order, in one process. Ratio to vanilla: ratio of the "
-        f"medians (median of the per-round ratios in parentheses). IQR: interquartile range of the step "
+        f"medians (median of the per-round ratios in parentheses); pass-count bound: the arm's forward-equivalents "
+        f"per step over vanilla's (see PASSES in the script), so a ratio over it near 1 means no overhead beyond "
+        f"the passes the method needs. IQR: interquartile range of the step "
         f"times; {mem_note}."
     )
     lines = [
