@@ -19,7 +19,7 @@ GEMM of 2 (nC)^2 P multiply-adds for P parameters):
   in the model's dtype; examples are sorted by length so a chunk pads only to its own longest row;
 - each kernel block is a GEMM of two chunks' flattened Jacobians in the model's dtype, ``slab`` columns at a time,
   accumulated in float64;
-- embedding tables (any 2-D parameter with at least 512 rows) are kept row-sparse: a chunk touches only the rows of
+- embedding tables (of at least 512 rows) are kept row-sparse: a chunk touches only the rows of
   its tokens (and, for a tied decoder, of its label words), and two chunks meet only on the rows both touch;
 - memory is bounded by ``panel`` (examples whose Jacobians are held while the others stream past in chunks), not
   by n: a panel's Jacobians are computed once, every column chunk once per panel (for a symmetric kernel only the
@@ -50,7 +50,7 @@ from ..progress import WorkProgress
 
 KERNELS = ("sgd", "signgd", "asym-signgd")
 PARAM_SETS = ("all", "no-embeddings", "no-head", "bitfit", "lora")
-SPARSE_ROWS = 512  # 2-D parameters with at least this many rows (embedding tables) are kept row-sparse
+SPARSE_ROWS = 512  # embedding tables with at least this many rows (position embeddings) are kept row-sparse
 _FORMAT = "gentune-kernel-panel/1"
 
 
@@ -205,8 +205,8 @@ class Jacobians:
     through the rows a chunk uses only: a forward hook on the input embedding reads its tokens from those rows, and
     one on the output embedding recomputes the label words' logits from their rows (the full-vocabulary logits it
     computed are kept, without gradient). Their Jacobians never take the table's size (for splade-tiny 3.9M of its
-    4.4M parameters). Any other 2-D parameter of at least 512 rows (position embeddings) is kept row-sparse
-    after the fact."""
+    4.4M parameters). Any other embedding table of at least 512 rows (position embeddings) is kept row-sparse
+    after the fact; dense weights stay dense, whatever their shape."""
 
     def __init__(self, model, fn, params: dict[str, torch.nn.Parameter]):
         from torch.func import functional_call, jacrev, vmap
@@ -227,7 +227,8 @@ class Jacobians:
                 self.output_table = None if out.weight is getattr(emb, "weight", None) else ids[id(out.weight)]
         tables = {self.input_table, self.output_table} - {None}
         self.names = [n for n in params if n not in tables]
-        self.sparse_names = [n for n in self.names if params[n].dim() == 2 and params[n].shape[0] >= SPARSE_ROWS]
+        tables_of = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+        self.sparse_names = [n for n in self.names if id(params[n]) in tables_of and params[n].shape[0] >= SPARSE_ROWS]
         self.dense_names = [n for n in self.names if n not in self.sparse_names]
         self.weights = {n: p.detach() for n, p in params.items()}
         self.params = {n: self.weights[n] for n in self.names}
