@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -38,6 +37,8 @@ import time
 from pathlib import Path
 
 from _lib import cells, runner
+from _lib.lmbff import glue, kshot
+from _lib.lmbff import spec as _spec
 from _lib.paths import RESULTS as ALL_RESULTS
 from _lib.paths import ROOT
 from _lib.provenance import commit, machine
@@ -58,23 +59,6 @@ MODELS = {"splade": (SPLADE, None), "splade-tapt": (SPLADE, "all"), "minilm-head
 # arm -> the flags that make it
 ARMS = {"probe": ["--linear-probe", "--set", "pooling=mean"], "head-cls": ["--set", "pooling=cls"],
         "head-mean": ["--set", "pooling=mean"], "prompt": ["--objective", "prompt"]}
-
-
-def glue() -> Path:
-    if not os.environ.get("GENTUNE_DATA"):
-        raise SystemExit("error: set GENTUNE_DATA to a GLUE/LM-BFF data tree (../shared/data/glue)")
-    return Path(os.environ["GENTUNE_DATA"])
-
-
-def _spec(task: str):
-    from gentune.data import get_task
-
-    return get_task(task)
-
-
-def kshot(task: str, seed: int) -> tuple[Path, Path]:
-    folder = glue() / "k-shot" / _spec(task).dirname / f"16-{seed}"
-    return tuple(sorted(folder.glob(f"{name}.*"))[0] for name in ("train", "dev"))
 
 
 def eval_file(task: str, seed: int) -> Path:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -39,6 +38,8 @@ import time
 from pathlib import Path
 
 from _lib import cells, runner
+from _lib.lmbff import kshot
+from _lib.lmbff import spec as _spec
 from _lib.paths import RESULTS as ALL_RESULTS
 from _lib.paths import ROOT
 from _lib.provenance import commit, machine
@@ -56,23 +57,6 @@ STEPS, BATCH, EVAL_EVERY = 250, 8, 50
 PROBE = {"lr": "1e-3", "steps": 250}
 SPLADE = str((ROOT.parent / "shared" / "models" / "splade_tiny_bert_mlm").resolve())
 MODELS = {"splade": None, "splade-tapt": "splade-tapt", "minilm": "minilm-head"}  # -> fewshot_grid's MLM run
-
-
-def glue() -> Path:
-    if not os.environ.get("GENTUNE_DATA"):
-        raise SystemExit("error: set GENTUNE_DATA to a GLUE/LM-BFF data tree (../shared/data/glue)")
-    return Path(os.environ["GENTUNE_DATA"])
-
-
-def _spec(task: str):
-    from gentune.data import get_task
-
-    return get_task(task)
-
-
-def kshot(task: str, seed: int) -> tuple[Path, Path]:
-    folder = glue() / "k-shot" / _spec(task).dirname / f"16-{seed}"
-    return tuple(sorted(folder.glob(f"{name}.*"))[0] for name in ("train", "dev"))
 
 
 def eval_file(task: str, seed: int, max_eval: int) -> Path:
@@ -110,28 +94,14 @@ def _gentune(argv: list[str], out: Path, label: str) -> dict:
 def _predict(checkpoint: str, task: str, data: str):
     """A fine-tuned checkpoint, its encoded inputs of ``data`` and its per-example predictions there."""
     import numpy as np
-    from transformers import DataCollatorWithPadding
 
     from gentune.diagnostics.ntk import outputs
+    from gentune.kernel import encode_examples
     from gentune.tasks.text_classification import load, read
 
     loaded = load(checkpoint, task)
-    rows = _encoded(loaded, read(data, loaded))
-    x = dict(DataCollatorWithPadding(loaded.tokenizer)(rows))
+    x = encode_examples(loaded.tokenizer, loaded.task, read(data, loaded), loaded.prompt, loaded.max_length)
     return loaded, x, np.asarray(outputs(loaded.model, x).argmax(1))
-
-
-def _encoded(loaded, data) -> list[dict]:
-    from gentune.data.prompts import encode
-
-    task = loaded.task
-    b = list(data["text_b"]) if task.text_pair else None
-    if loaded.prompt is not None:
-        enc = encode(loaded.prompt, loaded.tokenizer, list(data["text_a"]), b, loaded.max_length)
-    else:
-        enc = loaded.tokenizer(list(data["text_a"]), b, truncation=True, max_length=loaded.max_length)
-        enc = {k: enc[k] for k in enc}
-    return [{k: enc[k][i] for k in enc} for i in range(len(enc["input_ids"]))]
 
 
 def run_cell(model: str, setting: str, task: str, seed: int, max_eval: int) -> dict:
@@ -231,16 +201,11 @@ def _initial(setting: str, base: str, task: str, checkpoint: str | None) -> dict
 
 
 def _train_inputs(init: dict, task: str, train: Path) -> dict:
-    from types import SimpleNamespace
-
-    from transformers import DataCollatorWithPadding
-
     from gentune.data.glue import read_file
+    from gentune.kernel import encode_examples
 
     spec = _spec(task)
-    loaded = SimpleNamespace(task=spec, prompt=init["prompt"], tokenizer=init["tokenizer"],
-                             max_length=init["max_length"])
-    return dict(DataCollatorWithPadding(init["tokenizer"])(_encoded(loaded, read_file(spec, train))))
+    return encode_examples(init["tokenizer"], spec, read_file(spec, train), init["prompt"], init["max_length"])
 
 
 def main() -> int:

@@ -53,10 +53,10 @@ OUT = RESULTS / "kernel" / "speed"
 def _inputs(model_name: str, n: int):
     """The prompt classifier of ``model_name`` and its encoded first n SST-2 training sentences."""
     import torch
-    from transformers import DataCollatorWithPadding
 
     from gentune.data import get_task, load_splits
-    from gentune.data.prompts import encode, packaged
+    from gentune.data.prompts import packaged
+    from gentune.kernel import encode_examples
     from gentune.models.hf import load_tokenizer
     from gentune.tasks.text_classification import prompt_model
 
@@ -68,10 +68,7 @@ def _inputs(model_name: str, n: int):
     prompt = packaged("sst2")
     torch.manual_seed(0)  # a model without a masked-LM head gets a new one: the same in every process
     model, _ = prompt_model(model_name, tok, prompt, note=False)
-    enc = encode(prompt, tok, list(train["text_a"]), None, 64)
-    rows = [{k: enc[k][i] for k in enc} for i in range(n)]
-    x = dict(DataCollatorWithPadding(tok)(rows))
-    return model.eval(), x
+    return model.eval(), encode_examples(tok, task, train, prompt, 64)
 
 
 def _reset_peak() -> int:

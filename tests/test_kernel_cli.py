@@ -66,13 +66,13 @@ def test_asym_and_classification_with_a_probed_head_and_lora(tmp_path, tiny_mlm,
 
     from gentune.data import get_task
     from gentune.data.glue import read_file
-    from gentune.kernel import KernelConfig, _encode, _model, probe_head
+    from gentune.kernel import KernelConfig, _model, encode_examples, probe_head
 
     cfg = KernelConfig(model=tiny_model, task="sst2", train=train, eval=dev, out="x", objective="classification")
     task = get_task("sst2")
     model, tokenizer, _ = _model(cfg, task)
     data = read_file(task, train)
-    x = _encode(cfg, model, tokenizer, task, data, None)
+    x = encode_examples(tokenizer, task, data, None, cfg.max_length)
     labels = np.asarray(data["label"])
     probe_head(model, x, labels, False)
     seen = []

@@ -93,18 +93,18 @@ class KernelConfig:
         return self.chosen_solver == "asym" if self.difference is None else bool(self.difference)
 
 
-def _encode(cfg: KernelConfig, model, tokenizer, task, data, prompt) -> dict:
-    """Padded tensors of every example of ``data``."""
+def encode_examples(tokenizer, task, data, prompt=None, max_length: int = 128) -> dict:
+    """Padded tensors of every example of ``data`` (text_a, text_b columns): through ``prompt`` (a
+    :class:`~gentune.data.prompts.Prompt`) when given, else as the classifier's inputs."""
     from transformers import DataCollatorWithPadding
 
+    texts_b = list(data["text_b"]) if task.text_pair else None
     if prompt is not None:
         from .data.prompts import encode
 
-        enc = encode(prompt, tokenizer, list(data["text_a"]), list(data["text_b"]) if task.text_pair else None,
-                     cfg.max_length)
+        enc = encode(prompt, tokenizer, list(data["text_a"]), texts_b, max_length)
     else:
-        enc = tokenizer(list(data["text_a"]), list(data["text_b"]) if task.text_pair else None, truncation=True,
-                        max_length=cfg.max_length)
+        enc = tokenizer(list(data["text_a"]), texts_b, truncation=True, max_length=max_length)
         enc = {k: enc[k] for k in enc}
     rows = [{k: enc[k][i] for k in enc} for i in range(len(enc["input_ids"]))]
     return dict(DataCollatorWithPadding(tokenizer)(rows))
@@ -231,8 +231,8 @@ def run_kernel(cfg: KernelConfig) -> dict:
     torch.manual_seed(cfg.seed)
     model, tokenizer, prompt = _model(cfg, task)
     model.eval()
-    x = _encode(cfg, model, tokenizer, task, train, prompt)
-    y = _encode(cfg, model, tokenizer, task, held, prompt)
+    x = encode_examples(tokenizer, task, train, prompt, cfg.max_length)
+    y = encode_examples(tokenizer, task, held, prompt, cfg.max_length)
     labels_train, labels_eval = np.asarray(train["label"]), np.asarray(held["label"])
     if cfg.objective == "classification" and cfg.model and cfg.head == "probe":
         probe_head(model, x, labels_train, regression)
@@ -293,4 +293,4 @@ def _trivial(names, train_labels, eval_labels, regression: bool) -> dict:
                                      eval_labels).items()}
 
 
-__all__ = ["KernelConfig", "probe_head", "run_kernel"]
+__all__ = ["KernelConfig", "encode_examples", "probe_head", "run_kernel"]
