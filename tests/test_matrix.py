@@ -195,7 +195,46 @@ def prompt_row(env: Env, seed: int = 0) -> Job:
     return _job(model, registry.create("objective", "prompt"), list(examples), Collator(tok, False))
 
 
+NER_SENTENCES = [(("John", "Smith", "visited", "Paris", "."), ("B-PER", "I-PER", "O", "B-LOC", "O")),
+                 (("Maria", "left", "Rome", "today"), ("B-PER", "O", "B-LOC", "O")),
+                 (("Nothing", "happened", "."), ("O", "O", "O"))]
+
+
+def ner_row(objective: str) -> Callable:
+    """A NER objective's row: the tiny BERT with the objective's parts, three sentences encoded by the task."""
+
+    def row(env: Env, seed: int = 0) -> Job:
+        from transformers import AutoModel, AutoModelForTokenClassification
+
+        from gentune.data.ner import Sentence
+        from gentune.models.hf import load_masked_lm, load_tokenizer
+        from gentune.models.ner import SpanNer, add_label_tokens, add_markers
+        from gentune.tasks.ner import NerModel, collate, examples
+
+        torch.manual_seed(seed)
+        tok, types = load_tokenizer(env.text_model), ["LOC", "PER"]
+        if objective == "token-classification":
+            bundle = NerModel(AutoModelForTokenClassification.from_pretrained(env.text_model, num_labels=5), tok,
+                              objective, types, 32)
+        elif objective == "fffner":
+            encoder = AutoModel.from_pretrained(env.text_model, add_pooling_layer=False)
+            bundle = NerModel(None, tok, objective, types, 48, markers=add_markers(encoder, tok), max_width=2,
+                              sampling={"multiplier": 1.0, "per_entity": 1})
+            bundle.model = SpanNer(encoder, len(types))
+        else:
+            mlm, _ = load_masked_lm(env.text_model)
+            ids = add_label_tokens(mlm, tok, types, {"PER": ["john"], "LOC": ["paris"]})
+            bundle = NerModel(mlm, tok, objective, types, 32, label_ids=ids)
+        data = examples(bundle, [Sentence(t, g) for t, g in NER_SENTENCES * 2], train=True, seed=0)  # 2 steps/epoch
+        return _job(bundle.model, registry.create("objective", objective), data, collate(bundle))
+
+    return row
+
+
 OBJECTIVES = {
+    "token-classification": ner_row("token-classification"),
+    "fffner": ner_row("fffner"),
+    "entlm": ner_row("entlm"),
     "sequence-classification": text_row,
     "mlm": mlm_row,
     "prompt": prompt_row,
@@ -265,8 +304,21 @@ def text_pretrain_task(env: Env, out: Path, **kw):
                                                        objective_options={"mlm": {"mask_prob": 0.3}}, **kw), "test")
 
 
+def ner_task(env: Env, out: Path, **kw):
+    from gentune.data.ner import Sentence, write_conll
+    from gentune.tasks.ner import NerConfig
+
+    sentences = [Sentence(t, g) for t, g in NER_SENTENCES]
+    write_conll(sentences * 2, env.tmp / "ner-train.txt")
+    write_conll(sentences, env.tmp / "ner-dev.txt")
+    return apply_mapping(NerConfig(), dict(train=str(env.tmp / "ner-train.txt"), dev=str(env.tmp / "ner-dev.txt"),
+                                           out=str(out), model=env.text_model, objective="fffner", batch_size=4,
+                                           eval_batch_size=8, lr=1e-3, max_length=48,
+                                           objective_options={"fffner": {"max_width": 2}}, **kw), "test")
+
+
 TASKS = {"text-classification": text_task, "image-classification": image_task, "image-pretraining": pretrain_task,
-         "text-pretraining": text_pretrain_task}
+         "text-pretraining": text_pretrain_task, "ner": ner_task}
 ROWS = {"task": TASKS, "objective": OBJECTIVES, "regularizer": REGULARIZERS}
 
 

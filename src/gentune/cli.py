@@ -1,5 +1,5 @@
-"""The ``gentune`` command line: ``finetune``, ``pretrain``, ``evaluate``, ``diagnose``, ``kernel``, ``compare``,
-``list``, ``recipes``.
+"""The ``gentune`` command line: ``finetune``, ``pretrain``, ``evaluate``, ``predict``, ``diagnose``, ``kernel``,
+``compare``, ``list``, ``recipes``.
 
 Every training command takes its task's config (:mod:`gentune.tasks`) from, in order of precedence, the config's
 defaults < ``--config FILE.yaml`` < explicit flags < ``--set key=value``, all through one typed path
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from .errors import GentuneError
 
@@ -96,10 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     own.add_argument("--labels", type=lambda v: [c.strip() for c in v.split(",") if c.strip()],
                      help="comma-separated label set in index order (default: the training labels, sorted); "
                           "--set regression=true for scores")
-    ft.add_argument("--objective", choices=["sequence-classification", "prompt"],
+    ft.add_argument("--objective", choices=["sequence-classification", "prompt", "token-classification", "fffner",
+                                            "entlm"],
                     help="text tasks: sequence-classification (default: a classification head) or prompt (LM-BFF: the "
                          "masked LM's label-word logits at a template's [MASK]; --set prompt.template=... "
-                         "prompt.label_words=...)")
+                         "prompt.label_words=...); --task ner: token-classification (default), fffner (FFF-NER "
+                         "spans) or entlm (EntLM label words)")
     ft.add_argument("--peft", metavar="METHOD", help="train a PEFT adapter (lora, ia3, ...) instead of the whole "
                                                      "model; its options: --set peft.r=8 peft.alpha=16")
     img = ft.add_argument_group("image-classification")
@@ -191,6 +194,24 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                     help="with --objective prompt: prompt.template='{text_a} It was {mask} .' "
                          "prompt.label_words=terrible,great")
+
+    ev.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                    help="--task ner: inference precision (default auto: bf16 on a GPU that has it, else fp32)")
+
+    pr = sub.add_parser("predict", help="the entities a NER checkpoint finds in text (JSON lines on stdout)",
+                        description="Run a fine-tuned NER checkpoint (gentune finetune --task ner) on raw text or a "
+                                    "file; one JSON line per entity: sentence, text, type, start, end (character "
+                                    "offsets), token_start, token_end, score.")
+    pr.add_argument("--checkpoint", required=True, help="a NER run's best/ directory")
+    given = pr.add_mutually_exclusive_group(required=True)
+    given.add_argument("--text", action="append", help="a sentence of raw text (repeat for more)")
+    given.add_argument("--lines", help="a text file, one raw sentence per line")
+    given.add_argument("--data", help="a tokenized CoNLL or EntLM JSON file (its tags are ignored; offsets are into "
+                                      "the words joined by single spaces)")
+    pr.add_argument("--out", help="write the JSON lines to this file instead of stdout")
+    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="auto: bf16 on a GPU that has it, else fp32")
 
     ls = sub.add_parser("list", help="tasks, models, objectives and regularizers; `gentune list NAME`: one with its "
                                      "options")
@@ -399,7 +420,39 @@ def _cmd_evaluate(args) -> int:
         cfg = apply_overrides(TextClassificationConfig(task="sst2", objective="prompt"), args.set)
         options = cfg.objective_options.get("prompt", {})
     print(dumps_strict(evaluate(args.checkpoint, args.task, args.data, batch_size=args.batch_size,
-                                objective=args.objective, objective_options=options)))
+                                objective=args.objective, objective_options=options, precision=args.precision)))
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    import json
+
+    from .data.ner import read
+    from .fs import write_text_atomic
+    from .tasks.ner import load, predict_entities
+
+    bundle = load(args.checkpoint)
+    if args.lines:
+        try:
+            texts = Path(args.lines).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise GentuneError(f"{args.lines}: cannot read ({e})") from None
+        found = predict_entities(bundle, texts=texts, batch_size=args.batch_size, precision=args.precision,
+                                 progress=True)
+    elif args.data:
+        found = predict_entities(bundle, sentences=read(args.data), batch_size=args.batch_size,
+                                 precision=args.precision, progress=True)
+    else:
+        found = predict_entities(bundle, texts=args.text, batch_size=args.batch_size, precision=args.precision)
+    text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in found)
+    speed = bundle.speed
+    print(f"{len(found)} entities in {speed['sentences']} sentences, {speed['seconds']:.1f} s "
+          f"({speed['sentences_per_second']:.1f} sentences/s, {speed['inputs_per_second']:.0f} inputs/s, "
+          f"{speed['precision']})" + (f" -> {args.out}" if args.out else ""), file=sys.stderr)
+    if args.out:
+        write_text_atomic(Path(args.out), text)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -434,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     commands = {"finetune": _cmd_finetune, "pretrain": _cmd_pretrain, "evaluate": _cmd_evaluate,
-                "diagnose": _cmd_diagnose, "kernel": _cmd_kernel, "list": _cmd_list, "recipes": _cmd_recipes,
+                "diagnose": _cmd_diagnose, "kernel": _cmd_kernel, "predict": _cmd_predict, "list": _cmd_list,
+                "recipes": _cmd_recipes,
                 "compare": _cmd_compare}
     try:
         return commands[args.command](args)

@@ -256,13 +256,20 @@ def resolve_overlaps(predicted) -> list[tuple[int, int, str, float]]:
 
 @dataclass(frozen=True)
 class SpanTokens:
-    """The ids FFF-NER's input is built from: the tokenizer's [CLS], [SEP] and [MASK], and the two brackets."""
+    """The ids FFF-NER's input is built from: the tokenizer's [CLS] and [SEP], the is-entity mask (``mask``), the two
+    brackets, and the type mask (``type_mask``; None: the same token as ``mask``)."""
 
     cls: int
     sep: int
     mask: int
     left: int
     right: int
+    type_mask: int | None = None
+
+
+def span_fits(words: list[list[int]], start: int, end: int, max_length: int = 128) -> bool:
+    """Whether span (start, end) with its markers fits in ``max_length`` tokens (context is cut to fit)."""
+    return 10 + sum(len(w) for w in words[start:end]) <= max_length
 
 
 def encode_span(words: list[list[int]], start: int, end: int, ids: SpanTokens,
@@ -291,8 +298,74 @@ def encode_span(words: list[list[int]], start: int, end: int, ids: SpanTokens,
     entity_at = len(out)
     out += [ids.mask, ids.right, ids.left, *span, ids.right, ids.left]
     type_at = len(out)
-    out += [ids.mask, ids.right, *[t for w in right for t in w], ids.sep]
+    out += [ids.mask if ids.type_mask is None else ids.type_mask, ids.right, *[t for w in right for t in w], ids.sep]
     return out, entity_at, type_at
+
+
+
+# ----------------------------------------------------------------------------------------------- subword encoding
+
+
+def word_pieces(tokenizer, sentences: list[Sentence]) -> list[list[list[int]]]:
+    """Each sentence's words as lists of subword ids (no special tokens), by one batched call of a fast tokenizer
+    (``is_split_into_words``); a word the tokenizer makes nothing of (a control character) becomes [UNK]."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise GentuneError(f"NER needs a fast tokenizer (word alignment), got {type(tokenizer).__name__}")
+    if not sentences:
+        return []
+    enc = tokenizer([list(s.tokens) for s in sentences], is_split_into_words=True, add_special_tokens=False)
+    out = []
+    for k, s in enumerate(sentences):
+        pieces: list[list[int]] = [[] for _ in s.tokens]
+        for token_id, word in zip(enc["input_ids"][k], enc.word_ids(k)):
+            if word is not None:
+                pieces[word].append(token_id)
+        out.append([p or [tokenizer.unk_token_id] for p in pieces])
+    return out
+
+
+def encode_words(words: list[list[int]], cls: int, sep: int, max_length: int = 128) -> tuple[list[int], list[int]]:
+    """``[CLS] words [SEP]`` from each word's subword ids; returns (input ids, the position of each word's first
+    subword). Words past ``max_length`` are left out (their positions are not returned: they are predicted O)."""
+    ids, firsts = [cls], []
+    for w in words:
+        if len(ids) + len(w) + 1 > max_length:
+            break
+        firsts.append(len(ids))
+        ids += w
+    return ids + [sep], firsts
+
+
+def tag_labels(types: list[str], scheme: str = "bio") -> list[str]:
+    """The tag set of a token classifier over ``types``: ``O`` then ``B-``/``I-`` per type (``bio``), or ``O`` and
+    ``I-`` per type (``io``: two adjacent entities of one type become one)."""
+    if scheme not in ("bio", "io"):
+        raise GentuneError(f"tag scheme must be bio or io, got {scheme!r}")
+    return ["O", *[f"{p}-{t}" for t in types for p in (("B", "I") if scheme == "bio" else ("I",))]]
+
+
+def to_iob2(tags) -> tuple[str, ...]:
+    """Predicted tags as valid IOB2: an ``I-TYPE`` that continues no entity of its type begins one (how IO tags
+    and a tagger's stray ``I-`` are read)."""
+    return normalize(list(tags), "iob1")
+
+
+def pad_batch(features: list[dict], pad_id: int) -> dict:
+    """A batch of encoded examples as tensors: ``input_ids`` padded with ``pad_id`` (and an ``attention_mask``),
+    ``labels`` with -100 and ``first`` with 0 when present (per-token lists), other fields (ints) stacked."""
+    import torch
+
+    length = max(len(f["input_ids"]) for f in features)
+    pads = {"input_ids": pad_id, "labels": -100, "first": 0}
+    out: dict = {}
+    for key in features[0]:
+        if key in pads:
+            out[key] = torch.tensor([list(f[key]) + [pads[key]] * (length - len(f[key])) for f in features])
+        else:
+            out[key] = torch.tensor([f[key] for f in features])
+    out["attention_mask"] = torch.tensor([[1] * len(f["input_ids"]) + [0] * (length - len(f["input_ids"]))
+                                          for f in features])
+    return out
 
 
 def entity_types(sentences: list[Sentence]) -> list[str]:
@@ -300,6 +373,7 @@ def entity_types(sentences: list[Sentence]) -> list[str]:
     return sorted({kind for s in sentences for _, _, kind in s.spans})
 
 
-__all__ = ["Sentence", "SpanTokens", "candidate_spans", "encode_span", "entity_types", "negative_weight", "normalize",
-           "read", "read_conll", "read_json", "resolve_overlaps", "sample_spans", "spans_to_tags", "tags_to_spans",
+__all__ = ["Sentence", "SpanTokens", "candidate_spans", "encode_span", "encode_words", "entity_types",
+           "negative_weight", "normalize", "pad_batch", "read", "read_conll", "read_json", "resolve_overlaps",
+           "sample_spans", "span_fits", "spans_to_tags", "tag_labels", "tags_to_spans", "to_iob2", "word_pieces",
            "write_conll"]

@@ -4,8 +4,9 @@
 
 - ``gentune``: the schema version (1);
 - ``kind``: ``text-classifier`` (a Hugging Face ``save_pretrained`` folder with its tokenizer: ``config.json``,
-  ``model.safetensors``, tokenizer files), ``image-encoder`` or ``image-classifier`` (``model.safetensors`` of
-  the module's ``state_dict``);
+  ``model.safetensors``, tokenizer files), ``text-mlm``, ``image-encoder`` or ``image-classifier``
+  (``model.safetensors`` of the module's ``state_dict``), ``ner-tagger``, ``ner-entlm`` (``save_pretrained``
+  folders) or ``ner-span`` (FFF-NER: ``encoder/`` and ``heads.safetensors``; :func:`save_ner_model`);
 - ``architecture``: ``hf`` for text models, ``vit`` or ``conv`` for image models, with ``config`` (the image
   encoder's constructor arguments) and ``encoder`` (its size name, when it has one);
 - what made it: ``task``, ``step``, ``dev`` (the metrics of the saved step), and the kind's own fields: ``labels``,
@@ -32,7 +33,8 @@ from ..fs import atomic_dir, read_json, recover_dir
 META = "gentune.json"
 WEIGHTS = "model.safetensors"
 VERSION = 1
-KINDS = ("text-classifier", "text-mlm", "image-encoder", "image-classifier")
+KINDS = ("text-classifier", "text-mlm", "image-encoder", "image-classifier", "ner-tagger", "ner-span", "ner-entlm")
+NER_KINDS = {"token-classification": "ner-tagger", "fffner": "ner-span", "entlm": "ner-entlm"}
 
 
 def read_meta(path: str | Path) -> dict | None:
@@ -69,7 +71,7 @@ def kind_of(path: str | Path) -> str | None:
 
 def _describe(kind: str, meta: dict, model=None) -> dict:
     info = {"gentune": VERSION, "kind": kind, **meta}
-    if kind in ("text-classifier", "text-mlm"):
+    if kind in ("text-classifier", "text-mlm", *NER_KINDS.values()):
         info["architecture"] = "hf"
     else:
         encoder = model if kind == "image-encoder" else model.encoder
@@ -275,6 +277,73 @@ def load_text_classifier(path: str | os.PathLike, task, trainable: bool = False)
     return model, meta
 
 
+def save_ner_model(model, tokenizer, directory: str | Path, meta: dict, card: str | None = None) -> Path:
+    """A few-shot NER model by its ``meta["objective"]``: ``ner-tagger`` (an ``AutoModelForTokenClassification``
+    folder) and ``ner-entlm`` (an ``AutoModelForMaskedLM`` folder, label tokens included) are ``save_pretrained``
+    folders with their tokenizer; ``ner-span`` (FFF-NER) is ``encoder/`` (an ``AutoModel`` folder and the tokenizer
+    with its marker tokens) and the two heads in ``heads.safetensors``. Each with ``gentune.json``."""
+    from safetensors.torch import save_file
+
+    from .hf import quiet_transformers
+
+    kind = NER_KINDS[meta["objective"]]
+    with atomic_dir(Path(directory)) as tmp, quiet_transformers():
+        if kind == "ner-span":
+            model.encoder.save_pretrained(tmp / "encoder")
+            tokenizer.save_pretrained(tmp / "encoder")
+            heads = {f"{name}.{k}": v.detach().cpu().contiguous() for name in ("entity_head", "type_head")
+                     for k, v in getattr(model, name).state_dict().items()}
+            save_file(heads, str(tmp / "heads.safetensors"), metadata={"format": "pt"})
+        else:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        (tmp / META).write_text(json.dumps(_describe(kind, dict(meta)), indent=2))
+        if card is not None:
+            (tmp / "README.md").write_text(card)
+    return Path(directory)
+
+
+def load_ner_model(path: str | Path):
+    """(model in eval mode, tokenizer, gentune.json) of a folder :func:`save_ner_model` wrote."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForTokenClassification
+
+    from .hf import load_error, load_errors, quiet_transformers
+    from .ner import SpanNer
+
+    found = recover_dir(Path(path))
+    if found is None:
+        raise GentuneError(f"checkpoint {str(path)!r}: no such directory")
+    meta = read_meta(found)
+    if meta is None or meta.get("kind") not in NER_KINDS.values():
+        raise GentuneError(f"{found}: not a gentune NER checkpoint (kind {(meta or {}).get('kind')!r}; NER models "
+                           f"are {', '.join(NER_KINDS.values())})")
+    if not isinstance(meta.get("types"), list) or not meta["types"]:
+        raise GentuneError(f"{found / META}: no entity types")
+    kind = meta["kind"]
+    where = found / "encoder" if kind == "ner-span" else found
+    from transformers import AutoTokenizer
+
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(where)
+            if kind == "ner-tagger":
+                model = AutoModelForTokenClassification.from_pretrained(where)
+            elif kind == "ner-entlm":
+                model = AutoModelForMaskedLM.from_pretrained(where)
+            else:
+                model = SpanNer(AutoModel.from_pretrained(where), len(meta["types"]))
+                heads = load_file(str(found / "heads.safetensors"))
+                for name in ("entity_head", "type_head"):
+                    getattr(model, name).load_state_dict({k[len(name) + 1:]: v for k, v in heads.items()
+                                                          if k.startswith(name + ".")})
+    except load_errors() as e:
+        raise load_error(f"{found}: cannot load checkpoint", e) from None
+    except RuntimeError as e:  # heads that do not fit
+        raise GentuneError(f"{found / 'heads.safetensors'}: cannot load ({str(e).splitlines()[0]})") from None
+    return model.eval(), tokenizer, meta
+
+
 def resolve_init(path: str | Path) -> Path:
     """The encoder folder that ``--init PATH`` names: PATH itself, or PATH/encoder when PATH is the folder of a
     ``gentune pretrain`` run."""
@@ -290,6 +359,6 @@ def resolve_init(path: str | Path) -> Path:
     return p
 
 
-__all__ = ["KINDS", "META", "VERSION", "WEIGHTS", "kind_of", "load_encoder", "load_image_classifier",
-           "load_text_classifier", "read_meta", "resolve_init", "save_encoder", "save_image_classifier",
-           "save_text_classifier"]
+__all__ = ["KINDS", "META", "NER_KINDS", "VERSION", "WEIGHTS", "kind_of", "load_encoder", "load_image_classifier",
+           "load_ner_model", "load_text_classifier", "read_meta", "resolve_init", "save_encoder",
+           "save_image_classifier", "save_ner_model", "save_text_classifier"]

@@ -4,7 +4,8 @@
   head or through a prompt (``objective: prompt``);
 - ``image-classification`` (:mod:`.image_classification`): an image folder, a pretrained or fresh encoder;
 - ``image-pretraining`` (:mod:`.image_pretraining`): ``mae`` and ``context-encoder`` on an image folder;
-- ``text-pretraining`` (:mod:`.text_pretraining`): ``mlm`` on unlabeled text.
+- ``text-pretraining`` (:mod:`.text_pretraining`): ``mlm`` on unlabeled text;
+- ``ner`` (:mod:`.ner`): few-shot named entities (token classification, FFF-NER, EntLM).
 
 :func:`finetune`, :func:`pretrain` and :func:`evaluate` are what the CLI and the Python API call.
 """
@@ -43,14 +44,17 @@ def pretrain(cfg) -> dict:
 
 
 def evaluate(checkpoint: str, task: str, data: str, batch_size: int = 64, objective: str | None = None,
-             objective_options: dict | None = None) -> dict:
+             objective_options: dict | None = None, precision: str | None = None) -> dict:
     """Metrics of a fine-tuned checkpoint on any labelled file or folder of ``task``'s format; text tasks with
-    ``objective="prompt"``: of any masked LM through a prompt, untrained (zero-shot)."""
+    ``objective="prompt"``: of any masked LM through a prompt, untrained (zero-shot). ``precision`` (ner: auto,
+    fp32 or bf16) is the inference precision of the tasks that choose one; their throughput is ``speed``."""
     from ..errors import GentuneError
 
     if batch_size < 1:
         raise GentuneError(f"evaluate: batch_size must be positive, got {batch_size}")
     entry = for_name(task)
+    if precision is not None and entry.name != "ner":
+        raise GentuneError(f"--precision: task {task!r} ({entry.name}) scores in the precision it trained in")
     if entry.load is None or entry.read is None or entry.score is None:
         raise GentuneError(f"task {task!r} ({entry.name}) cannot evaluate a checkpoint")
     if objective is not None or objective_options:
@@ -60,8 +64,9 @@ def evaluate(checkpoint: str, task: str, data: str, batch_size: int = 64, object
     else:
         model = entry.load(checkpoint, task)
     dataset = entry.read(data, model)
-    metrics = entry.score(model, dataset, batch_size)
-    return {"task": model.name, "file": str(data), "examples": len(dataset), **metrics}
+    metrics = entry.score(model, dataset, batch_size, **({"precision": precision} if precision else {}))
+    speed = {"speed": model.speed} if getattr(model, "speed", None) else {}
+    return {"task": model.name, "file": str(data), "examples": len(dataset), **metrics, **speed}
 
 
 __all__ = ["Splits", "Task", "evaluate", "finetune", "for_name", "for_objective", "pretrain", "register_task",
