@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
 from gentune.config import apply_mapping
 from gentune.data.ner import Sentence, candidate_spans, read, write_conll
 from gentune.errors import GentuneError
@@ -206,7 +205,7 @@ def test_new_markers_and_virtual_label_words_start_from_pretrained_rows(tiny_mlm
     assert torch.allclose(new[got[0]], emb[france])
     out = mlm.get_output_embeddings()
     assert torch.equal(out.weight[got[1]], new[got[1]])  # tied
-    assert float(out.bias[got[1]]) == pytest.approx(float(bias[john] + bias[michael]) / 2)
+    assert float(out.bias[got[1]].detach()) == pytest.approx(float(bias[john] + bias[michael]) / 2)
     assert add_label_tokens(mlm, tok, ["LOC", "PER"], words, virtual=False) == [france, john]
     with pytest.raises(GentuneError, match="no label words for type ORG"):
         add_label_tokens(mlm, tok, ["ORG"], words)
@@ -242,27 +241,27 @@ def test_each_objective_trains_saves_and_the_saved_model_scores_what_the_run_rep
 
 
 def test_cli_finetune_evaluate_predict_and_errors(files, tiny_model, tmp_path, capsys):
+    """The commands in process (main(): the code path of `gentune ...` without a process start-up each)."""
     from gentune.cli import main
 
     train, dev = files
     out = tmp_path / "cli"
-    r = run_cli("finetune", "--task", "ner", "--objective", "fffner", "--train", str(train), "--dev", str(dev),
-                "--model", tiny_model, "--out", str(out), "--max-steps", "2", "--batch-size", "4",
-                "--set", "fffner.max_width=2")
-    assert r.returncode == 0, r.stderr
-    assert "ner: best dev f1" in r.stdout
-    r = run_cli("evaluate", "--task", "ner", "--checkpoint", str(out / "best"), "--data", str(dev))
-    assert r.returncode == 0, r.stderr
-    got = json.loads(r.stdout)
+    assert main(["finetune", "--task", "ner", "--objective", "fffner", "--train", str(train), "--dev", str(dev),
+                 "--model", tiny_model, "--out", str(out), "--max-steps", "2", "--batch-size", "4",
+                 "--set", "fffner.max_width=2"]) == 0
+    assert "ner: best dev f1" in capsys.readouterr().out
+    assert main(["evaluate", "--task", "ner", "--checkpoint", str(out / "best"), "--data", str(dev)]) == 0
+    got = json.loads(capsys.readouterr().out)
     assert got["examples"] == 3 and 0 <= got["f1"] <= 1 and "f1_LOC" in got and got["speed"]["inputs"] > 0
-    r = run_cli("predict", "--checkpoint", str(out / "best"), "--text", "Maria visited Berlin .", "--text", "")
-    assert r.returncode == 0, r.stderr
-    assert "sentences" in r.stderr
-    for line in r.stdout.splitlines():
+    assert main(["predict", "--checkpoint", str(out / "best"), "--text", "Maria visited Berlin .", "--text", ""]) == 0
+    printed = capsys.readouterr()
+    assert "sentences" in printed.err
+    for line in printed.out.splitlines():
         assert set(json.loads(line)) == {"sentence", "text", "type", "start", "end", "token_start", "token_end",
                                          "score"}
-    r = run_cli("predict", "--checkpoint", str(out / "best"), "--data", str(dev), "--out", str(tmp_path / "p.jsonl"))
-    assert r.returncode == 0 and (tmp_path / "p.jsonl").is_file()
+    assert main(["predict", "--checkpoint", str(out / "best"), "--data", str(dev), "--out",
+                 str(tmp_path / "p.jsonl")]) == 0
+    assert (tmp_path / "p.jsonl").is_file() and not capsys.readouterr().out
     bad = tmp_path / "bad.txt"
     bad.write_text("John B-PER\nSmith\n")
     for args, needle in ((("finetune", "--task", "ner", "--train", str(bad), "--dev", str(dev), "--model", tiny_model,
@@ -295,3 +294,14 @@ def test_config_errors_name_the_problem(files, tiny_model, tmp_path, monkeypatch
     cfg = _config(files, tmp_path / "o", tiny_model, "fffner", dev_from_train=1)
     data = datasets(cfg)
     assert len(data.train) == 3 and len(data.heldout) == 1 and data.info["types"] == ["LOC", "MISC", "ORG", "PER"]
+
+
+def test_raw_text_is_split_into_conll_style_words_with_offsets():
+    from gentune.tasks.ner import split_words
+
+    text = "Peter Blackburn's EU-wide plan, 3,000 or 1.5 in 1996 (U.S.)."
+    words, offsets = split_words(text)
+    assert words == ["Peter", "Blackburn's", "EU-wide", "plan", ",", "3,000", "or", "1.5", "in", "1996", "(", "U.S.",
+                     ")", "."]
+    assert [text[a:b] for a, b in offsets] == words
+    assert split_words("") == ([], [])

@@ -306,10 +306,10 @@ def save_ner_model(model, tokenizer, directory: str | Path, meta: dict, card: st
 def load_ner_model(path: str | Path):
     """(model in eval mode, tokenizer, gentune.json) of a folder :func:`save_ner_model` wrote."""
     from safetensors.torch import load_file
-    from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForTokenClassification
+    from transformers import AutoModelForMaskedLM, AutoModelForTokenClassification
 
     from .hf import load_error, load_errors, quiet_transformers
-    from .ner import SpanNer
+    from .ner import HEADS, SpanNer, load_encoder
 
     found = recover_dir(Path(path))
     if found is None:
@@ -332,8 +332,8 @@ def load_ner_model(path: str | Path):
             elif kind == "ner-entlm":
                 model = AutoModelForMaskedLM.from_pretrained(where)
             else:
-                model = SpanNer(AutoModel.from_pretrained(where), len(meta["types"]))
-                heads = load_file(str(found / "heads.safetensors"))
+                model = SpanNer(load_encoder(str(where)), len(meta["types"]))
+                heads = load_file(str(found / HEADS))
                 for name in ("entity_head", "type_head"):
                     getattr(model, name).load_state_dict({k[len(name) + 1:]: v for k, v in heads.items()
                                                           if k.startswith(name + ".")})

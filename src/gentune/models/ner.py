@@ -77,6 +77,22 @@ class SpanNer(torch.nn.Module):
         return SpanOutput(logits=entity, entity_logits=entity, type_logits=kind)
 
 
+def load_encoder(path: str):
+    """The ``AutoModel`` of a model folder or name, without BERT's pooler (FFF-NER reads token states only; an
+    unused pooler would also stall a multi-process run's gradient reduction)."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoModel
+
+    from .hf import quiet_transformers
+
+    config = Path(path) / "config.json"
+    bert = config.is_file() and json.loads(config.read_text()).get("model_type") == "bert"
+    with quiet_transformers():
+        return AutoModel.from_pretrained(path, add_pooling_layer=False) if bert else AutoModel.from_pretrained(path)
+
+
 def span_tokens(tokenizer, markers: dict[str, int]) -> SpanTokens:
     """The :class:`~gentune.data.ner.SpanTokens` of ``tokenizer`` and the marker ids."""
     return SpanTokens(cls=tokenizer.cls_token_id, sep=tokenizer.sep_token_id, mask=markers["entity"],
@@ -169,5 +185,5 @@ def add_label_tokens(mlm, tokenizer, types: list[str], words: dict[str, list[str
     return ids
 
 
-__all__ = ["HEADS", "MARKERS", "SpanNer", "SpanOutput", "add_label_tokens", "add_markers", "mlp_head",
+__all__ = ["HEADS", "MARKERS", "SpanNer", "SpanOutput", "add_label_tokens", "add_markers", "load_encoder", "mlp_head",
            "read_label_words", "span_tokens"]

@@ -207,13 +207,9 @@ def new_model(cfg: NerConfig, types: list[str], objective) -> NerModel:
                     label2id={t: i for i, t in enumerate(tags)}, ignore_mismatched_sizes=True)
             return NerModel(model, tokenizer, cfg.objective, types, cfg.max_length, scheme=objective.scheme)
         if cfg.objective == "fffner":
-            from transformers import AutoModel
+            from ..models.ner import SpanNer, add_markers, load_encoder
 
-            from ..models.ner import SpanNer, add_markers
-
-            with quiet_transformers():
-                encoder = AutoModel.from_pretrained(path, add_pooling_layer=False) if _is_bert(path) else \
-                    AutoModel.from_pretrained(path)
+            encoder = load_encoder(path)
             markers = add_markers(encoder, tokenizer, objective.markers)
             return NerModel(SpanNer(encoder, len(types)), tokenizer, cfg.objective, types, cfg.max_length,
                             markers=markers, max_width=objective.max_width,
@@ -231,13 +227,6 @@ def new_model(cfg: NerConfig, types: list[str], objective) -> NerModel:
     where = _label_map(cfg, objective.label_map)
     ids = add_label_tokens(mlm, tokenizer, types, read_label_words(where), objective.virtual, str(where))
     return NerModel(mlm, tokenizer, cfg.objective, types, cfg.max_length, label_ids=ids)
-
-
-def _is_bert(path: str) -> bool:
-    import json
-
-    config = Path(path) / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("model_type") == "bert"
 
 
 def _bundle(model, tokenizer, meta: dict, max_length: int | None = None) -> NerModel:
@@ -345,13 +334,12 @@ def predict(bundle: NerModel, model, dataloader, accelerator, sentences: list, p
                 rows.append(torch.stack([g.float().cpu() for g in got], -1))
             else:
                 logits = out.logits.float()
-                if bundle.objective == "entlm":
-                    probs = logits.softmax(-1)
-                    top = probs.argmax(-1)
+                if bundle.objective == "entlm":  # the vocabulary's argmax, and its probability
+                    best, top = logits.max(-1)
+                    score = (best - logits.logsumexp(-1)).exp()
                     which = torch.zeros_like(top)
                     for t, i in enumerate(bundle.label_ids):
                         which[top == i] = t + 1  # 0: O
-                    score = probs.max(-1).values
                 else:
                     score, which = logits.softmax(-1).max(-1)
                 which = accelerator.pad_across_processes(which, dim=1, pad_index=0)
@@ -518,12 +506,12 @@ def evaluate(checkpoint: str, data: str, batch_size: int = 64, precision: str = 
     return {"task": "ner", "file": str(data), "examples": len(sentences), **metrics, "speed": bundle.speed}
 
 
-WORD = re.compile(r"\w+(?:[-'.]\w+)*|[^\w\s]")
+WORD = re.compile(r"(?:[A-Za-z]\.){2,}|\d+(?:[,.]\d+)+|\w+(?:[-']\w+)*|[^\w\s]")
 
 
 def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
-    """Raw text as CoNLL-style words (runs of word characters, each other character alone) and their character
-    offsets."""
+    """Raw text as CoNLL-style words and their character offsets: abbreviations (U.S.), numbers (3,000 and 1.5),
+    words with inner hyphens or apostrophes, and each other character alone."""
     found = list(WORD.finditer(text))
     return [m.group() for m in found], [m.span() for m in found]
 
