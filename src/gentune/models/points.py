@@ -1,0 +1,125 @@
+"""Point-cloud encoders in pure PyTorch: PointNet and a small DGCNN, each giving per-point features (what a
+contrastive loss over point correspondences reads) and a global feature (what a classifier reads).
+
+- PointNet (Qi et al., CVPR 2017, without its input and feature transforms): a shared MLP on each point's
+  coordinates (1 x 1 convolutions with batch norm), per-point features from its last layer, the global feature their
+  max over points. A function of the set of points: invariant to their order.
+- DGCNN (Wang et al., ACM TOG 2019), small: EdgeConv layers on the k-nearest-neighbour graph of the current
+  features, h_i = max_{j in kNN(i)} MLP([x_i, x_j - x_i]); the per-point features are the layers' outputs
+  concatenated and mixed by a 1 x 1 convolution, the global feature their max and mean over points. The kNN graph
+  is found by :func:`knn` from ``torch.cdist`` on chunks of query points, so no more than a chunk x n block of the
+  n x n distances is ever held.
+
+``forward(points)`` takes (B, N, 3) and returns ``(per_point (B, N, D), global (B, G))``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import GentuneError
+
+
+def knn(x: torch.Tensor, k: int, chunk: int = 256) -> torch.Tensor:
+    """The indices (B, N, k) of each point's k nearest points (itself included, at distance 0) in x (B, N, C), by
+    squared Euclidean distance, computed ``chunk`` query points at a time."""
+    b, n, _ = x.shape
+    if not 0 < k <= n:
+        raise GentuneError(f"knn: k must be in 1..{n} (the points), got {k}")
+    out = torch.empty(b, n, k, dtype=torch.long, device=x.device)
+    for start in range(0, n, chunk):
+        d = torch.cdist(x[:, start:start + chunk], x)  # (B, chunk, N): the only distances held at once
+        out[:, start:start + chunk] = d.topk(k, dim=-1, largest=False).indices
+    return out
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Conv1d(a, b, 1, bias=False), nn.BatchNorm1d(b), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class PointNet(nn.Module):
+    """PointNet's shared per-point MLP and max pooling.
+
+    Args:
+        widths: the shared MLP's layer widths (the last is the feature size).
+    """
+
+    architecture = "pointnet"
+
+    def __init__(self, widths: tuple[int, ...] = (64, 64, 128, 256)):
+        super().__init__()
+        self.config = {"widths": list(widths)}
+        self.mlp = _mlp([3, *widths])
+        self.point_dim = self.global_dim = widths[-1]
+
+    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.mlp(points.transpose(1, 2))  # (B, D, N)
+        return h.transpose(1, 2), h.max(dim=2).values
+
+
+class EdgeConv(nn.Module):
+    """h_i = max over j in kNN(i) of MLP([x_i, x_j - x_i])."""
+
+    def __init__(self, cin: int, cout: int, k: int):
+        super().__init__()
+        self.k = k
+        self.mlp = nn.Sequential(nn.Conv2d(2 * cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2))
+
+    def forward(self, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        """(B, N, C) -> (B, N, cout); the graph is the kNN of ``x`` itself."""
+        b = x.shape[0]
+        idx = knn(x.detach(), self.k, chunk)  # (B, N, k)
+        neighbours = x[torch.arange(b, device=x.device)[:, None, None], idx]  # (B, N, k, C)
+        centre = x.unsqueeze(2).expand_as(neighbours)
+        edge = torch.cat([centre, neighbours - centre], dim=-1).permute(0, 3, 1, 2)  # (B, 2C, N, k)
+        return self.mlp(edge).max(dim=-1).values.transpose(1, 2)
+
+
+class DGCNN(nn.Module):
+    """A small DGCNN: EdgeConv layers on the kNN graph of their own input features.
+
+    Args:
+        k: neighbours per point.
+        widths: the EdgeConv layers' output widths.
+        dim: the per-point feature size after the 1 x 1 mixing convolution.
+        chunk: query points per block of the distance computation.
+    """
+
+    architecture = "dgcnn"
+
+    def __init__(self, k: int = 16, widths: tuple[int, ...] = (64, 64, 128), dim: int = 256, chunk: int = 256):
+        super().__init__()
+        self.config = {"k": k, "widths": list(widths), "dim": dim, "chunk": chunk}
+        self.k, self.chunk = k, chunk
+        sizes = [3, *widths]
+        self.edges = nn.ModuleList(EdgeConv(a, b, k) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.mix = _mlp([sum(widths), dim])
+        self.point_dim, self.global_dim = dim, 2 * dim
+
+    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, outs = points, []
+        for edge in self.edges:
+            x = edge(x, self.chunk)
+            outs.append(x)
+        h = self.mix(torch.cat(outs, dim=-1).transpose(1, 2))  # (B, dim, N)
+        return h.transpose(1, 2), torch.cat([h.max(dim=2).values, h.mean(dim=2)], dim=1)
+
+
+ENCODERS = {"pointnet": PointNet, "dgcnn": DGCNN}
+
+
+def create_point_encoder(name: str, **options) -> nn.Module:
+    """A point encoder by name (pointnet, dgcnn) with its options."""
+    if name not in ENCODERS:
+        raise GentuneError(f"unknown point encoder {name!r} (known: {', '.join(ENCODERS)})")
+    try:
+        return ENCODERS[name](**options)
+    except TypeError as e:
+        raise GentuneError(f"{name}: {e}") from None
+
+
+__all__ = ["DGCNN", "ENCODERS", "EdgeConv", "PointNet", "create_point_encoder", "knn"]
