@@ -231,7 +231,25 @@ def ner_row(objective: str) -> Callable:
     return row
 
 
+def point_row(objective: str) -> Callable:
+    """A point objective's row: a tiny PointNet on 8 random shapes of 64 points."""
+
+    def row(env: Env, seed: int = 0) -> Job:
+        from gentune.models.points import PointNet
+        from gentune.tasks.point_pretraining import collate
+
+        torch.manual_seed(seed)
+        shapes = list(torch.from_numpy(np.random.default_rng(0).normal(size=(8, 64, 3)).astype(np.float32)))
+        options = {"npos": 16} if objective == "point-contrast" else {"npos": 16, "candidates": 16}
+        obj = registry.create("objective", objective, **options)
+        return _job(obj.build(PointNet(widths=(8, 16))), obj, shapes, collate)
+
+    return row
+
+
 OBJECTIVES = {
+    "point-contrast": point_row("point-contrast"),
+    "hardest-contrastive": point_row("hardest-contrastive"),
     "token-classification": ner_row("token-classification"),
     "fffner": ner_row("fffner"),
     "entlm": ner_row("entlm"),
@@ -317,8 +335,21 @@ def ner_task(env: Env, out: Path, **kw):
                                            objective_options={"fffner": {"max_width": 2}}, **kw), "test")
 
 
+def point_pretrain_task(env: Env, out: Path, **kw):
+    from gentune.tasks.point_pretraining import PointPretrainingConfig
+
+    data = env.tmp / "points.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x_train=rng.normal(size=(12, 64, 3)).astype(np.float16), y_train=np.arange(12) % 2,
+             classes=np.array(["a", "b"]))
+    return apply_mapping(PointPretrainingConfig(), dict(data=str(data), out=str(out), val_size=4, batch_size=4,
+                                                        eval_batch_size=4, model_options={"widths": [8, 16]},
+                                                        objective_options={"point-contrast": {"npos": 16}}, **kw),
+                         "test")
+
+
 TASKS = {"text-classification": text_task, "image-classification": image_task, "image-pretraining": pretrain_task,
-         "text-pretraining": text_pretrain_task, "ner": ner_task}
+         "text-pretraining": text_pretrain_task, "ner": ner_task, "point-pretraining": point_pretrain_task}
 ROWS = {"task": TASKS, "objective": OBJECTIVES, "regularizer": REGULARIZERS}
 
 
@@ -471,6 +502,12 @@ def test_task_row(name, env, monkeypatch):
         loaded = AutoModelForMaskedLM.from_pretrained(full / "model")  # the standard way, with no gentune code
         trained = {k: v for k, v in loaded.state_dict().items()}
         assert trained and all(torch.isfinite(v).all() for v in trained.values() if v.is_floating_point())
+    elif name == "point-pretraining":
+        from gentune.models.checkpoint import load_point_encoder
+
+        encoder, meta = load_point_encoder(full / "encoder")
+        assert meta["kind"] == "point-encoder" and meta["points"] == 64
+        assert encoder(torch.randn(2, 64, 3))[1].shape == (2, 16)
     else:
         from gentune.models.checkpoint import load_encoder, read_meta
 

@@ -126,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
                                     "OUT/encoder for `gentune finetune --task image-classification --init`), or a "
                                     "text encoder with masked-LM on unlabeled text (--objective mlm; saves OUT/model "
                                     "for `gentune finetune --model`). Rerunning with the same --out resumes.")
-    pt.add_argument("--objective", help="mae (default), context-encoder, or mlm (text)")
+    pt.add_argument("--objective", help="mae (default), context-encoder, mlm (text), or point-contrast, "
+                                        "hardest-contrastive (point clouds)")
     pt.add_argument("--data", help="an image folder <root>/<class>/<file> or a .tar.gz of one; mlm: a text file (.txt "
                                    "one example a line, CSV/TSV/JSON/JSONL with a text column) or a folder of them")
     pt.add_argument("--out", help="run directory (config, metrics, plots, encoder/ or model/)")
@@ -347,7 +348,8 @@ def _cmd_pretrain(args) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         dev = summary["final_dev"] or {}
         saved = "model" if summary["objective"] == "mlm" else "encoder"
-        unit = "examples" if summary["objective"] == "mlm" else "images"
+        unit = {"mlm": "examples", "point-contrast": "shapes", "hardest-contrastive": "shapes"}.get(
+            summary["objective"], "images")
         extra = f", masked-token accuracy {dev['accuracy']:.4f}" if "accuracy" in dev else ""
         print(f"{summary['objective']}: validation loss {dev.get('loss', float('nan')):.4f}{extra}; "
               f"{summary['train_steps']} steps in {summary['train_seconds']:.0f}s "

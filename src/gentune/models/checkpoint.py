@@ -33,7 +33,8 @@ from ..fs import atomic_dir, read_json, recover_dir
 META = "gentune.json"
 WEIGHTS = "model.safetensors"
 VERSION = 1
-KINDS = ("text-classifier", "text-mlm", "image-encoder", "image-classifier", "ner-tagger", "ner-span", "ner-entlm")
+KINDS = ("text-classifier", "text-mlm", "image-encoder", "image-classifier", "ner-tagger", "ner-span", "ner-entlm",
+         "point-encoder")
 NER_KINDS = {"token-classification": "ner-tagger", "fffner": "ner-span", "entlm": "ner-entlm"}
 
 
@@ -74,7 +75,7 @@ def _describe(kind: str, meta: dict, model=None) -> dict:
     if kind in ("text-classifier", "text-mlm", *NER_KINDS.values()):
         info["architecture"] = "hf"
     else:
-        encoder = model if kind == "image-encoder" else model.encoder
+        encoder = model if kind in ("image-encoder", "point-encoder") else model.encoder
         info.update(architecture=encoder.architecture, config=encoder.config,
                     encoder=getattr(encoder, "size_name", None))
     return info
@@ -93,6 +94,27 @@ def _save_module(module: torch.nn.Module, directory: Path, info: dict) -> Path:
 def save_encoder(encoder: torch.nn.Module, directory: str | Path, meta: dict | None = None) -> Path:
     """An image encoder (``forward_features``, ``architecture``, ``config``) as an ``image-encoder`` folder."""
     return _save_module(encoder, Path(directory), _describe("image-encoder", dict(meta or {}), encoder))
+
+
+def save_point_encoder(encoder: torch.nn.Module, directory: str | Path, meta: dict | None = None) -> Path:
+    """A point encoder (:mod:`gentune.models.points`: ``architecture``, ``config``) as a ``point-encoder``
+    folder."""
+    return _save_module(encoder, Path(directory), _describe("point-encoder", dict(meta or {}), encoder))
+
+
+def load_point_encoder(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """(encoder, gentune.json) of a ``point-encoder`` folder (a ``gentune pretrain`` run's ``encoder/``)."""
+    from .points import create_point_encoder
+
+    found = recover_dir(Path(path))
+    if found is None:
+        raise GentuneError(f"point encoder {str(path)!r}: no such directory")
+    meta = read_meta(found)
+    if meta is None or meta.get("kind") != "point-encoder" or not isinstance(meta.get("config"), dict):
+        raise GentuneError(f"{found}: not a point encoder (kind {(meta or {}).get('kind')!r})")
+    encoder = create_point_encoder(meta.get("architecture", ""), **meta["config"])
+    _load_weights(encoder, found / WEIGHTS)
+    return encoder, meta
 
 
 def save_image_classifier(model: torch.nn.Module, directory: str | Path, meta: dict) -> Path:
@@ -360,5 +382,5 @@ def resolve_init(path: str | Path) -> Path:
 
 
 __all__ = ["KINDS", "META", "NER_KINDS", "VERSION", "WEIGHTS", "kind_of", "load_encoder", "load_image_classifier",
-           "load_ner_model", "load_text_classifier", "read_meta", "resolve_init", "save_encoder",
-           "save_image_classifier", "save_ner_model", "save_text_classifier"]
+           "load_ner_model", "load_point_encoder", "load_text_classifier", "read_meta", "resolve_init", "save_encoder",
+           "save_image_classifier", "save_ner_model", "save_point_encoder", "save_text_classifier"]

@@ -34,11 +34,22 @@ def knn(x: torch.Tensor, k: int, chunk: int = 256) -> torch.Tensor:
     return out
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Conv1d(a, b, 1, bias=False), nn.BatchNorm1d(b), nn.ReLU()]
-    return nn.Sequential(*layers)
+class SharedMLP(nn.Module):
+    """Linear - BatchNorm - activation layers applied to every point (or edge) alike: (..., C) -> (..., C'). A
+    1 x 1 convolution written as one GEMM over all points, the batch norm over every point of the batch."""
+
+    def __init__(self, sizes: list[int], slope: float = 0.0):
+        super().__init__()
+        self.linears = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.norms = nn.ModuleList(nn.BatchNorm1d(b) for b in sizes[1:])
+        self.slope = slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[:-1]
+        h = x.reshape(-1, x.shape[-1])
+        for linear, norm in zip(self.linears, self.norms):
+            h = nn.functional.leaky_relu(norm(linear(h)), self.slope)
+        return h.reshape(*shape, h.shape[-1])
 
 
 class PointNet(nn.Module):
@@ -53,12 +64,12 @@ class PointNet(nn.Module):
     def __init__(self, widths: tuple[int, ...] = (64, 64, 128, 256)):
         super().__init__()
         self.config = {"widths": list(widths)}
-        self.mlp = _mlp([3, *widths])
+        self.mlp = SharedMLP([3, *widths])
         self.point_dim = self.global_dim = widths[-1]
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.mlp(points.transpose(1, 2))  # (B, D, N)
-        return h.transpose(1, 2), h.max(dim=2).values
+        h = self.mlp(points)  # (B, N, D)
+        return h, h.max(dim=1).values
 
 
 class EdgeConv(nn.Module):
@@ -67,7 +78,7 @@ class EdgeConv(nn.Module):
     def __init__(self, cin: int, cout: int, k: int):
         super().__init__()
         self.k = k
-        self.mlp = nn.Sequential(nn.Conv2d(2 * cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2))
+        self.mlp = SharedMLP([2 * cin, cout], slope=0.2)
 
     def forward(self, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
         """(B, N, C) -> (B, N, cout); the graph is the kNN of ``x`` itself."""
@@ -75,8 +86,8 @@ class EdgeConv(nn.Module):
         idx = knn(x.detach(), self.k, chunk)  # (B, N, k)
         neighbours = x[torch.arange(b, device=x.device)[:, None, None], idx]  # (B, N, k, C)
         centre = x.unsqueeze(2).expand_as(neighbours)
-        edge = torch.cat([centre, neighbours - centre], dim=-1).permute(0, 3, 1, 2)  # (B, 2C, N, k)
-        return self.mlp(edge).max(dim=-1).values.transpose(1, 2)
+        edge = torch.cat([centre, neighbours - centre], dim=-1)  # (B, N, k, 2C)
+        return self.mlp(edge).max(dim=2).values
 
 
 class DGCNN(nn.Module):
@@ -97,7 +108,7 @@ class DGCNN(nn.Module):
         self.k, self.chunk = k, chunk
         sizes = [3, *widths]
         self.edges = nn.ModuleList(EdgeConv(a, b, k) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.mix = _mlp([sum(widths), dim])
+        self.mix = SharedMLP([sum(widths), dim])
         self.point_dim, self.global_dim = dim, 2 * dim
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,8 +116,8 @@ class DGCNN(nn.Module):
         for edge in self.edges:
             x = edge(x, self.chunk)
             outs.append(x)
-        h = self.mix(torch.cat(outs, dim=-1).transpose(1, 2))  # (B, dim, N)
-        return h.transpose(1, 2), torch.cat([h.max(dim=2).values, h.mean(dim=2)], dim=1)
+        h = self.mix(torch.cat(outs, dim=-1))  # (B, N, dim)
+        return h, torch.cat([h.max(dim=1).values, h.mean(dim=1)], dim=1)
 
 
 ENCODERS = {"pointnet": PointNet, "dgcnn": DGCNN}
@@ -122,4 +133,4 @@ def create_point_encoder(name: str, **options) -> nn.Module:
         raise GentuneError(f"{name}: {e}") from None
 
 
-__all__ = ["DGCNN", "ENCODERS", "EdgeConv", "PointNet", "create_point_encoder", "knn"]
+__all__ = ["DGCNN", "ENCODERS", "EdgeConv", "PointNet", "SharedMLP", "create_point_encoder", "knn"]

@@ -5,7 +5,8 @@
 - ``image-classification`` (:mod:`.image_classification`): an image folder, a pretrained or fresh encoder;
 - ``image-pretraining`` (:mod:`.image_pretraining`): ``mae`` and ``context-encoder`` on an image folder;
 - ``text-pretraining`` (:mod:`.text_pretraining`): ``mlm`` on unlabeled text;
-- ``ner`` (:mod:`.ner`): few-shot named entities (token classification, FFF-NER, EntLM).
+- ``ner`` (:mod:`.ner`): few-shot named entities (token classification, FFF-NER, EntLM);
+- ``point-pretraining`` (:mod:`.point_pretraining`): ``point-contrast`` and ``hardest-contrastive`` on point clouds.
 
 :func:`finetune`, :func:`pretrain` and :func:`evaluate` are what the CLI and the Python API call.
 """
