@@ -247,7 +247,19 @@ def point_row(objective: str) -> Callable:
     return row
 
 
+def point_classification_row(env: Env, seed: int = 0) -> Job:
+    from gentune.models.points import PointClassifier, PointNet
+    from gentune.tasks.point_classification import collate
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(0)
+    shapes = [(torch.from_numpy(rng.normal(size=(64, 3)).astype(np.float32)), torch.tensor(i % 2)) for i in range(8)]
+    return _job(PointClassifier(PointNet(widths=(8, 16)), 2, head="mlp"),
+                registry.create("objective", "point-classification"), shapes, collate)
+
+
 OBJECTIVES = {
+    "point-classification": point_classification_row,
     "point-contrast": point_row("point-contrast"),
     "hardest-contrastive": point_row("hardest-contrastive"),
     "token-classification": ner_row("token-classification"),
@@ -348,8 +360,22 @@ def point_pretrain_task(env: Env, out: Path, **kw):
                          "test")
 
 
+def point_classification_task(env: Env, out: Path, **kw):
+    from gentune.tasks.point_classification import PointClassificationConfig
+
+    data = env.tmp / "labelled-points.npz"
+    rng = np.random.default_rng(0)
+    y = np.arange(16) % 2
+    x = rng.normal(size=(16, 64, 3)) + y[:, None, None] * np.array([2.0, 0, 0])  # two classes apart on x
+    np.savez(data, x_train=x.astype(np.float32), y_train=y, classes=np.array(["a", "b"]))
+    return apply_mapping(PointClassificationConfig(), dict(data=str(data), out=str(out), val_size=4, batch_size=4,
+                                                           eval_batch_size=4, model_options={"widths": [8, 16]},
+                                                           **kw), "test")
+
+
 TASKS = {"text-classification": text_task, "image-classification": image_task, "image-pretraining": pretrain_task,
-         "text-pretraining": text_pretrain_task, "ner": ner_task, "point-pretraining": point_pretrain_task}
+         "text-pretraining": text_pretrain_task, "ner": ner_task, "point-pretraining": point_pretrain_task,
+         "point-classification": point_classification_task}
 ROWS = {"task": TASKS, "objective": OBJECTIVES, "regularizer": REGULARIZERS}
 
 

@@ -53,3 +53,32 @@ def test_pointnet_and_dgcnn_train_and_reject_unknown_options():
         create_point_encoder("pointnet++")
     with pytest.raises(GentuneError, match="dgcnn"):
         create_point_encoder("dgcnn", depth=3)
+
+
+def test_per_class_and_mean_class_accuracy_by_hand():
+    from accelerate import Accelerator
+
+    from gentune.tasks.point_classification import evaluate_classifier
+
+    class Fixed(torch.nn.Module):  # predicts class 0 for the first 3 shapes, class 1 after
+        def forward(self, points):
+            return torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]] * 2)[: len(points)]
+
+    batch = {"points": torch.zeros(5, 4, 3), "labels": torch.tensor([0, 0, 1, 1, 1])}
+    got = evaluate_classifier(Fixed(), [batch], Accelerator(cpu=True), ["a", "b"])
+    # a: 2 of 2 right; b: 2 of 3 right
+    assert got["accuracy"] == pytest.approx(4 / 5) and got["accuracy_a"] == 1.0
+    assert got["accuracy_b"] == pytest.approx(2 / 3) and got["mean_class_accuracy"] == pytest.approx(5 / 6)
+
+
+def test_a_linear_probe_freezes_the_encoder_and_its_batch_norms():
+    from gentune.models.points import PointClassifier
+
+    torch.manual_seed(0)
+    model = PointClassifier(PointNet(widths=(8, 16)), 3, linear_probe=True).train()
+    stats = [m.running_mean.clone() for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    loss = model(torch.randn(4, 32, 3)).sum()
+    loss.backward()
+    assert all(p.grad is None for p in model.encoder.parameters()) and model.head.weight.grad is not None
+    after = [m.running_mean for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert all(torch.equal(a, b) for a, b in zip(stats, after))

@@ -34,7 +34,7 @@ META = "gentune.json"
 WEIGHTS = "model.safetensors"
 VERSION = 1
 KINDS = ("text-classifier", "text-mlm", "image-encoder", "image-classifier", "ner-tagger", "ner-span", "ner-entlm",
-         "point-encoder")
+         "point-encoder", "point-classifier")
 NER_KINDS = {"token-classification": "ner-tagger", "fffner": "ner-span", "entlm": "ner-entlm"}
 
 
@@ -115,6 +115,28 @@ def load_point_encoder(path: str | Path) -> tuple[torch.nn.Module, dict]:
     encoder = create_point_encoder(meta.get("architecture", ""), **meta["config"])
     _load_weights(encoder, found / WEIGHTS)
     return encoder, meta
+
+
+def save_point_classifier(model: torch.nn.Module, directory: str | Path, meta: dict) -> Path:
+    """A :class:`gentune.models.points.PointClassifier` as a ``point-classifier`` folder."""
+    return _save_module(model, Path(directory), _describe("point-classifier", {**meta, "head": model.head_kind},
+                                                          model))
+
+
+def load_point_classifier(path: str | Path):
+    """(classifier in eval mode, gentune.json) of a ``point-classifier`` folder."""
+    from .points import PointClassifier, create_point_encoder
+
+    found = recover_dir(Path(path))
+    if found is None:
+        raise GentuneError(f"checkpoint {str(path)!r}: no such directory")
+    meta = read_meta(found)
+    if meta is None or meta.get("kind") != "point-classifier" or not isinstance(meta.get("classes"), list):
+        raise GentuneError(f"{found}: not a point classifier checkpoint (kind {(meta or {}).get('kind')!r})")
+    model = PointClassifier(create_point_encoder(meta.get("architecture", ""), **meta["config"]),
+                            len(meta["classes"]), head=meta.get("head", "linear"))
+    _load_weights(model, found / WEIGHTS)
+    return model.eval(), meta
 
 
 def save_image_classifier(model: torch.nn.Module, directory: str | Path, meta: dict) -> Path:
@@ -382,5 +404,6 @@ def resolve_init(path: str | Path) -> Path:
 
 
 __all__ = ["KINDS", "META", "NER_KINDS", "VERSION", "WEIGHTS", "kind_of", "load_encoder", "load_image_classifier",
-           "load_ner_model", "load_point_encoder", "load_text_classifier", "read_meta", "resolve_init", "save_encoder",
-           "save_image_classifier", "save_ner_model", "save_point_encoder", "save_text_classifier"]
+           "load_ner_model", "load_point_classifier", "load_point_encoder", "load_text_classifier", "read_meta",
+           "resolve_init", "save_encoder", "save_image_classifier", "save_ner_model", "save_point_classifier",
+           "save_point_encoder", "save_text_classifier"]

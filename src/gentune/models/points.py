@@ -120,6 +120,52 @@ class DGCNN(nn.Module):
         return h, torch.cat([h.max(dim=1).values, h.mean(dim=1)], dim=1)
 
 
+HEADS = ("linear", "mlp")
+
+
+class PointClassifier(nn.Module):
+    """A point encoder (``forward(points) -> (per_point, global)``) with a classification head on its global
+    feature.
+
+    Args:
+        encoder: a :mod:`gentune.models.points` encoder.
+        num_classes: the classes.
+        head: linear, or mlp (Linear-BatchNorm-ReLU-Dropout 0.5-Linear, hidden 256, as PointNet's classifier).
+        linear_probe: freeze the encoder (no gradients, always in eval mode: its batch norms keep their statistics).
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, head: str = "linear", linear_probe: bool = False):
+        super().__init__()
+        d = encoder.global_dim
+        if head == "linear":
+            self.head = nn.Linear(d, num_classes)
+        elif head == "mlp":
+            self.head = nn.Sequential(nn.Linear(d, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.5),
+                                      nn.Linear(256, num_classes))
+        else:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        self.encoder, self.linear_probe, self.num_classes, self.head_kind = encoder, linear_probe, num_classes, head
+        if linear_probe:
+            encoder.requires_grad_(False)
+            encoder.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.linear_probe:
+            self.encoder.eval()
+        return self
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3) -> (B, num_classes) logits."""
+        if self.linear_probe:
+            with torch.no_grad():
+                features = self.encoder(points)[1]
+        else:
+            features = self.encoder(points)[1]
+        return self.head(features)
+
+
+
 ENCODERS = {"pointnet": PointNet, "dgcnn": DGCNN}
 
 
@@ -133,4 +179,5 @@ def create_point_encoder(name: str, **options) -> nn.Module:
         raise GentuneError(f"{name}: {e}") from None
 
 
-__all__ = ["DGCNN", "ENCODERS", "EdgeConv", "PointNet", "SharedMLP", "create_point_encoder", "knn"]
+__all__ = ["DGCNN", "ENCODERS", "HEADS", "EdgeConv", "PointClassifier", "PointNet", "SharedMLP", "create_point_encoder",
+           "knn"]

@@ -6,7 +6,8 @@
 - ``image-pretraining`` (:mod:`.image_pretraining`): ``mae`` and ``context-encoder`` on an image folder;
 - ``text-pretraining`` (:mod:`.text_pretraining`): ``mlm`` on unlabeled text;
 - ``ner`` (:mod:`.ner`): few-shot named entities (token classification, FFF-NER, EntLM);
-- ``point-pretraining`` (:mod:`.point_pretraining`): ``point-contrast`` and ``hardest-contrastive`` on point clouds.
+- ``point-pretraining`` (:mod:`.point_pretraining`): ``point-contrast`` and ``hardest-contrastive`` on point clouds;
+- ``point-classification`` (:mod:`.point_classification`): a pretrained or fresh point encoder with a head.
 
 :func:`finetune`, :func:`pretrain` and :func:`evaluate` are what the CLI and the Python API call.
 """
