@@ -20,6 +20,7 @@ import diagnostics_study
 import finetune_grid
 import kernel_speed
 import ner_grid
+import point_grid
 import pretrain_grid
 import radreg_grid
 import smart_cost
@@ -36,7 +37,8 @@ def blocks() -> dict[str, str]:
     return {**finetune_grid.sections(finetune_grid.load()), **smart_cost.sections(),
             **pretrain_grid.sections(pretrain), **radreg_grid.sections(radreg),
             **diagnostics_study.sections(diagnostics_study.load()), **smart_retest.sections(smart_retest.load()),
-            **kernel_speed.sections(), **ner_grid.sections(ner_grid.load())}
+            **kernel_speed.sections(), **ner_grid.sections(ner_grid.load()),
+            **point_grid.sections(point_grid.load())}
 
 
 def main() -> int:
