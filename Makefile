@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: the CPU wheel; the project's torch>=2.4 is then satisfied without a download
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'   # the contributors' install: peft, tensorboard and pytest too
+	$(PY) -m pip install -q -e '.[dev]'   # the contributors' install: peft, tensorboard, pytest and pytest-xdist too
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,7 +28,7 @@ demo: install
 	$(VENV)/bin/gentune evaluate --checkpoint runs/demo-sst2/best --task sst2 --data $(GENTUNE_DATA)/full/SST-2/dev.tsv
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -13,6 +13,15 @@ GLUE = Path(os.environ.get("GENTUNE_DATA", ROOT.parent / "shared" / "data" / "gl
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+# Under pytest-xdist (make test: -n 2 on 2 cores) each worker computes on one thread, and so do the processes it
+# starts: two workers of two threads each would oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 
 SHARED = ROOT.parent / "shared"
 
