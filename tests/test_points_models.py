@@ -82,3 +82,36 @@ def test_a_linear_probe_freezes_the_encoder_and_its_batch_norms():
     assert all(p.grad is None for p in model.encoder.parameters()) and model.head.weight.grad is not None
     after = [m.running_mean for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm1d)]
     assert all(torch.equal(a, b) for a, b in zip(stats, after))
+
+
+def test_diagnose_reads_point_encoders_and_classifiers(tmp_path):
+    """gentune diagnose serves point encoders: the complexity of their global features, and a fine-tuned point
+    classifier's generalization gap from its run."""
+    import numpy as np
+
+    from gentune.config import apply_mapping
+    from gentune.diagnose import diagnose
+    from gentune.models.checkpoint import save_point_encoder
+    from gentune.tasks.point_classification import TASK, PointClassificationConfig
+    from gentune.train import run
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "points.npz"
+    y = np.arange(24) % 2
+    np.savez(data, x_train=(rng.normal(size=(24, 32, 3)) + y[:, None, None]).astype(np.float32), y_train=y,
+             classes=np.array(["a", "b"]))
+    torch.manual_seed(0)
+    save_point_encoder(PointNet(widths=(8, 16)), tmp_path / "enc", {"points": 32})
+    cfg = apply_mapping(PointClassificationConfig(), dict(data=str(data), out=str(tmp_path / "run"), val_size=6,
+                                                          batch_size=6, max_steps=4, init=str(tmp_path / "enc"),
+                                                          eval_every_epochs=0), "test")
+    run(cfg, TASK.build)
+    res = diagnose([str(tmp_path / "enc"), str(tmp_path / "run" / "best")], "point-classification", str(data),
+                   str(tmp_path / "diag"), max_examples=20, n_sigma=8, mlp=False)
+    enc, clf = res["checkpoints"]
+    assert enc["kind"] == clf["kind"] == "point" and enc["dim"] == clf["dim"] == 16 and res["n"] == 20
+    assert enc["complexity"]["linear"]["estimate"] > 0 and enc["gap"] is None
+    assert set(clf["gap"]["train"]) >= {"accuracy", "mean_class_accuracy"} and "heldout" in clf["gap"]
+    assert (tmp_path / "diag" / "report.html").is_file()
+    with pytest.raises(GentuneError, match="cannot be diagnosed on task"):
+        diagnose([str(tmp_path / "enc")], "image-classification", str(data), str(tmp_path / "d2"), mlp=False)

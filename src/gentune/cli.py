@@ -143,9 +143,10 @@ def _parser() -> argparse.ArgumentParser:
                                     "its curve over n), heterogeneity to pretraining data, and the generalization "
                                     "gap of fine-tuned checkpoints; writes OUT/diagnostics.json and OUT/report.html.")
     dg.add_argument("--checkpoint", action="append", metavar="DIR",
-                    help="a Hugging Face model or run best/, a gentune image encoder or classifier (repeatable)")
-    dg.add_argument("--task", help="a text task, or image-classification")
-    dg.add_argument("--data", help="downstream data: a file of the task's formats, or an image folder")
+                    help="a Hugging Face model or run best/, a gentune image or point encoder or classifier "
+                         "(repeatable)")
+    dg.add_argument("--task", help="a text task, image-classification or point-classification")
+    dg.add_argument("--data", help="downstream data: a file of the task's formats, an image folder, or point data")
     dg.add_argument("--pretrain-data", help="pretraining-distribution data, for heterogeneity")
     dg.add_argument("--out", help="output directory")
     dg.add_argument("--max-examples", type=int, help="examples drawn from each data set (seeded; default 2000)")

@@ -31,13 +31,14 @@ from .errors import GentuneError
 from .fs import write_json_atomic, write_text_atomic
 
 IMAGE_TASK = "image-classification"
+POINT_TASK = "point-classification"
 
 FEATURES = "features"
 
 
 @dataclass
 class Representation:
-    """How to get h(x) from a checkpoint: ``fn(batch) -> (B, d)``; ``kind`` is "text" or "image"."""
+    """How to get h(x) from a checkpoint: ``fn(batch) -> (B, d)``; ``kind`` is "text", "image" or "point"."""
 
     name: str
     kind: str
@@ -53,6 +54,16 @@ def load_representation(checkpoint: str) -> Representation:
 
     path = Path(checkpoint)
     meta = (read_meta(path) if path.is_dir() else None) or {}
+    if meta.get("kind") in ("point-encoder", "point-classifier"):  # the global feature (what a head reads)
+        from .models.checkpoint import load_point_classifier, load_point_encoder
+
+        if meta["kind"] == "point-encoder":
+            encoder, meta = load_point_encoder(checkpoint)
+        else:
+            classifier, meta = load_point_classifier(checkpoint)
+            encoder = classifier.encoder
+        encoder.eval()
+        return Representation(str(checkpoint), "point", lambda points: encoder(points)[1], meta)
     if meta.get("kind") in ("image-encoder", "image-classifier"):  # a classifier: its encoder is what the head sees
         encoder, meta = load_encoder(checkpoint)
         encoder.eval()
@@ -154,6 +165,20 @@ def _batches_image(rep: Representation, data: str, limit: int, seed: int):
     return dl, ds.labels
 
 
+def _batches_points(rep: Representation, data: str, limit: int, seed: int):
+    from .data.points import load_points
+
+    ds = load_points(data, None, rep.meta.get("points", 1024))
+    if len(ds) > limit:
+        ds = ds.select(np.sort(np.random.default_rng(seed).choice(len(ds), limit, replace=False)))
+    shapes = torch.from_numpy(ds.points)
+    dl = torch.utils.data.DataLoader(shapes, batch_size=64, collate_fn=lambda b: {"points": torch.stack(b)})
+    return dl, ds.labels
+
+
+KINDS = {"image": "pixel_values", "point": "points"}  # the batch entry a representation reads; text: the batch
+
+
 def extract(rep: Representation, task: str, data: str, cache: Path, limit: int = 2000, seed: int = 0):
     """(features (n, d) float32, labels (n,)) of ``data``, cached under ``cache`` by checkpoint, data and limit."""
     def stamp(path: Path) -> str:  # a retrained checkpoint or changed data (any of its files) gets a new key
@@ -174,12 +199,13 @@ def extract(rep: Representation, task: str, data: str, cache: Path, limit: int =
                 return z["features"], z["labels"]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             file.unlink(missing_ok=True)
-    dl, labels = (_batches_image(rep, data, limit, seed) if rep.kind == "image"
-                  else _batches_text(rep, task, data, limit, seed))
+    dl, labels = (_batches_image(rep, data, limit, seed) if rep.kind == "image" else
+                  _batches_points(rep, data, limit, seed) if rep.kind == "point" else
+                  _batches_text(rep, task, data, limit, seed))
     feats = []
     with torch.no_grad():
         for batch in dl:
-            x = batch["pixel_values"] if rep.kind == "image" else batch
+            x = batch[KINDS[rep.kind]] if rep.kind in KINDS else batch
             feats.append(rep.fn(x).float().cpu())
     features = torch.cat(feats).numpy()
     cache.mkdir(parents=True, exist_ok=True)
@@ -327,8 +353,8 @@ class DiagnoseConfig:
     """What ``gentune diagnose`` takes (flags, ``--config FILE.yaml`` and ``--set key=value`` alike)."""
 
     checkpoint: list[str] = opt(factory=list, help='checkpoints to diagnose (repeatable --checkpoint)')
-    task: str = opt("", 'a text task, or image-classification')
-    data: str = opt("", "downstream data: a file of the task's formats, or an image folder")
+    task: str = opt("", 'a text task, image-classification or point-classification')
+    data: str = opt("", "downstream data: a file of the task's formats, an image folder, or point data (.npz)")
     pretrain_data: str | None = opt(None, 'pretraining-distribution data, for heterogeneity')
     out: str = opt("", 'output folder: diagnostics.json, report.html, the feature cache')
     max_examples: int = opt(2000, 'examples drawn from each data set (seeded)')
@@ -366,7 +392,8 @@ def diagnose(checkpoints: list[str], task: str, data: str, out: str, pretrain_da
     projections = {}
     for ckpt in checkpoints:
         rep = load_representation(ckpt)
-        if (rep.kind == "image") != (task == IMAGE_TASK):
+        wanted = {IMAGE_TASK: "image", POINT_TASK: "point"}.get(task, "text")
+        if rep.kind != wanted:
             article = "an" if rep.kind == "image" else "a"
             raise GentuneError(f"{ckpt}: {article} {rep.kind} checkpoint cannot be diagnosed on task {task!r}")
         feats, labels = extract(rep, task, data, cache, max_examples, seed)
