@@ -262,6 +262,13 @@ def test_cli_finetune_evaluate_predict_and_errors(files, tiny_model, tmp_path, c
     assert main(["predict", "--checkpoint", str(out / "best"), "--data", str(dev), "--out",
                  str(tmp_path / "p.jsonl")]) == 0
     assert (tmp_path / "p.jsonl").is_file() and not capsys.readouterr().out
+    other = tmp_path / "other.txt"  # a type the model was not trained on
+    other.write_text("Alpha B-LOC\nBeta B-EVENT\n\n")
+    assert main(["predict", "--checkpoint", str(out / "best"), "--data", str(other)]) == 0  # tags are not read
+    capsys.readouterr()
+    assert main(["evaluate", "--task", "ner", "--checkpoint", str(out / "best"), "--data", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"{other}:2" in err and "unknown type" in err
     bad = tmp_path / "bad.txt"
     bad.write_text("John B-PER\nSmith\n")
     for args, needle in ((("finetune", "--task", "ner", "--train", str(bad), "--dev", str(dev), "--model", tiny_model,

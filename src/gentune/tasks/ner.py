@@ -457,7 +457,8 @@ def load(checkpoint: str, name: str = "ner") -> NerModel:
 
 
 def read(path: str, bundle: NerModel) -> list:
-    return nerdata.read(path)
+    """A labelled NER file; a type the model does not know is a one-line error naming the file and line."""
+    return nerdata.read(path, types=set(bundle.types))
 
 
 def _precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -530,6 +531,7 @@ def predict_entities(bundle: NerModel, texts: list[str] | None = None, sentences
         offsets = [o for _, o in split]
         sources = list(texts)
     else:
+        sentences = [nerdata.Sentence(s.tokens, ("O",) * len(s.tokens)) for s in sentences]  # tags are not read
         sources, offsets = [], []
         for s in sentences:
             starts = [0]
