@@ -37,7 +37,6 @@ import random
 import shlex
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from _lib import cells, runner, stats, tables
@@ -101,24 +100,6 @@ def phase_data() -> dict:
 # ------------------------------------------------------------------------------------------------- runs
 
 
-def _run(cell: Path, argv: list[str], record: dict, out: Path, keep: bool = False) -> None:
-    command = shlex.join(["gentune", *argv])
-    if cell.exists() and cells.read_json(cell).get("command") != command:
-        raise SystemExit(f"error: {_rel(cell)} was made by another command; move it away to rerun")
-    if cells.finished(cell, f"{record} -> {_rel(cell)}"):
-        return
-    if out.exists() and not (out / "config.yaml").exists():
-        shutil.rmtree(out)
-    t0 = time.time()
-    runner.gentune(argv, label=" ".join(f"{k}={v}" for k, v in record.items()))
-    result = {**record, "command": command, "machine": machine(), "commit": commit(),
-              "date": dt.date.today().isoformat(), "wall_seconds": time.time() - t0,
-              "summary": cells.read_json(out / "summary.json")}
-    cells.write_json(cell, result)
-    if not keep:
-        shutil.rmtree(out / "best", ignore_errors=True)  # the cell holds what the tables need
-
-
 def mlm_model(seed: int) -> Path:
     return RUNS / "mlm" / f"seed{seed}" / "model"
 
@@ -130,7 +111,7 @@ def phase_mlm(seeds: list[int]) -> None:
         argv = ["pretrain", "--objective", "mlm", "--data", _rel(RUNS / "mlm_text.txt"), "--model", "all-MiniLM-L6-v2",
                 "--max-steps", str(MLM["steps"]), "--batch-size", str(MLM["batch"]), "--lr", MLM["lr"], "--seed",
                 str(seed), "--out", _rel(out)]
-        _run(RESULTS / "mlm" / f"seed{seed}.json", argv, {"phase": "mlm", "seed": seed}, out, keep=True)
+        runner.run_cell(RESULTS / "mlm" / f"seed{seed}.json", argv, {"phase": "mlm", "seed": seed}, out, keep=True)
 
 
 def start(backbone: str, objective: str, seed: int) -> str:
@@ -176,7 +157,7 @@ def phase_tune(backbones: list[str], objectives: list[str]) -> None:
                 out = RUNS / "tune" / backbone / objective / f"lr{lr}"
                 argv = finetune_argv(backbone, objective, split_file(TUNE_K, TUNE_SPLIT), RUNS / "tune_dev.txt",
                                      TUNE_SEED, lr, out)
-                _run(RESULTS / "tune" / backbone / objective / f"lr{lr}.json", argv,
+                runner.run_cell(RESULTS / "tune" / backbone / objective / f"lr{lr}.json", argv,
                      {"phase": "tune", "backbone": backbone, "objective": objective, "lr": lr}, out)
 
 
@@ -217,7 +198,7 @@ def phase_run(ks, seeds, backbones, objectives) -> None:
             continue
         if record["backbone"] == "minilm" and record["objective"] == "entlm":
             phase_mlm([record["seed"]])
-        _run(cell, argv, record, out)
+        runner.run_cell(cell, argv, record, out)
 
 
 SPEED = {"k": 5, "split": 1, "seed": 13, "lr": "1e-4", "steps": 600}  # the model the speed phase times

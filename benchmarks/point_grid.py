@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import shlex
-import shutil
 import statistics
 import sys
 import time
@@ -61,25 +59,6 @@ def _rel(p: Path) -> str:
     return os.path.relpath(p, ROOT)
 
 
-def _run(cell: Path, argv: list[str], record: dict, out: Path, keep: bool = False) -> dict | None:
-    command = shlex.join(["gentune", *argv])
-    if cell.exists() and cells.read_json(cell).get("command") != command:
-        raise SystemExit(f"error: {_rel(cell)} was made by another command; move it away to rerun")
-    if cells.finished(cell, f"{record} -> {_rel(cell)}"):
-        return cells.read_json(cell)
-    if out.exists() and not (out / "config.yaml").exists():
-        shutil.rmtree(out)
-    t0 = time.time()
-    runner.gentune(argv, label=" ".join(f"{k}={v}" for k, v in record.items()))
-    result = {**record, "command": command, "machine": machine(), "commit": commit(),
-              "date": dt.date.today().isoformat(), "wall_seconds": time.time() - t0,
-              "summary": cells.read_json(out / "summary.json")}
-    cells.write_json(cell, result)
-    if not keep:
-        shutil.rmtree(out / "best", ignore_errors=True)
-    return result
-
-
 def pretrain_dir(backbone: str, loss: str, seed: int) -> Path:
     return RUNS / "pretrain" / backbone / loss / f"seed{seed}"
 
@@ -93,7 +72,7 @@ def phase_pretrain(backbones, losses, seeds) -> None:
                 argv = ["pretrain", "--objective", loss, "--data", str(DATA), "--model", backbone, "--max-steps",
                         str(p["max_steps"]), "--batch-size", str(p["batch"]), "--lr", p["lr"], "--seed", str(seed),
                         "--out", _rel(out), "--set", f"val_size={VAL_SIZE}", *BACKBONES[backbone][1:]]
-                _run(RESULTS / "pretrain" / backbone / loss / f"seed{seed}.json", argv,
+                runner.run_cell(RESULTS / "pretrain" / backbone / loss / f"seed{seed}.json", argv,
                      {"phase": "pretrain", "backbone": backbone, "loss": loss, "seed": seed}, out, keep=True)
 
 
@@ -137,7 +116,7 @@ def phase_downstream(backbones, losses, seeds, budgets, modes) -> None:
         if record["arm"] != "scratch" and not (pretrain_dir(record["backbone"], record["arm"], record["seed"]) /
                                                "encoder").is_dir():
             phase_pretrain([record["backbone"]], [record["arm"]], [record["seed"]])
-        _run(cell, argv, record, out)
+        runner.run_cell(cell, argv, record, out)
 
 
 def phase_cost(steps: int = 10) -> None:

@@ -6,6 +6,7 @@ import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 from .paths import ROOT
@@ -38,6 +39,36 @@ def gentune(argv: list[str], jobs: int = 1, label: str = "") -> None:
         print("\n".join(["[fail] " + shown, *lines[-15:]]), flush=True)
         raise subprocess.CalledProcessError(done.returncode, cmd)
     print(f"[done] {lines[-1] if lines else shown}", flush=True)
+
+
+def run_cell(cell: Path, argv: list[str], record: dict, out: Path, keep: bool = False) -> None:
+    """One ``gentune ARGV`` run into ``out`` recorded as the JSON cell ``cell`` (the record, the command, machine,
+    commit, date, wall time and the run's summary.json); a finished cell is skipped, one made by another command
+    is refused. A half-made ``out`` (no config.yaml) is cleared first; ``out/best`` is removed after unless
+    ``keep`` (the cell holds what the tables need)."""
+    import datetime as dt
+    import os
+    import shutil
+    import time
+
+    from . import cells
+    from .provenance import commit, machine
+
+    where = os.path.relpath(cell, ROOT)
+    command = shlex.join(["gentune", *argv])
+    if cell.exists() and cells.read_json(cell).get("command") != command:
+        raise SystemExit(f"error: {where} was made by another command; move it away to rerun")
+    if cells.finished(cell, f"{record} -> {where}"):
+        return
+    if out.exists() and not (out / "config.yaml").exists():
+        shutil.rmtree(out)
+    t0 = time.time()
+    gentune(argv, label=" ".join(f"{k}={v}" for k, v in record.items()))
+    cells.write_json(cell, {**record, "command": command, "machine": machine(), "commit": commit(),
+                            "date": dt.date.today().isoformat(), "wall_seconds": time.time() - t0,
+                            "summary": cells.read_json(out / "summary.json")})
+    if not keep:
+        shutil.rmtree(out / "best", ignore_errors=True)
 
 
 def parallel(calls: list[Callable[[], object]], jobs: int = 1) -> list:
