@@ -139,8 +139,9 @@ def image_classification_row(env: Env, seed: int = 0) -> Job:
     torch.manual_seed(seed)
     model = ImageClassifier(create_encoder("vit-micro-p4", image_size=SIZE), 2, head="mlp")
     data, collate = _image_data(labels=True)
+    context = {**_image_context(env), "train_inputs": lambda: collate(data)["pixel_values"]}  # as the task gives
     return _job(model, registry.create("objective", "image-classification", label_smoothing=0.1), data, collate,
-                _image_context(env))
+                context)
 
 
 def mae_row(env: Env, seed: int = 0) -> Job:
@@ -292,6 +293,8 @@ REGULARIZERS = {
     "r3f": RegRow("sequence-classification", ("r3f",)),
     "rdrop": RegRow("sequence-classification", ("rdrop", "rdrop_nll")),
     "radreg": RegRow("mae", ("radreg",), lambda env: {"data": str(env.folder), "head": "mlp", "batch_size": 4}),
+    # no loss term: it ties gradients (the ViT's patch embedding is the convolution it groups here)
+    "neuron-grouping": RegRow("image-classification", (), lambda env: {"fraction": [0.25], "regroup_every": 2}),
 }
 
 

