@@ -19,13 +19,15 @@ FORBIDDEN = [
     ("gentune.objectives", "gentune.tasks"), ("gentune.regularizers", "gentune.train"),
     ("gentune.regularizers", "gentune.tasks"), ("gentune.train", "gentune.tasks"), ("gentune.train", "gentune.cli"),
     ("gentune.tasks", "gentune.cli"), ("gentune.integrations", "gentune.tasks"),
+    ("gentune.tasks", "gentune.search"), ("gentune.train", "gentune.search"), ("gentune.search", "gentune.cli"),
+    ("gentune.regularizers", "gentune.search"), ("gentune.models", "gentune.search"),
     ("gentune.tensors", "gentune."),
     *[(neutral, f"gentune.{layer}") for neutral in ("gentune.fs", "gentune.serial")
       for layer in ("data", "models", "objectives", "regularizers", "train", "tasks", "diagnostics", "config",
                     "registry", "cli")],
 ]
 GRIDS = ["finetune_grid", "pretrain_grid", "radreg_grid", "diagnostics_study", "smart_retest", "fewshot_grid",
-         "kernel_grid", "kernel_speed", "ner_grid", "point_grid"]
+         "kernel_grid", "kernel_speed", "ner_grid", "point_grid", "kshot_grid"]
 
 
 def _imports_tool(root: Path, package: str, forbidden: list[tuple[str, str]]):

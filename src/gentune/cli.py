@@ -59,23 +59,10 @@ DIAGNOSE_FLAGS = ("checkpoint", "task", "data", "pretrain_data", "out", "max_exa
                   "seed")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from .tasks.image_pretraining import ImagePretrainingConfig
+def _finetune_arguments(ft: argparse.ArgumentParser) -> None:
+    """The flags of `gentune finetune` (and of `gentune search`, whose episodes are fine-tuning runs)."""
     from .tasks.text_classification import TextClassificationConfig
 
-    from .version import __version__
-
-    p = _Parser(prog="gentune", description="Generalization-aware pretraining and fine-tuning.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    p.add_argument("--version", action="version", version=f"gentune {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    ft = sub.add_parser("finetune", help="fine-tune on a text-classification task or an image folder",
-                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_keys_epilog("finetune"),
-                        description="Fine-tune a Hugging Face sequence classifier (text tasks) or an image encoder "
-                                    "(--task image-classification). Rerunning with the same --out resumes "
-                                    "from the last checkpoint (or returns the finished run's summary). A task's "
-                                    "other options: --set KEY=VALUE (gentune list).")
     ft.add_argument("--task", help="task name (gentune list)")
     ft.add_argument("--out", help="run directory (config, metrics, plots, best model, summary)")
     src = ft.add_argument_group("data (default: --data-dir, else $GENTUNE_DATA, else the Hugging Face Hub)")
@@ -107,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
                                                      "model; its options: --set peft.r=8 peft.alpha=16")
     img = ft.add_argument_group("image-classification")
     img.add_argument("--data", help="an image folder <root>/<class>/<file>, or a .tar.gz of one")
-    img.add_argument("--init", help="a pretrained encoder: a `gentune pretrain` run folder or its encoder/, or none")
+    img.add_argument("--init", help="a pretrained encoder: a `gentune pretrain` run folder or its encoder/, imagenet "
+                                     "(the packaged weights of --model efficientnet-lite0), or none")
     img.add_argument("--classes", type=lambda v: [c for c in v.split(",") if c],
                      help="comma-separated class folders to use, in label order (default: all)")
     img.add_argument("--labels-per-class", type=int, help="label budget: seeded training images per class")
@@ -118,6 +106,46 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--max-length", type=int, help="maximum tokens per example (default 128)")
     ft.add_argument("--train-size", type=int, help="seeded, label-stratified subsample of the training set")
     _run_flags(ft, TextClassificationConfig(), "a regularizer option as NAME.OPTION=VALUE")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .tasks.image_pretraining import ImagePretrainingConfig
+    from .tasks.text_classification import TextClassificationConfig
+
+    from .version import __version__
+
+    p = _Parser(prog="gentune", description="Generalization-aware pretraining and fine-tuning.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    p.add_argument("--version", action="version", version=f"gentune {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ft = sub.add_parser("finetune", help="fine-tune on a text-classification task or an image folder",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_keys_epilog("finetune"),
+                        description="Fine-tune a Hugging Face sequence classifier (text tasks) or an image encoder "
+                                    "(--task image-classification). Rerunning with the same --out resumes "
+                                    "from the last checkpoint (or returns the finished run's summary). A task's "
+                                    "other options: --set KEY=VALUE (gentune list).")
+    _finetune_arguments(ft)
+
+    se = sub.add_parser("search", help="search a neuron grouping (k-shot image fine-tuning): an LSTM controller "
+                                       "(REINFORCE) or random search, each episode a fine-tuning run",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_keys_epilog("finetune"),
+                        description="Search the number of neuron groups per layer (Yoo et al., AAAI 2018) for an "
+                                    "image-classification run given with the flags of gentune finetune: each episode "
+                                    "fine-tunes in process with one grouping and is rewarded with validation accuracy "
+                                    "(hold the reported images out: --set exclude_split_seed=0 split_seed=1). "
+                                    "Writes OUT/trace.jsonl, trace.png, summary.json and best.yaml (a recipe for "
+                                    "gentune finetune --config); rerunning the same command continues after the last "
+                                    "finished episode.")
+    se.add_argument("--space", default="neuron-grouping", choices=["neuron-grouping"], help="what is searched")
+    se.add_argument("--episodes", type=int, default=30, help="fine-tuning runs (default 30)")
+    se.add_argument("--strategy", default="controller", choices=["controller", "random"],
+                    help="controller: an LSTM trained with REINFORCE (default); random: uniform choices, the baseline")
+    se.add_argument("--choices", type=lambda v: [float(c) for c in v.split(",") if c.strip()],
+                    help="comma-separated fractions of a layer's filters that may become its groups "
+                         "(default 1,0.5,0.25,0.125; 1 is no grouping)")
+    se.add_argument("--search-seed", type=int, default=0, help="the policy's initialisation and draws (default 0)")
+    _finetune_arguments(se)
 
     pt = sub.add_parser("pretrain", help="unsupervised pretraining: an image encoder (mae, context-encoder) or a text "
                                          "encoder (mlm)",
@@ -373,6 +401,30 @@ def _cmd_finetune(args) -> int:
     return 0
 
 
+def _cmd_search(args) -> int:
+    from .search import SearchConfig, search
+    from .tasks import for_name
+
+    extra = [item for item in args.set if item.strip().startswith("search.")]  # the search's own options
+    args.set = [item for item in args.set if item not in extra]
+    cfg = finetune_config(args)
+    if cfg.task != "image-classification":
+        raise GentuneError(f"search: neuron grouping searches image-classification runs, not task {cfg.task!r}")
+    cfg.validate()
+    from .config import apply_overrides
+
+    search_cfg = apply_overrides(SearchConfig(space=args.space, episodes=args.episodes, strategy=args.strategy,
+                                              seed=args.search_seed, **({"choices": args.choices} if args.choices
+                                                                        else {})),
+                                 [item.strip()[len("search."):] for item in extra])
+    summary = search(cfg, search_cfg, for_name(cfg.task).build)
+    best = summary["best"]
+    print(f"search ({summary['strategy']}, {summary['episodes']} episodes, {summary['seconds']:.0f}s): best "
+          f"validation accuracy {best['reward']:.4f} at episode {best['episode']}; groups per layer "
+          f"{best['groups']} of {summary['filters']} -> {summary['recipe']}")
+    return 0
+
+
 def _cmd_diagnose(args) -> int:
     from .diagnose import DiagnoseConfig, diagnose
 
@@ -491,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     commands = {"finetune": _cmd_finetune, "pretrain": _cmd_pretrain, "evaluate": _cmd_evaluate,
                 "diagnose": _cmd_diagnose, "kernel": _cmd_kernel, "predict": _cmd_predict, "list": _cmd_list,
-                "recipes": _cmd_recipes,
+                "recipes": _cmd_recipes, "search": _cmd_search,
                 "compare": _cmd_compare}
     try:
         return commands[args.command](args)
