@@ -19,6 +19,7 @@ import sys
 import diagnostics_study
 import finetune_grid
 import kernel_speed
+import kshot_grid
 import ner_grid
 import point_grid
 import pretrain_grid
@@ -38,7 +39,7 @@ def blocks() -> dict[str, str]:
             **pretrain_grid.sections(pretrain), **radreg_grid.sections(radreg),
             **diagnostics_study.sections(diagnostics_study.load()), **smart_retest.sections(smart_retest.load()),
             **kernel_speed.sections(), **ner_grid.sections(ner_grid.load()),
-            **point_grid.sections(point_grid.load())}
+            **point_grid.sections(point_grid.load()), **kshot_grid.sections(kshot_grid.load())}
 
 
 def main() -> int:

@@ -227,6 +227,22 @@ CASES = {
                                      "--dev", e.dev, "--out", e.tmp / "o"], "data: a folder, not a data file"),
     "csv-field-over-the-limit": (_long_csv_field, "long.csv:2: a field longer than the CSV reader's limit of "
                                                   "131,072 characters (set $GENTUNE_CSV_FIELD_LIMIT"),
+    # image encoders
+    **{name: (lambda e, model=model, extra=extra: ["finetune", "--task", "image-classification", "--data", e.images,
+                                                   "--out", e.tmp / "o", "--model", model, "--set", "val_size=2",
+                                                   *extra], needle)
+       for name, model, extra, needle in [
+           ("init-imagenet-without-weights", "vit-micro-p4", ["init=imagenet"],
+            "no packaged ImageNet weights for model 'vit-micro-p4'"),
+           ("freeze-layers-on-a-vit", "vit-micro-p4", ["freeze_layers=3"],
+            "freeze_layers and freeze_bn_stats apply to efficientnet encoders"),
+           ("freeze-layers-out-of-range", "efficientnet-lite0", ["freeze_layers=30"],
+            "freeze_layers must be in [0, 17]"),
+           ("cache-without-frozen-layers", "efficientnet-lite0", ["cache_frozen=true"],
+            "cache_frozen needs freeze_layers > 0"),
+           ("resolution-on-a-convnet", "conv-tiny", ["resolution=64"],
+            "resolution applies to efficientnet encoders"),
+       ]},
     # checkpoints
     "ckpt-truncated-safetensors": (lambda e: _ckpt(e, _truncate), "a damaged safetensors file"),
     "ckpt-bad-header": (lambda e: _ckpt(e, _bad_header), "a damaged safetensors file (Error while deserializing "

@@ -80,3 +80,25 @@ def test_imagenet_features_beat_random_ones_on_cifar10():
         probe = LogisticRegression(max_iter=1000).fit((a - mu) / sd, train.labels)
         acc[init] = probe.score((b - mu) / sd, val.labels)
     assert acc["imagenet"] > 0.40 and acc["imagenet"] > acc["random"] + 0.2, acc
+
+
+def test_a_saved_classifier_loads_back_and_scores_images(tmp_path):
+    """Trained on cached frozen maps, saved, loaded: the loaded classifier takes images and gives what the trained
+    one gives on the same images."""
+    from gentune.models.checkpoint import load_image_classifier, save_image_classifier
+    from gentune.models.vision import ImageClassifier
+
+    torch.manual_seed(0)
+    enc = EfficientNetLite(resolution=32).freeze(5)
+    model = ImageClassifier(enc, 3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+        enc.cached_inputs = True  # as the task trains it
+        assert torch.allclose(model(enc.forward_frozen(x)), want, atol=1e-5)
+    save_image_classifier(model, tmp_path / "clf", {"classes": ["a", "b", "c"], "head": "linear"})
+    loaded, meta = load_image_classifier(tmp_path / "clf")
+    assert meta["architecture"] == "efficientnet-lite" and meta["config"]["resolution"] == 32
+    assert not loaded.encoder.cached_inputs
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), want)
