@@ -79,7 +79,8 @@ def _rel(p: Path) -> str:
 
 def common(k: int, seed: int, split: str) -> list[str]:
     splits = ["split_seed=1", "exclude_split_seed=0"] if split == "tune" else ["split_seed=0"]
-    return ["--task", "image-classification", "--data", str(DATA), "--init", "imagenet", "--model", "efficientnet-lite0",
+    return ["--task", "image-classification", "--data", str(DATA), "--init", "imagenet",
+            "--model", "efficientnet-lite0",
             "--labels-per-class", str(k), "--seed", str(seed), "--max-steps", str(STEPS),
             "--batch-size", str(min(10 * k, 50)),
             "--set", f"resolution={RESOLUTION}", f"freeze_layers={FREEZE}", "cache_frozen=true", "freeze_bn_stats=true",
@@ -236,8 +237,8 @@ def phase_probe() -> None:
 
 
 def phase_cost(steps: int = 12) -> None:
-    """Seconds per optimizer step of k=5 fine-tuning (batch 50, all 50 images) with the frozen layers cached against computed
-    each step, side by side in one process, and the search's episode time (from its trace)."""
+    """Seconds per optimizer step of k=5 fine-tuning (batch 50, all 50 images) with the frozen layers cached
+    against computed each step, side by side in one process, and the search's episode time (from its trace)."""
     cell = RESULTS / "cost.json"
     if cells.finished(cell, "cost"):
         return

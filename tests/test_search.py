@@ -73,7 +73,8 @@ def _cfg(images: Path, out: Path):
     return apply_mapping(ImageClassificationConfig(), dict(
         data=str(images), out=str(out), model="conv-tiny", labels_per_class=3, val_size=6, batch_size=9,
         eval_batch_size=8, lr=3e-3, epochs=2, eval_every_epochs=0, save_steps=0, augment=False,
-        regularizer=["neuron-grouping"], regularizer_options={"neuron-grouping": {"layers": ["encoder.blocks.[23].*"]}}),
+        regularizer=["neuron-grouping"],
+        regularizer_options={"neuron-grouping": {"layers": ["encoder.blocks.[23].*"]}}),
         "test")
 
 
@@ -111,10 +112,11 @@ def test_a_killed_search_continues_from_its_last_episode(images, tmp_path, monke
 
 def test_cli_search_writes_a_recipe_finetune_takes(images, tmp_path, capsys):
     out = tmp_path / "s"
-    argv = ["search", "--strategy", "random", "--episodes", "2", "--choices", "1,0.25", "--task", "image-classification",
-            "--data", str(images), "--model", "conv-tiny", "--labels-per-class", "3", "--epochs", "1",
-            "--batch-size", "9", "--out", str(out), "--regularizer", "neuron-grouping",
-            "--set", "val_size=6", "eval_every_epochs=0", "augment=false", "neuron-grouping.layers=[encoder.blocks.3.*]"]
+    argv = ["search", "--strategy", "random", "--episodes", "2", "--choices", "1,0.25",
+            "--task", "image-classification", "--data", str(images), "--model", "conv-tiny", "--labels-per-class", "3",
+            "--epochs", "1", "--batch-size", "9", "--out", str(out), "--regularizer", "neuron-grouping",
+            "--set", "val_size=6", "eval_every_epochs=0", "augment=false",
+            "neuron-grouping.layers=[encoder.blocks.3.*]"]
     assert main(argv) == 0
     assert "best validation accuracy" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())

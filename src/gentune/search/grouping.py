@@ -240,7 +240,8 @@ def _finish(out: Path, cfg, search_cfg: SearchConfig, episodes: _Episodes, trace
     _plot(trace, out / "trace.png", title)
     write_text_atomic(out / "best.yaml", _recipe(cfg, best["fractions"], episodes.layers, best["reward"], search_cfg))
     summary = {"strategy": search_cfg.strategy, "episodes": len(trace), "layers": episodes.layers,
-               "filters": _filters(episodes), "best": {k: best[k] for k in ("episode", "fractions", "groups", "reward")},
+               "filters": _filters(episodes),
+               "best": {k: best[k] for k in ("episode", "fractions", "groups", "reward")},
                "rewards": [t["reward"] for t in trace],
                "seconds": round(sum(t["seconds"] for t in trace), 1),
                "recipe": str(out / "best.yaml")}
