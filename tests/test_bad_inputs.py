@@ -15,6 +15,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import cli, write_images
@@ -187,6 +188,14 @@ def _long_csv_field(env):
     return ["finetune", "--task", "mr", "--model", env.model, "--train", f, "--dev", f, "--out", env.tmp / "o"]
 
 
+def _points(env, name: str, **arrays):
+    import numpy as np
+
+    f = env.tmp / "data" / name
+    np.savez(f, **arrays)
+    return ["finetune", "--task", "point-classification", "--data", f, "--out", env.tmp / "o", "--set", "val_size=1"]
+
+
 def _yaml(env, text):
     f = env.tmp / "c.yaml"
     f.write_text(text)
@@ -243,6 +252,12 @@ CASES = {
            ("resolution-on-a-convnet", "conv-tiny", ["resolution=64"],
             "resolution applies to efficientnet encoders"),
        ]},
+    # point clouds
+    "points-labels-do-not-fit": (lambda e: _points(e, "p.npz", x_train=np.zeros((4, 8, 3)), y_train=np.zeros(3)),
+                                 "p.npz: y_train must be (4,) integers, got float64 (3,)"),
+    "points-no-split-array": (lambda e: _points(e, "p.npz", points=np.zeros((4, 8, 3))), "p.npz: no x_<split> array"),
+    "points-nan-coordinate": (lambda e: _points(e, "p.npz", x_train=np.full((4, 8, 3), np.nan), y_train=np.zeros(4)),
+                              "x_train: shape 0 has a NaN or infinite coordinate"),
     # checkpoints
     "ckpt-truncated-safetensors": (lambda e: _ckpt(e, _truncate), "a damaged safetensors file"),
     "ckpt-bad-header": (lambda e: _ckpt(e, _bad_header), "a damaged safetensors file (Error while deserializing "
