@@ -137,23 +137,36 @@ def search_cell(k: int, strategy: str) -> Path:
     return RESULTS / "search" / f"k{k}_{strategy}.json"
 
 
+def search_lr(k: int) -> str | None:
+    """The learning rate a search trains its episodes with: that of the best fixed-fraction grouping on the tuning
+    split (grouping prefers another rate than plain fine-tuning), or None before those grids are done."""
+    best = None
+    for f in FRACTIONS:
+        got = chosen(k, f"group{f}")
+        if got is None:
+            return None
+        acc = cells.read_json(RESULTS / "tune" / f"k{k}" / f"group{f}" / f"{got[0]}.json")["summary"]["final_dev"]
+        if best is None or acc["accuracy"] > best[0]:
+            best = (acc["accuracy"], got[0])
+    return best[1].removeprefix("lr")
+
+
 def phase_search(ks) -> None:
     for k in ks:
         for strategy in SEARCHED:
             cell = search_cell(k, strategy)
             if cells.finished(cell, f"search k={k} {strategy}"):
                 continue
-            ft = chosen(k, "finetune")
-            if ft is None:
+            if search_lr(k) is None:
                 phase_tune([k])
-                ft = chosen(k, "finetune")
+            lr = search_lr(k)
             out = RUNS / "search" / f"k{k}_{strategy}"
             argv = _argv(["search", "--strategy", strategy, "--episodes", str(EPISODES), "--choices", CHOICES,
                           "--search-seed", "0", *common(k, TUNE_SEED, "tune"), "--out", _rel(out),
-                          "--regularizer", "neuron-grouping"], ft[1])
+                          "--regularizer", "neuron-grouping", "--lr", lr], [])
             t0 = time.time()
             runner.gentune(argv, label=f"search k={k} {strategy}")
-            cells.write_json(cell, {"phase": "search", "k": k, "strategy": strategy, "finetune_setting": ft[0],
+            cells.write_json(cell, {"phase": "search", "k": k, "strategy": strategy, "lr": lr,
                                     "command": " ".join(["gentune", *argv]), "machine": machine(),
                                     "commit": commit(), "date": dt.date.today().isoformat(),
                                     "wall_seconds": time.time() - t0,
@@ -166,9 +179,8 @@ def _searched_extra(k: int, strategy: str) -> tuple[str, list[str]] | None:
         return None
     found = cells.read_json(cell)
     fractions = ",".join(f"{f:g}" for f in found["summary"]["best"]["fractions"])
-    ft = dict(GRIDS["finetune"])[found["finetune_setting"]]
-    return (f"{found['finetune_setting']}_searched",
-            [*ft, "--regularizer", "neuron-grouping", "--set", f"neuron-grouping.fraction=[{fractions}]"])
+    return (f"lr{found['lr']}_searched",
+            ["--lr", found["lr"], "--regularizer", "neuron-grouping", "--set", f"neuron-grouping.fraction=[{fractions}]"])
 
 
 def report_cells(ks, seeds, arms):
