@@ -180,7 +180,8 @@ def _searched_extra(k: int, strategy: str) -> tuple[str, list[str]] | None:
     found = cells.read_json(cell)
     fractions = ",".join(f"{f:g}" for f in found["summary"]["best"]["fractions"])
     return (f"lr{found['lr']}_searched",
-            ["--lr", found["lr"], "--regularizer", "neuron-grouping", "--set", f"neuron-grouping.fraction=[{fractions}]"])
+            ["--lr", found["lr"], "--regularizer", "neuron-grouping", "--set",
+             f"neuron-grouping.fraction=[{fractions}]"])
 
 
 def report_cells(ks, seeds, arms):
