@@ -398,6 +398,35 @@ def sections(data: dict) -> dict[str, str]:
     return out
 
 
+def plots(data: dict, folder: Path) -> list[Path]:
+    """The searches' rewards by episode, controller against random search, one panel per k (docs/img)."""
+    if not data["search"]:
+        return []
+    sys.path.insert(0, str(ROOT / "src"))
+    from gentune.report import pyplot
+
+    plt = pyplot()
+    ks = sorted({c["k"] for c in data["search"]})
+    fig, axes = plt.subplots(1, len(ks), figsize=(5.5 * len(ks), 3.4), squeeze=False)
+    for ax, k in zip(axes[0], ks):
+        for c in sorted((c for c in data["search"] if c["k"] == k), key=lambda c: c["strategy"]):
+            r = [100 * v for v in c["summary"]["rewards"]]
+            line, = ax.plot(range(1, len(r) + 1), r, "o", ms=3, alpha=0.6, label=f"{c['strategy']} (reward)")
+            ax.plot(range(1, len(r) + 1), [max(r[:i + 1]) for i in range(len(r))], "-", color=line.get_color(),
+                    label=f"{c['strategy']} (best so far)")
+        ax.set_title(f"k = {k}: tuning-split accuracy per episode", fontsize=9)
+        ax.set_xlabel("episode")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "kshot_search.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("phase", nargs="?", choices=["probe", "cost", "tune", "search", "report", "all"])

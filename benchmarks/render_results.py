@@ -35,11 +35,13 @@ def blocks() -> dict[str, str]:
     pretrain, radreg = pretrain_grid.load(), radreg_grid.load()
     pretrain_grid.plots(pretrain, IMG)
     radreg_grid.plots(radreg, IMG)
+    kshot = kshot_grid.load()
+    kshot_grid.plots(kshot, IMG)
     return {**finetune_grid.sections(finetune_grid.load()), **smart_cost.sections(),
             **pretrain_grid.sections(pretrain), **radreg_grid.sections(radreg),
             **diagnostics_study.sections(diagnostics_study.load()), **smart_retest.sections(smart_retest.load()),
             **kernel_speed.sections(), **ner_grid.sections(ner_grid.load()),
-            **point_grid.sections(point_grid.load()), **kshot_grid.sections(kshot_grid.load())}
+            **point_grid.sections(point_grid.load()), **kshot_grid.sections(kshot)}
 
 
 def main() -> int:
