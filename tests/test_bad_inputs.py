@@ -15,7 +15,6 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import cli, write_images
@@ -188,14 +187,6 @@ def _long_csv_field(env):
     return ["finetune", "--task", "mr", "--model", env.model, "--train", f, "--dev", f, "--out", env.tmp / "o"]
 
 
-def _points(env, name: str, **arrays):
-    import numpy as np
-
-    f = env.tmp / "data" / name
-    np.savez(f, **arrays)
-    return ["finetune", "--task", "point-classification", "--data", f, "--out", env.tmp / "o", "--set", "val_size=1"]
-
-
 def _yaml(env, text):
     f = env.tmp / "c.yaml"
     f.write_text(text)
@@ -236,28 +227,6 @@ CASES = {
                                      "--dev", e.dev, "--out", e.tmp / "o"], "data: a folder, not a data file"),
     "csv-field-over-the-limit": (_long_csv_field, "long.csv:2: a field longer than the CSV reader's limit of "
                                                   "131,072 characters (set $GENTUNE_CSV_FIELD_LIMIT"),
-    # image encoders
-    **{name: (lambda e, model=model, extra=extra: ["finetune", "--task", "image-classification", "--data", e.images,
-                                                   "--out", e.tmp / "o", "--model", model, "--set", "val_size=2",
-                                                   *extra], needle)
-       for name, model, extra, needle in [
-           ("init-imagenet-without-weights", "vit-micro-p4", ["init=imagenet"],
-            "no packaged ImageNet weights for model 'vit-micro-p4'"),
-           ("freeze-layers-on-a-vit", "vit-micro-p4", ["freeze_layers=3"],
-            "freeze_layers and freeze_bn_stats apply to efficientnet encoders"),
-           ("freeze-layers-out-of-range", "efficientnet-lite0", ["freeze_layers=30"],
-            "freeze_layers must be in [0, 17]"),
-           ("cache-without-frozen-layers", "efficientnet-lite0", ["cache_frozen=true"],
-            "cache_frozen needs freeze_layers > 0"),
-           ("resolution-on-a-convnet", "conv-tiny", ["resolution=64"],
-            "resolution applies to efficientnet encoders"),
-       ]},
-    # point clouds
-    "points-labels-do-not-fit": (lambda e: _points(e, "p.npz", x_train=np.zeros((4, 8, 3)), y_train=np.zeros(3)),
-                                 "p.npz: y_train must be (4,) integers, got float64 (3,)"),
-    "points-no-split-array": (lambda e: _points(e, "p.npz", points=np.zeros((4, 8, 3))), "p.npz: no x_<split> array"),
-    "points-nan-coordinate": (lambda e: _points(e, "p.npz", x_train=np.full((4, 8, 3), np.nan), y_train=np.zeros(4)),
-                              "x_train: shape 0 has a NaN or infinite coordinate"),
     # checkpoints
     "ckpt-truncated-safetensors": (lambda e: _ckpt(e, _truncate), "a damaged safetensors file"),
     "ckpt-bad-header": (lambda e: _ckpt(e, _bad_header), "a damaged safetensors file (Error while deserializing "

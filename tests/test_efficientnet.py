@@ -102,3 +102,54 @@ def test_a_saved_classifier_loads_back_and_scores_images(tmp_path):
     assert not loaded.encoder.cached_inputs
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), want)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("bad-images") / "img"
+    for c in "ab":
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((16, 16, 3), 60 * i, dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def _npz(where: Path, **arrays) -> Path:
+    np.savez(where / "p.npz", **arrays)
+    return where / "p.npz"
+
+
+@pytest.mark.parametrize("model, sets, needle", [
+    ("vit-micro-p4", ["init=imagenet"], "no packaged ImageNet weights for model 'vit-micro-p4'"),
+    ("vit-micro-p4", ["freeze_layers=3"], "freeze_layers and freeze_bn_stats apply to efficientnet encoders"),
+    ("efficientnet-lite0", ["freeze_layers=30"], "freeze_layers must be in [0, 17]"),
+    ("efficientnet-lite0", ["cache_frozen=true"], "cache_frozen needs freeze_layers > 0"),
+    ("conv-tiny", ["resolution=64"], "resolution applies to efficientnet encoders"),
+])
+def test_bad_encoder_options_are_one_line_and_write_nothing(folder, tmp_path, capsys, model, sets, needle):
+    from gentune.cli import main
+
+    code = main(["finetune", "--task", "image-classification", "--data", str(folder), "--out", str(tmp_path / "o"),
+                 "--model", model, "--set", "val_size=2", *sets])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("arrays, needle", [
+    (dict(x_train=np.zeros((4, 8, 3)), y_train=np.zeros(3)), "p.npz: y_train must be (4,) integers, got float64 (3,)"),
+    (dict(points=np.zeros((4, 8, 3))), "p.npz: no x_<split> array"),
+    (dict(x_train=np.full((4, 8, 3), np.nan), y_train=np.zeros(4)),
+     "x_train: shape 0 has a NaN or infinite coordinate"),
+])
+def test_bad_point_files_are_one_line_and_write_nothing(tmp_path, capsys, arrays, needle):
+    """(Point clouds: issue 22's rows, here beside the image ones for their cheap fixture.)"""
+    from gentune.cli import main
+
+    code = main(["finetune", "--task", "point-classification", "--data", str(_npz(tmp_path, **arrays)),
+                 "--out", str(tmp_path / "o"), "--set", "val_size=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert not (tmp_path / "o").exists()
