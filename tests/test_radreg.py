@@ -153,6 +153,43 @@ def test_hook_streams_downstream_images_and_resumes_exactly(head):
     assert [again(model, {}, None)["radreg"].item() for _ in range(3)] == pytest.approx(after, rel=1e-6)
 
 
+@pytest.mark.parametrize("head", ["linear", "mlp", "linear-ascent"])
+def test_the_estimate_is_float32_under_bf16_autocast(head):
+    """An encoder run under bf16 autocast (as in the MAE runs): the heads, their ascent and the closed form still
+    run in float32, so the estimate equals the one computed without autocast from the same (bf16) features."""
+    torch.manual_seed(7)
+    images = torch.randint(0, 256, (8, 4, 4, 3), dtype=torch.uint8)
+    model = Pretraining()
+    kw = dict(images=images, head=head, batch_size=8, samples=3, mean=[0.5] * 3, std=[0.25] * 3, weight=1.0,
+              ascent_steps=3)
+    plain, mixed = RadReg(**kw), RadReg(**kw)
+
+    class Bf16Features(torch.nn.Module):  # the encoder alone under autocast: the same bf16 features
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward_features(self, x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self.inner.forward_features(x)
+
+    reference = Pretraining()
+    reference.encoder = Bf16Features(model.encoder)
+    for _ in range(3):
+        want = plain(reference, {}, None)["radreg"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = mixed(model, {}, None)["radreg"]
+        assert got.dtype == torch.float32 and want.dtype == torch.float32
+        assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    h = torch.randn(16, 32)
+    signs = rademacher_signs(4, 16, torch.Generator().manual_seed(0))
+    heads = MLPHeads(4, 32, 8, 1.0, torch.Generator().manual_seed(1))
+    exact = (linear_complexity(h, signs).item(), head_objective(heads, h, signs).item())
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 would be off by about 1e-3 here
+        assert (linear_complexity(h, signs).item(), head_objective(heads, h, signs).item()) == pytest.approx(
+            exact, rel=1e-6)
+
+
 def test_ascent_heads_in_the_hook_track_the_pool_closed_form():
     """linear-ascent through the hook (fixed model): the logged estimate converges to the closed form with the
     heads' fixed per-image signs, i.e. the pool's sup for those sign vectors."""

@@ -40,6 +40,12 @@ _Z95 = 1.959963984540054  # the standard normal 0.975 quantile
 _CHUNK = 1 << 22  # heads x samples x hidden units per batched ascent: ~32 MB of float64 activations
 
 
+def _no_autocast(x: torch.Tensor):
+    """Autocast off on ``x``'s device: under autocast the heads' einsums and the closed form's matmul would run in
+    bf16 (seen: the estimate of a whole MAE run about 0 and negative on half its steps), whatever dtype h has."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 def rademacher_signs(m: int, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
     """(m, n) independent uniform signs in {-1, +1} (float32)."""
     bits = torch.randint(0, 2, (m, n), generator=generator)
@@ -63,7 +69,8 @@ def linear_complexity(h: torch.Tensor, signs: torch.Tensor, bound: float = 1.0) 
         signs: (m, n) Rademacher signs.
     """
     h = widen(h)
-    return (bound / h.shape[0]) * (signs.to(h.dtype) @ h).norm(dim=-1).mean()
+    with _no_autocast(h):
+        return (bound / h.shape[0]) * (signs.to(h.dtype) @ h).norm(dim=-1).mean()
 
 
 class LinearHeads(torch.nn.Module):
@@ -76,8 +83,10 @@ class LinearHeads(torch.nn.Module):
         self.theta = torch.nn.Parameter(theta * (0.5 * bound / theta.norm(dim=1, keepdim=True)))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (m, n)."""
-        return self.theta.to(h.dtype) @ h.T
+        """(n, d) -> (m, n), in h's precision (float32 for half-precision h) whatever the autocast."""
+        h = widen(h)
+        with _no_autocast(h):
+            return self.theta.to(h.dtype) @ h.T
 
     @torch.no_grad()
     def project(self) -> None:
@@ -98,9 +107,12 @@ class MLPHeads(torch.nn.Module):
         self.project()  # a head drawn larger than head 0 would start outside its ball (and overstate the sup)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (m, n): every head on every representation."""
-        hidden = torch.relu(torch.einsum("mkd,nd->mnk", self.w1.to(h.dtype), h))
-        return torch.einsum("mnk,mk->mn", hidden, self.w2.to(h.dtype))
+        """(n, d) -> (m, n): every head on every representation, in h's precision (float32 for half-precision h)
+        whatever the autocast."""
+        h = widen(h)
+        with _no_autocast(h):
+            hidden = torch.relu(torch.einsum("mkd,nd->mnk", self.w1.to(h.dtype), h))
+            return torch.einsum("mnk,mk->mn", hidden, self.w2.to(h.dtype))
 
     @torch.no_grad()
     def revive(self, h: torch.Tensor) -> int:
@@ -114,7 +126,9 @@ class MLPHeads(torch.nn.Module):
         on the batch comes back active on it (unless it is orthogonal to every h_i); deterministic, so a resumed
         run continues exactly.
         """
-        dead = (torch.einsum("mkd,nd->mnk", self.w1.to(h.dtype), h) <= 0).all(dim=1)  # (m, hidden)
+        h = widen(h)
+        with _no_autocast(h):
+            dead = (torch.einsum("mkd,nd->mnk", self.w1.to(h.dtype), h) <= 0).all(dim=1)  # (m, hidden)
         self.w1[dead] *= -1
         return int(dead.sum())
 
@@ -127,8 +141,10 @@ class MLPHeads(torch.nn.Module):
 
 
 def head_objective(heads: torch.nn.Module, h: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
-    """(1/m) sum_j (1/n) sum_i sigma_ji f_j(h_i)."""
-    return (signs.to(h.dtype) * heads(h)).mean()
+    """(1/m) sum_j (1/n) sum_i sigma_ji f_j(h_i), in float32 at least whatever the autocast."""
+    values = heads(h)
+    with _no_autocast(values):
+        return (signs.to(values.dtype) * values).mean()
 
 
 def ascent(heads: torch.nn.Module, h: torch.Tensor, signs: torch.Tensor, steps: int, lr: float, mu: float,
@@ -139,7 +155,13 @@ def ascent(heads: torch.nn.Module, h: torch.Tensor, signs: torch.Tensor, steps: 
     ``normalized``: each head's step on each weight is ``lr * bound`` long in the gradient's direction, whatever
     the gradient's size (on normalised features it is about 1/sqrt(n): plain steps would barely move).
     """
-    h = h.detach()
+    h = widen(h.detach())
+    with _no_autocast(h):  # the backward too: on the CPU it runs in this thread, under this thread's autocast
+        return _ascent(heads, h, signs, steps, lr, mu, normalized)
+
+
+def _ascent(heads: torch.nn.Module, h: torch.Tensor, signs: torch.Tensor, steps: int, lr: float, mu: float,
+            normalized: bool) -> int:
     revived = 0
     for _ in range(steps):
         if isinstance(heads, MLPHeads):
