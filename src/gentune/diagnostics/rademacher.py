@@ -180,6 +180,56 @@ def _ascent(heads: torch.nn.Module, h: torch.Tensor, signs: torch.Tensor, steps:
     return revived
 
 
+def unit_values(u: torch.Tensor, h: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """(r,) (1/n) sum_i sigma_ri relu(u_r^T h_i) for directions u (r, d), features h (n, d) and signs (r, n).
+
+    The sup of (1/n) sum_i sigma_i f(h_i) over the MLP class (||W1||_F <= B, ||w2||_2 <= B) is
+    B^2 sup_{||u|| <= 1} |this| (one hidden unit attains it; see the module docstring).
+    """
+    with _no_autocast(h):
+        return (signs.to(h.dtype) * torch.relu(u.to(h.dtype) @ h.T)).mean(-1)
+
+
+def unit_supremum(h: torch.Tensor, signs: torch.Tensor, steps: int = 300, restarts: int = 32, lr: float = 0.5,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """sup_{||u|| <= 1} |(1/n) sum_i sigma_i relu(u^T h_i)| for each sign vector: (values (m,), directions u (m, d),
+    orientation (m,) in {-1, +1}), with value = orientation * unit_values(u, h, signs) >= 0.
+
+    ReLU is positively homogeneous, so the sup over the ball is 0 or attained on the sphere. Both signs of the
+    objective are maximised (sup |S| = max(sup S, sup -S)); each from ``restarts`` starts on the sphere: the linear
+    closed form's direction (the exact answer when every image ends up active) and ``restarts - 1`` Gaussian
+    ones. A step moves u by ``lr`` (decaying linearly to 0) along the unit gradient
+    sum_i sigma_i 1[u^T h_i > 0] h_i (closed form, no autograd) and back onto the sphere; the best point of each
+    path counts, so the value is a lower estimate of the sup that never falls below its start. No gradient
+    flows (``h`` is detached); float64 arithmetic for float64 ``h``, float32 otherwise, whatever the autocast.
+    """
+    h = widen(h.detach())
+    m, n = signs.shape
+    with torch.no_grad(), _no_autocast(h):
+        s = torch.cat([signs, -signs]).to(h.dtype)  # rows m..2m-1: sup of -S
+        linear = (s @ h).unsqueeze(1)  # (2m, 1, d)
+        noise = torch.randn(2 * m, max(restarts, 1) - 1, h.shape[1], generator=generator).to(h)
+        u = torch.nn.functional.normalize(torch.cat([linear, noise], 1), dim=-1)  # (2m, R, d)
+        best = (s.unsqueeze(1) * torch.relu(u @ h.T)).mean(-1)  # (2m, R)
+        best_u = u.clone()
+        for t in range(steps):
+            active = (u @ h.T > 0).to(h.dtype)  # (2m, R, n)
+            grad = (s.unsqueeze(1) * active) @ h  # (2m, R, d)
+            step = lr * (1.0 - t / steps)
+            u = torch.nn.functional.normalize(u + step * torch.nn.functional.normalize(grad, dim=-1), dim=-1)
+            value = (s.unsqueeze(1) * torch.relu(u @ h.T)).mean(-1)
+            better = value > best
+            best = torch.where(better, value, best)
+            best_u = torch.where(better.unsqueeze(-1), u, best_u)
+        per_row, which = best.max(1)  # the best restart of each of the 2m problems
+        rows = best_u[torch.arange(2 * m), which]  # (2m, d)
+        plus, minus = per_row[:m], per_row[m:]
+        orientation = torch.where(minus > plus, -1.0, 1.0).to(h.dtype)
+        directions = torch.where((minus > plus).unsqueeze(-1), rows[m:], rows[:m])
+        values = torch.maximum(plus, minus).clamp(min=0.0)
+    return values, directions, orientation
+
+
 def as_features(x, name: str = "features") -> torch.Tensor:
     """A numpy array or torch tensor of shape (n, d) as a detached float64 CPU tensor; user errors raised."""
     try:

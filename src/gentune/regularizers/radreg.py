@@ -12,10 +12,19 @@ so the penalty cannot be met by shrinking the features (which a decoder would un
 
 - Linear heads, ||theta||_2 <= B: sup_theta (1/n) sum_i sigma_i theta^T h~_i = (B/n) ||sum_i sigma_i h~_i||_2,
   a closed form, differentiable in h.
-- Two-layer MLP heads f(z) = w2^T relu(W1 z) with ||W1||_F <= B and ||w2||_2 <= B: m head copies, each step T
-  projected gradient-ascent steps on (1/n) sum_i sigma_ij f_j(h~_i) - (mu/2) ||theta_j||^2, warm-started from the
-  previous step (stochastic gradient descent-ascent); the encoder then gets the gradient of
-  lambda * (1/m) sum_j (1/n) sum_i sigma_ij f_j(h~_i) at the current heads.
+- Two-layer MLP heads f(z) = w2^T relu(W1 z) with ||W1||_F <= B and ||w2||_2 <= B, two estimators:
+  ``estimator=heads``: m head copies, each step T projected gradient-ascent steps on
+  (1/n) sum_i sigma_ij f_j(h~_i) - (mu/2) ||theta_j||^2, warm-started from the previous step (stochastic gradient
+  descent-ascent); the encoder then gets the gradient of lambda * (1/m) sum_j (1/n) sum_i sigma_ij f_j(h~_i) at the
+  current heads. The signs are one per downstream image and head (``signs=pool``), or fresh every step.
+  ``estimator=unit``: the sup over the class is B^2 sup_{||u||<=1} |(1/n) sum_i sigma_i relu(u^T h~_i)| (one hidden
+  unit attains it), so fresh signs every step and T steps of the closed-form single-unit ascent
+  (:func:`~gentune.diagnostics.rademacher.unit_supremum`, started from the linear closed form's direction) find it
+  on the batch itself; the encoder gets the gradient at the unit found (Danskin's theorem: the gradient of a max
+  is the gradient at the maximiser).
+- ``supremum_every=K`` logs, every K calls, the sup on the current batch with the signs the estimate used
+  (``radreg_supremum``, a long search off the training graph with its own generator, so it does not change the
+  run) and the running estimate's share of it (``radreg_supremum_ratio``).
 
 The downstream images are their own stream (``data``, opened by the task at :meth:`RadReg.setup`), cycled with
 the regularizer's own generator; both are saved in its state, so a resumed run continues exactly. The Rademacher
@@ -30,13 +39,16 @@ from pathlib import Path
 import torch
 
 from ..diagnostics.rademacher import (LinearHeads, MLPHeads, ascent, head_objective, linear_complexity,
-                                      normalize_scale, rademacher_signs)
+                                      normalize_scale, rademacher_signs, unit_supremum, unit_values)
 from ..errors import GentuneError
 from ..registry import register
 from ..tensors import unwrap, widen
 from .base import Context, Regularizer
 
 HEADS = ("linear", "mlp", "linear-ascent")  # linear-ascent: linear heads by ascent, to check it against the closed form
+ESTIMATORS = ("heads", "unit")
+SIGNS = ("pool", "fresh")
+SUPREMUM_STEPS, SUPREMUM_RESTARTS = 300, 32  # the logged supremum's search (``supremum_every``)
 
 
 class _GatherShares(torch.autograd.Function):
@@ -88,8 +100,16 @@ class RadReg(Regularizer):
         bound: B, the heads' norm bound.
         normalize: take the representation's scale out (see the module docstring).
         hidden: the MLP heads' width.
-        ascent_steps: T, ascent steps of the heads per training step.
-        ascent_lr: the ascent's step, ``ascent_lr * bound`` long (normalised steps).
+        estimator: MLP heads only: ``heads`` (m warm-started heads by projected ascent) or ``unit`` (the sup on
+            each batch by the single-unit ascent; fresh signs). See the module docstring.
+        signs: ``estimator=heads`` only: ``pool`` (each head keeps one sign per downstream image) or ``fresh``
+            (new signs every step, the heads warm-started).
+        pool_size: use only this many downstream images (a seeded subset), so that they come back often; 0: all.
+        restarts: ``estimator=unit``: starts per sign vector (the linear closed form's direction + random ones).
+        supremum_every: log the sup on the current batch every this many calls (see the module docstring); 0: never.
+        ascent_steps: T, ascent steps per training step; None: 1 for ``heads``, 20 for ``unit``.
+        ascent_lr: the ascent's step: ``ascent_lr * bound`` long for the heads (normalised steps), an angle of
+            about ``ascent_lr`` radians, decaying to 0, for the unit; None: 0.2 for ``heads``, 0.5 for ``unit``.
         mu: the heads' ridge term in the ascent.
         seed: seeds the downstream batches, the signs and the heads.
         image_size, mean, std: the downstream images' size and pixel normalisation; None: the task's (given
@@ -102,11 +122,22 @@ class RadReg(Regularizer):
 
     def __init__(self, weight: float = 0.1, data: str = "", head: str = "linear", samples: int = 4,
                  batch_size: int = 16, bound: float = 1.0, normalize: bool = True, hidden: int = 64,
-                 ascent_steps: int = 1, ascent_lr: float = 0.2, mu: float = 0.0, seed: int = 0,
-                 image_size: int | None = None, mean: list[float] | None = None, std: list[float] | None = None, *,
-                 images=None, stream=None):
+                 estimator: str = "heads", signs: str = "pool", pool_size: int = 0, restarts: int = 8,
+                 supremum_every: int = 0, ascent_steps: int | None = None, ascent_lr: float | None = None,
+                 mu: float = 0.0, seed: int = 0, image_size: int | None = None, mean: list[float] | None = None,
+                 std: list[float] | None = None, *, images=None, stream=None):
         if head not in HEADS:
             raise ValueError(f"radreg: head must be one of {HEADS}, got {head!r}")
+        if estimator not in ESTIMATORS or signs not in SIGNS:
+            raise ValueError(f"radreg: estimator must be one of {ESTIMATORS} and signs one of {SIGNS}, got "
+                             f"{estimator!r} and {signs!r}")
+        if estimator == "unit" and head != "mlp":
+            raise ValueError(f"radreg: estimator=unit is for head=mlp (head={head!r} has its own)")
+        if pool_size < 0 or restarts < 1 or supremum_every < 0:
+            raise ValueError("radreg: pool_size >= 0, restarts >= 1 and supremum_every >= 0")
+        unit = estimator == "unit"
+        ascent_steps = (20 if unit else 1) if ascent_steps is None else ascent_steps
+        ascent_lr = (0.5 if unit else 0.2) if ascent_lr is None else ascent_lr
         if not data and images is None and stream is None:
             raise ValueError("radreg: data is required (--set radreg.data=PATH: the downstream images, unlabeled)")
         if data and images is None and stream is None and not Path(str(data)).exists():
@@ -116,6 +147,9 @@ class RadReg(Regularizer):
         self.weight, self.data, self.head, self.m, self.n = weight, data, head, samples, batch_size
         self.bound, self.normalize, self.hidden = bound, normalize, hidden
         self.steps, self.lr, self.mu = ascent_steps, ascent_lr, mu
+        self.estimator, self.signs, self.pool_size, self.restarts = estimator, signs, pool_size, restarts
+        self.supremum_every = supremum_every
+        self.calls = 0  # calls so far (saved): when to log the supremum
         self.image_size, self.mean, self.std = image_size, mean, std
         self.generator = torch.Generator().manual_seed(seed)  # downstream batches and signs
         self.seed = seed
@@ -127,6 +161,7 @@ class RadReg(Regularizer):
         self._pending: dict | None = None
         self.last: float | None = None  # the unweighted estimate of the last step, for the log
         self.revived: int | None = None  # MLP heads: hidden units revived in the last step, for the log
+        self.supremum: float | None = None  # the last logged supremum (supremum_every), for the log
 
     def setup(self, context: Context) -> None:
         """Fill the normalisation and size from the task, open the downstream stream, check the model."""
@@ -141,6 +176,17 @@ class RadReg(Regularizer):
                 raise GentuneError("radreg: this task has no image stream for radreg.data (RadReg regularizes image "
                                    "encoders; in Python give images= or stream=)")
             self.stream = data["unlabeled"](self.data, self.n, self.generator, self.image_size, self.mean, self.std)
+        self._limit_pool()
+
+    def _limit_pool(self) -> None:
+        """Keep ``pool_size`` images of the stream's pool: the first of a permutation seeded by ``seed``."""
+        if not self.pool_size or self.stream is None or self.pool_size >= len(self.stream):
+            return
+        if not isinstance(getattr(self.stream, "images", None), torch.Tensor):
+            raise GentuneError(f"radreg.pool_size: the stream ({type(self.stream).__name__}) has no images tensor "
+                               "to take a subset of; give a smaller stream instead")
+        keep = torch.randperm(len(self.stream), generator=torch.Generator().manual_seed(self.seed + 3))
+        self.stream.images = self.stream.images[keep[:self.pool_size].sort().values]
 
     @staticmethod
     def _encoder(model) -> torch.nn.Module:
@@ -160,6 +206,7 @@ class RadReg(Regularizer):
                 raise GentuneError("radreg: no pixel normalisation (mean, std) for its images: use it in gentune "
                                    "pretrain or image fine-tuning, or set radreg.mean and radreg.std")
             self.stream = ImageStream(self._images, self.n, self.generator, self.mean, self.std)
+            self._limit_pool()
         if self._stream_state is not None:
             self.stream.load_state_dict(self._stream_state)
             self._stream_state = None
@@ -190,15 +237,14 @@ class RadReg(Regularizer):
         if self.normalize:
             h = normalize_scale(h)
         if self.head == "linear":  # the closed form: fresh signs every step
-            estimate = linear_complexity(h, rademacher_signs(self.m, self.n, self.generator, device), self.bound)
+            signs = rademacher_signs(self.m, self.n, self.generator, device)
+            estimate = linear_complexity(h, signs, self.bound)
+        elif self.estimator == "unit":  # fresh signs, the sup on this batch by the single-unit ascent
+            signs = rademacher_signs(self.m, self.n, self.generator, device)
+            _, u, orientation = unit_supremum(h, signs, self.steps, self.restarts, self.lr, self.generator)
+            estimate = self.bound ** 2 * (orientation * unit_values(u, h, signs)).mean()
         else:
-            # Ascent heads need a target that holds still while they track it: each head j keeps one sign per
-            # downstream image (drawn once from the seed), so it ascends (1/N) sum_pool sigma_ji f_j(h~_i) through
-            # minibatches (stochastic gradient descent-ascent on the pool's complexity with m sign vectors).
-            if self._pool_signs is None:
-                self._pool_signs = rademacher_signs(self.m, len(self.stream),
-                                                    torch.Generator().manual_seed(self.seed + 2))
-            signs = self._pool_signs[:, idx].to(device)
+            signs = self._head_signs(idx, device)
             if self.heads is None:
                 # initialised from their own generator: a restored run (heads loaded lazily) draws the same signs
                 init = torch.Generator().manual_seed(self.seed + 1)
@@ -211,13 +257,41 @@ class RadReg(Regularizer):
             self.revived = ascent(self.heads, h, signs, self.steps, self.lr, self.mu, normalized=True)
             estimate = head_objective(self.heads, h, signs)
         self.last = float(estimate.detach())
+        self.calls += 1
+        due = self.supremum_every and self.calls % self.supremum_every == 0
+        self.supremum = self._supremum(h, signs) if due else None
         return {"radreg": self.weight * estimate}
+
+    def _head_signs(self, idx: torch.Tensor, device) -> torch.Tensor:
+        """The ascent heads' signs for this batch: fresh (``signs=fresh``), or each head's fixed sign per downstream
+        image (``pool``), drawn once from the seed, so a head ascends (1/N) sum_pool sigma_ji f_j(h~_i) through
+        minibatches (stochastic gradient descent-ascent on the pool's complexity with m sign vectors): a target that
+        holds still while the heads track it, but only as far as images come back."""
+        if self.signs == "fresh":
+            return rademacher_signs(self.m, self.n, self.generator, device)
+        if self._pool_signs is None:
+            self._pool_signs = rademacher_signs(self.m, len(self.stream), torch.Generator().manual_seed(self.seed + 2))
+        return self._pool_signs[:, idx].to(device)
+
+    def _supremum(self, h: torch.Tensor, signs: torch.Tensor) -> float:
+        """The sup over the head class on this batch with these signs (what the estimate stands for), averaged over
+        the m sign vectors: the closed form for linear heads, a long single-unit search for MLP heads."""
+        h = h.detach()
+        if self.head != "mlp":
+            return float(linear_complexity(h, signs, self.bound))
+        generator = torch.Generator().manual_seed(self.seed + 4 + self.calls)  # not the run's: it stays unchanged
+        values, _, _ = unit_supremum(h, signs, SUPREMUM_STEPS, SUPREMUM_RESTARTS, generator=generator)
+        return float(self.bound ** 2 * values.mean())
 
     def log(self) -> dict[str, float]:
         """Extra values for the training log: the unweighted complexity estimate."""
         out = {} if self.last is None else {"radreg_complexity": self.last}
         if self.revived is not None:
             out["radreg_revived_units"] = float(self.revived)
+        if self.supremum is not None:  # only after the calls that computed it
+            out["radreg_supremum"] = self.supremum
+            if self.supremum > 0:
+                out["radreg_supremum_ratio"] = self.last / self.supremum
         return out
 
     def state_dict(self) -> dict:
@@ -225,11 +299,12 @@ class RadReg(Regularizer):
         heads = self._pending if self.heads is None else {k: v.clone() for k, v in self.heads.state_dict().items()}
         position = self._stream_state if self._stream_state is not None or self.stream is None \
             else self.stream.state_dict()
-        return {"generator": self.generator.get_state(), "heads": heads, **(position or {})}
+        return {"generator": self.generator.get_state(), "heads": heads, "calls": self.calls, **(position or {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
-        position = {k: v for k, v in state.items() if k not in ("generator", "heads")}
+        self.calls = int(state.get("calls", 0))  # (absent from checkpoints written before it was saved)
+        position = {k: v for k, v in state.items() if k not in ("generator", "heads", "calls")}
         if self.stream is not None:
             self.stream.load_state_dict(position)
         else:
