@@ -105,6 +105,27 @@ def test_held_out_split_is_the_same_for_pretraining_and_every_class_subset(image
     assert len(sub) == 3 and set(sub.labels.tolist()) == {0}
 
 
+def test_pretraining_on_a_class_subset_keeps_the_shared_held_out_split(images):
+    """exclude_classes=cat,dog pretrains on the ship images of the training part only: none of the held-out images
+    of any class (the split all fine-tuning uses), none of cat or dog; classes=... keeps the named ones."""
+    from gentune.data.splits import held_out_split
+    from gentune.errors import GentuneError
+    from gentune.tasks.image_pretraining import ImagePretrainingConfig, datasets
+
+    key = lambda arr: {img.tobytes() for img in arr}  # noqa: E731
+    train, val = held_out_split(str(images), None, 9, 0)
+    ship = datasets(ImagePretrainingConfig(data=str(images), val_size=9, exclude_classes=["cat", "dog"]))
+    assert key(ship.train.images) == key(train.images[train.labels == 2])
+    assert key(ship.heldout.images) == key(val.images[val.labels == 2])
+    both = datasets(ImagePretrainingConfig(data=str(images), val_size=9, classes=["dog", "ship"],
+                                           exclude_classes=["dog"]))
+    assert key(both.train.images) == key(ship.train.images)
+    with pytest.raises(GentuneError, match="exclude_classes: .* no class 'horse'"):
+        datasets(ImagePretrainingConfig(data=str(images), val_size=9, exclude_classes=["horse"]))
+    with pytest.raises(GentuneError, match="no class is left"):
+        datasets(ImagePretrainingConfig(data=str(images), val_size=9, exclude_classes=CLASSES))
+
+
 def test_tuning_split_never_touches_the_reported_validation_images(images, tmp_path, capsys):
     """exclude_split_seed=0, split_seed=1: the reported held-out images (seed 0) are in neither part, the tuning
     validation set is disjoint from the tuning training set; an encoder pretrained that way is known not to

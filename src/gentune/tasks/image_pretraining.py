@@ -19,7 +19,7 @@ import torch
 from ..config import RunConfig, opt
 from ..data.images import (BatchAugment, EvalTransform, ImageCollator, ImageDataset, TrainTransform, image_stream,
                            keep_uint8, unlabeled)
-from ..data.splits import held_out_split, pixel_stats
+from ..data.splits import held_out_split, pixel_stats, select_classes
 from ..errors import GentuneError
 from ..models.checkpoint import save_encoder
 from ..registry import create, get
@@ -44,6 +44,10 @@ class ImagePretrainingConfig(RunConfig):
     val_size: int = opt(5000, "held out (the same split as fine-tuning's), for the validation loss")
     split_seed: int = opt(0, "the held-out split (the same as fine-tuning's)")
     exclude_split_seed: int | None = opt(None, 'as in fine-tuning: these held-out images are removed first')
+    classes: list[str] | None = opt(None, 'pretrain on these class folders only (the held-out split is still '
+                                          "drawn from all of them, as fine-tuning's)")
+    exclude_classes: list[str] | None = opt(None, 'leave these class folders out (e.g. the downstream task\'s '
+                                                  'classes: a pretraining distribution that differs from it)')
     augment: bool = opt(True, 'random resized crop and flip on training images')
     crop_scale: float = opt(0.2, 'random resized crop: smallest area fraction')
     image_size: int | None = opt(None, "resize every image to this size (default: the images' own, one size)")
@@ -124,6 +128,17 @@ def check(cfg: ImagePretrainingConfig) -> None:
 def datasets(cfg: ImagePretrainingConfig) -> Splits:
     """(unlabeled training images, unlabeled validation images or None)."""
     train, val = held_out_split(cfg.data, None, cfg.val_size, cfg.split_seed, cfg.image_size, cfg.exclude_split_seed)
+    if cfg.classes or cfg.exclude_classes:
+        names = list(cfg.classes or train.classes)
+        unknown = [c for c in cfg.exclude_classes or [] if c not in train.classes]
+        if unknown:
+            raise GentuneError(f"exclude_classes: {cfg.data} has no class {unknown[0]!r} "
+                               f"(classes: {', '.join(train.classes)})")
+        names = [c for c in names if c not in (cfg.exclude_classes or [])]
+        if not names:
+            raise GentuneError("classes, exclude_classes: no class is left to pretrain on")
+        train = select_classes(train, names)
+        val = select_classes(val, names) if val is not None else None
     return Splits(unlabeled(train), unlabeled(val) if val is not None else None)
 
 
