@@ -42,15 +42,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 from _lib import cells, curves, images, runner, stats, tables, template
 from _lib.images import PRETRAIN, SEEDS, SHORT, TASKS, TUNE_EPOCHS, TUNE_SEED, TUNE_SPLIT
 from _lib.paths import IMG, ROOT
-from _lib.provenance import machine
 
 RESULTS = images.RADREG_RESULTS
 RUNS = images.RADREG_RUNS
@@ -148,56 +145,14 @@ def per_task(objective: str, args) -> None:
 
 
 def overhead(args, steps: int = 12, objective: str = "mae") -> dict:
-    """RadReg's extra pretraining step time: OBJECTIVE's steps (its grid encoder and options, batch 256) with and
-    without RadReg at the tuned settings, alternating, in one process."""
+    """RadReg's extra pretraining step time at the tuned settings (:func:`images.step_time_ratio`)."""
     path = overhead_path(objective)
     chosen = choice_path(objective)
     choice = cells.read_json(chosen) if chosen.exists() else {"weight": 0.1, "head": "mlp"}
     choice = {"weight": choice["weight"], "head": choice["head"]}
     if path.exists() and cells.read_json(path).get("radreg") == choice:
         return cells.read_json(path)  # measured with the chosen settings already
-    import torch
-
-    from gentune import registry
-    from gentune.config import apply_overrides
-    from gentune.data.images import TrainTransform
-    from gentune.data.splits import held_out_split, pixel_stats
-    from gentune.models.vision import create_encoder
-    from gentune.regularizers.radreg import RadReg
-    from gentune.tasks.image_pretraining import ImagePretrainingConfig
-
-    encoder, flags = PRETRAIN[objective]
-    # the grid's --set options, read as gentune pretrain reads them
-    cfg = apply_overrides(ImagePretrainingConfig(objective=objective),
-                          [flags[i + 1] for i, f in enumerate(flags) if f == "--set"])
-    options = cfg.objective_options.get(objective, {})
-    lr = float(flags[flags.index("--lr") + 1]) if "--lr" in flags else 1e-4
-    train, _ = held_out_split(args.data, None, 5000, 0)
-    mean, std = pixel_stats(train.images)
-    transform = TrainTransform(32, (0.2, 1.0), mean=tuple(mean), std=tuple(std))
-    loss_fn = registry.create("objective", objective, **options)
-    times = {objective: [], f"{objective}+radreg": []}
-    arms = {}
-    for name in times:
-        torch.manual_seed(0)
-        model = loss_fn.build(create_encoder(encoder))
-        regs = [RadReg(weight=choice["weight"], head=choice["head"], mean=mean, std=std, images=train.images)] \
-            if name != objective else []
-        arms[name] = (model, torch.optim.AdamW(model.parameters(), lr=lr), regs)
-    for step in range(steps + 2):
-        x = {"pixel_values": transform(torch.from_numpy(train.images[step * 256:(step + 1) * 256]))}
-        for name, (model, opt, regs) in arms.items():
-            t0 = time.perf_counter()
-            loss = loss_fn(model, x)["loss"] + sum(sum(r(model, x, None).values()) for r in regs)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            if step >= 2:  # two warm-up steps
-                times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    result = {"seconds_per_step": med, "ratio": med[f"{objective}+radreg"] / med[objective], "steps": steps,
-              "batch": 256, "objective": objective, "encoder": encoder, "radreg": choice,
-              "threads": torch.get_num_threads(), "machine": machine()}
+    result = images.step_time_ratio(args.data, objective, choice, steps)
     cells.write_json(path, result)
     return result
 

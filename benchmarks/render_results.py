@@ -23,6 +23,7 @@ import kshot_grid
 import ner_grid
 import point_grid
 import pretrain_grid
+import radreg_estimator
 import radreg_grid
 import smart_cost
 import smart_retest
@@ -37,11 +38,14 @@ def blocks() -> dict[str, str]:
     radreg_grid.plots(radreg, IMG)
     kshot = kshot_grid.load()
     kshot_grid.plots(kshot, IMG)
+    estimator = radreg_estimator.load()
+    radreg_estimator.plots(estimator, IMG)
     return {**finetune_grid.sections(finetune_grid.load()), **smart_cost.sections(),
             **pretrain_grid.sections(pretrain), **radreg_grid.sections(radreg),
             **diagnostics_study.sections(diagnostics_study.load()), **smart_retest.sections(smart_retest.load()),
             **kernel_speed.sections(), **ner_grid.sections(ner_grid.load()),
-            **point_grid.sections(point_grid.load()), **kshot_grid.sections(kshot)}
+            **point_grid.sections(point_grid.load()), **kshot_grid.sections(kshot),
+            **radreg_estimator.sections(estimator)}
 
 
 def main() -> int:

@@ -198,3 +198,53 @@ def downstream_pool(task: str, data: str, runs: Path, tuning: bool = False) -> P
         Image.fromarray(img).save(target / f"{i:05d}.png")
     done.write_text(f"{len(train)} images\n")
     return folder
+
+
+def step_time_ratio(data: str, objective: str, radreg: dict, steps: int = 12, batch: int = 256) -> dict:
+    """RadReg's extra pretraining step time: OBJECTIVE's steps (its grid encoder and options, batch 256) with and
+    without RadReg (``radreg``: its options, e.g. weight, head, estimator), alternating, in one process (these
+    machines are noisy: the two kinds of step see the same load); the median of ``steps`` after 2 warm-up ones.
+    RadReg's pool is the training images (its cost does not depend on which images they are)."""
+    import statistics
+
+    import torch
+
+    from gentune import registry
+    from gentune.config import apply_overrides
+    from gentune.data.images import TrainTransform
+    from gentune.data.splits import held_out_split, pixel_stats
+    from gentune.models.vision import create_encoder
+    from gentune.regularizers.radreg import RadReg
+    from gentune.tasks.image_pretraining import ImagePretrainingConfig
+
+    encoder, flags = PRETRAIN[objective]
+    # the grid's --set options, read as gentune pretrain reads them
+    cfg = apply_overrides(ImagePretrainingConfig(objective=objective),
+                          [flags[i + 1] for i, f in enumerate(flags) if f == "--set"])
+    options = cfg.objective_options.get(objective, {})
+    lr = float(flags[flags.index("--lr") + 1]) if "--lr" in flags else 1e-4
+    train, _ = held_out_split(data, None, 5000, 0)
+    mean, std = pixel_stats(train.images)
+    transform = TrainTransform(32, (0.2, 1.0), mean=tuple(mean), std=tuple(std))
+    loss_fn = registry.create("objective", objective, **options)
+    times = {objective: [], f"{objective}+radreg": []}
+    arms = {}
+    for name in times:
+        torch.manual_seed(0)
+        model = loss_fn.build(create_encoder(encoder))
+        regs = [RadReg(**radreg, mean=mean, std=std, images=train.images)] if name != objective else []
+        arms[name] = (model, torch.optim.AdamW(model.parameters(), lr=lr), regs)
+    for step in range(steps + 2):
+        x = {"pixel_values": transform(torch.from_numpy(train.images[step * batch:(step + 1) * batch]))}
+        for name, (model, opt, regs) in arms.items():
+            t0 = time.perf_counter()
+            loss = loss_fn(model, x)["loss"] + sum(sum(r(model, x, None).values()) for r in regs)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            if step >= 2:  # two warm-up steps
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"seconds_per_step": med, "ratio": med[f"{objective}+radreg"] / med[objective], "steps": steps,
+            "batch": batch, "objective": objective, "encoder": encoder, "radreg": dict(radreg),
+            "threads": torch.get_num_threads(), "machine": machine()}
