@@ -184,6 +184,8 @@ def chosen(data: dict) -> str | None:
 def sections(data: dict | None = None) -> dict[str, str]:
     data = load() if data is None else data
     out = {f"radreg_estimator/{o}": t for o in images.PRETRAIN if (t := table(data, o))}
+    if any(data["runs"].values()):
+        out["radreg_estimator/plot"] = "![running estimate / supremum against the step](img/radreg_supremum.png)"
     best = chosen(data)
     if best:
         out["radreg_estimator/choice"] = (f"Chosen by the ratio over the second half, averaged over the "
