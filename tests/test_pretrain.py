@@ -277,3 +277,30 @@ def test_mean_pooling_for_vit_fine_tuning(images, tmp_path, capsys):
         gentune.finetune(task="image-classification", data=str(images), model="conv-tiny", out=str(tmp_path / "c"),
                          max_steps=1, batch_size=8, val_size=9, pool="mean")
     assert s["train_steps"] == 2
+
+
+def test_mean_pooling_in_pretraining_is_the_saved_encoders_and_radregs(images, tmp_path, capsys, monkeypatch):
+    """pretrain pool=mean: the saved encoder pools by the mean of its patch tokens (fine-tuning's default then),
+    and RadReg's features in that run are the mean-pooled ones; on a conv encoder a one-line error."""
+    import gentune
+    from gentune.models.checkpoint import load_encoder
+    from gentune.regularizers.radreg import RadReg
+
+    pools, original = [], RadReg._features
+
+    def features(encoder, x):
+        pools.append(encoder.pool)
+        return original(encoder, x)
+
+    monkeypatch.setattr(RadReg, "_features", staticmethod(features))
+    gentune.pretrain(objective="mae", data=str(images), model="vit-micro-p4", out=str(tmp_path / "pre"),
+                     max_steps=1, batch_size=8, val_size=9, pool="mean", regularizer=["radreg"],
+                     regularizer_options={"radreg": {"data": str(images), "batch_size": 4}})
+    assert pools == ["mean"]
+    encoder, _ = load_encoder(tmp_path / "pre" / "encoder")
+    assert encoder.pool == "mean"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.forward_features(x), encoder.forward_encoder(x)[:, 1:].mean(1))
+    cli_error(capsys, "pooling applies to ViT encoders only", "pretrain", "--objective", "context-encoder", "--data",
+              images, "--out", tmp_path / "ce", "--model", "conv-tiny", "--set", "val_size=9", "--set", "pool=mean")

@@ -48,6 +48,8 @@ class ImagePretrainingConfig(RunConfig):
                                           "drawn from all of them, as fine-tuning's)")
     exclude_classes: list[str] | None = opt(None, 'leave these class folders out (e.g. the downstream task\'s '
                                                   'classes: a pretraining distribution that differs from it)')
+    pool: str | None = opt(None, "ViT encoders: cls | mean, the pooled representation (what RadReg penalises, and "
+                                 "fine-tuning's default); None: the encoder's own (cls)")
     augment: bool = opt(True, 'random resized crop and flip on training images')
     crop_scale: float = opt(0.2, 'random resized crop: smallest area fraction')
     image_size: int | None = opt(None, "resize every image to this size (default: the images' own, one size)")
@@ -67,6 +69,7 @@ class ImagePretrainingConfig(RunConfig):
             *super()._checks(),
             (self.val_size >= 0, "val_size must be >= 0"),
             (0 < self.crop_scale <= 1, "crop_scale must be in (0, 1]"),
+            (self.pool in (None, "cls", "mean"), "pool must be cls or mean"),
         ]
 
 
@@ -150,6 +153,10 @@ def build(cfg: ImagePretrainingConfig) -> Job:
     objective = create("objective", cfg.objective, **cfg.objective_options.get(cfg.objective, {}))
     name = cfg.model or objective.default_encoder
     encoder = encoder_for(name, size)
+    if cfg.pool:
+        if getattr(encoder, "architecture", None) != "vit":
+            raise GentuneError(f"pool={cfg.pool}: pooling applies to ViT encoders only (conv encoders average)")
+        encoder.pool = encoder.config["pool"] = cfg.pool  # config: what the saved encoder is rebuilt with
     try:
         model = objective.build(encoder, image_size=size)
     except ValueError as e:  # options that do not fit the encoder (decoder width and heads, ...)
