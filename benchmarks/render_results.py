@@ -25,6 +25,7 @@ import point_grid
 import pretrain_grid
 import radreg_estimator
 import radreg_grid
+import radreg_retest
 import smart_cost
 import smart_retest
 from _lib import cells, template
@@ -45,7 +46,7 @@ def blocks() -> dict[str, str]:
             **diagnostics_study.sections(diagnostics_study.load()), **smart_retest.sections(smart_retest.load()),
             **kernel_speed.sections(), **ner_grid.sections(ner_grid.load()),
             **point_grid.sections(point_grid.load()), **kshot_grid.sections(kshot),
-            **radreg_estimator.sections(estimator)}
+            **radreg_estimator.sections(estimator), **radreg_retest.sections(radreg_retest.load())}
 
 
 def main() -> int:

@@ -27,7 +27,8 @@ FORBIDDEN = [
                     "registry", "cli")],
 ]
 GRIDS = ["finetune_grid", "pretrain_grid", "radreg_grid", "diagnostics_study", "smart_retest", "fewshot_grid",
-         "kernel_grid", "kernel_speed", "ner_grid", "point_grid", "kshot_grid", "radreg_estimator"]
+         "kernel_grid", "kernel_speed", "ner_grid", "point_grid", "kshot_grid", "radreg_estimator",
+         "radreg_retest"]
 
 
 def _imports_tool(root: Path, package: str, forbidden: list[tuple[str, str]]):

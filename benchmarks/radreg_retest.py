@@ -1,0 +1,242 @@
+"""RadReg re-tested where the theory of Deng, Hong, Zhou, Mahdavi (AISTATS 2024) applies (issue 24, items 2-4).
+
+- **Heterogeneous setting** (``hetero``): the encoder pretrains on the CIFAR-10 images of 8 classes
+  (``exclude_classes=cat,dog``); RadReg's unlabeled stream is the cat and dog images of the training part
+  (benchmarks/_lib/images.py ``downstream_pool``, the held-out images removed); downstream: cat vs dog, 500
+  labels per class. The contrast (``same``): pretraining on all 10 classes, RadReg's pool and the downstream
+  task the same.
+- **Heads on fixed representations**: every encoder is scored by a linear probe and an MLP probe (frozen encoder,
+  ``--linear-probe``, head linear or mlp) and by full fine-tuning (the grid recipe, the plain arm's tuned rate).
+  MAE's ViT pools by the mean of its patch tokens (``pool=mean``, as the MAE paper fine-tunes) or the CLS token,
+  chosen by the linear probe of plain MAE (pretraining seed 0) on the tuning split (``--stage tune``).
+- **Seeds at both levels**: pretraining seeds 0, 1, 2 per arm x fine-tuning seeds 13, 21, 42, 87, 100. Reported:
+  the mean with its two-level standard error (the pretraining seed as the unit), the paired difference RadReg -
+  plain per pretraining seed (mean over its fine-tuning seeds) with its standard error over pretraining seeds, the
+  steps to 95% of the final accuracy, and the trivial predictor's accuracy on the same held-out images.
+- RadReg: the MLP head class with the single-unit estimator (``radreg.estimator=unit``, chosen by
+  benchmarks/radreg_estimator.py), each objective's tuned lambda (radreg_grid.py's choice files).
+
+Budgets: ``--budget full`` is the grid's (MAE 8 epochs, context encoder 30; about 30 min each on 2 cores, minutes
+on a GPU); ``--budget cpu`` halves the epochs, stated in the results. 12 pretrainings per setting, 180
+downstream runs per setting (3 kinds x 5 seeds x 12 checkpoints).
+
+    python benchmarks/radreg_retest.py --stage tune              # MAE's pooling on the tuning split (minutes)
+    python benchmarks/radreg_retest.py --settings hetero --budget cpu --objectives context-encoder
+    python benchmarks/radreg_retest.py                           # everything (a GPU machine: --jobs 6)
+    python benchmarks/radreg_retest.py --smoke --settings hetero --objectives context-encoder   # 3-step runs,
+                                                                 # 2 x 2 seeds, into runs/, a printed preview
+
+Cells: benchmarks/results/radreg_retest/BUDGET/{pretrain,finetune}/...; finished cells are skipped, so a grid
+spans sessions. benchmarks/render_results.py renders them (``sections()``). Not run by CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from _lib import cells, images, runner, stats, tables, template
+from _lib.images import PRETRAIN, SEEDS, TUNE_SEED, TUNE_SPLIT
+from _lib.paths import RESULTS, RUNS
+
+OUT_RESULTS, OUT_RUNS = RESULTS / "radreg_retest", RUNS / "radreg_retest"
+SETTINGS = {"hetero": ["--set", "exclude_classes=cat,dog"], "same": []}
+PRETRAIN_SEEDS = [0, 1, 2]
+KINDS = {"linear-probe": ("--linear-probe", "--set", "head=linear"),
+         "mlp-probe": ("--linear-probe", "--set", "head=mlp"),
+         "finetune": ()}
+RADREG = {"head": "mlp", "estimator": "unit", "batch_size": 16}
+WEIGHTS = {"mae": 0.1, "context-encoder": 1.0}
+TASK = "cat-dog"
+
+
+def weight(objective: str) -> float:
+    path = images.RADREG_RESULTS / ("choice.json" if objective == "mae" else f"choice-{objective}.json")
+    return float(cells.read_json(path)["weight"]) if path.exists() else WEIGHTS[objective]
+
+
+def pooling(args) -> str | None:
+    """MAE's pooling: the tuning stage's choice (``tune/pool.json``), ``mean`` before it has run."""
+    path = Path(args.results) / "tune" / "pool.json"
+    return cells.read_json(path)["pool"] if path.exists() else "mean"
+
+
+def budget_flags(objective: str, budget: str) -> list[str]:
+    flags = list(PRETRAIN[objective][1])
+    if budget == "cpu":
+        at = flags.index("--epochs") + 1
+        flags[at] = str(max(1, int(flags[at]) // 2))
+    return flags
+
+
+def arm_name(objective: str, radreg: bool) -> str:
+    return objective + ("+radreg" if radreg else "")
+
+
+def pretrain(setting: str, objective: str, radreg: bool, seed: int, args, need_encoder: bool = False) -> Path:
+    """One pretraining cell: ``pretrain/SETTING/ARM_pSEED.json``."""
+    flags = [*budget_flags(objective, args.budget), *SETTINGS[setting], "--seed", str(seed), *args.steps]
+    if objective == "mae":
+        flags += ["--set", f"pool={pooling(args)}"]
+    if radreg:
+        pool = images.downstream_pool(TASK, args.data, images.RADREG_RUNS)
+        options = {**RADREG, "data": os.path.relpath(pool, images.ROOT), "weight": weight(objective)}
+        flags += ["--regularizer", "radreg", "--set", *[f"radreg.{k}={v}" for k, v in options.items()]]
+    name = f"{setting}/{arm_name(objective, radreg)}_p{seed}"
+    return images.run_pretrain(name, objective, PRETRAIN[objective][0], flags, args, Path(args.results),
+                               Path(args.runs), need_encoder)
+
+
+def downstream(setting: str, objective: str, radreg: bool, pseed: int, kind: str, seed: int, args) -> Path:
+    """One downstream cell: ``finetune/cat-dog/SETTING.KIND.ARM_pP_seedS.json`` from that checkpoint."""
+    arm = f"{setting}.{kind}.{arm_name(objective, radreg)}_p{pseed}"
+    cell = Path(args.results) / "finetune" / TASK / f"{arm}_seed{seed}.json"
+    if cell.exists():
+        return cell
+    init = Path(args.runs) / "pretrain" / setting / f"{arm_name(objective, radreg)}_p{pseed}" / "encoder"
+    extra = (*KINDS[kind], "--lr", images.chosen_lr(TASK, objective), *args.steps)
+    return images.run_finetune(TASK, arm, seed, init, PRETRAIN[objective][0], args, Path(args.results),
+                               Path(args.runs), extra=extra,
+                               make_init=lambda: pretrain(setting, objective, radreg, pseed, args, True))
+
+
+def tune(args) -> dict:
+    """MAE's pooling: plain MAE (pretraining seed 0, heterogeneous) probed linearly with cls and with mean pooling
+    on the tuning split (the reported held-out images removed; seed 7), the better one chosen."""
+    path = Path(args.results) / "tune" / "pool.json"
+    if path.exists():
+        return cells.read_json(path)
+    tuning = Path(args.results) / "tune"
+    flags = [*budget_flags("mae", args.budget), *SETTINGS["hetero"], *TUNE_SPLIT, "--seed", "0", *args.steps]
+    images.run_pretrain("mae", "mae", PRETRAIN["mae"][0], flags, args, tuning, Path(args.runs) / "tune")
+    init = Path(args.runs) / "tune" / "pretrain" / "mae" / "encoder"
+    scores = {}
+    for pool in ("cls", "mean"):
+        cell = images.run_finetune(TASK, f"probe-{pool}", TUNE_SEED, init, PRETRAIN["mae"][0], args, tuning,
+                                   Path(args.runs) / "tune",
+                                   extra=(*KINDS["linear-probe"], "--set", f"pool={pool}", *TUNE_SPLIT, *args.steps))
+        scores[pool] = cells.read_json(cell)["summary"]["final_dev"]["accuracy"]
+    choice = {"pool": max(scores, key=scores.get), "linear_probe_accuracy": scores,
+              "protocol": "plain MAE pretrained on 8 classes (seed 0) on the tuning split, cat-dog linear probe "
+                          f"seed {TUNE_SEED} on the tuning split"}
+    cells.write_json(path, choice)
+    return choice
+
+
+def run(args) -> None:
+    if "mae" in args.objectives:
+        tune(args)
+    for setting in args.settings:
+        for objective in args.objectives:
+            for pseed in args.pretrain_seeds:
+                calls = [lambda r=r: pretrain(setting, objective, r, pseed, args) for r in (False, True)]
+                runner.parallel(calls, args.jobs)
+                runner.parallel([lambda r=r, k=k, s=s: downstream(setting, objective, r, pseed, k, s, args)
+                                 for r in (False, True) for k in KINDS for s in args.seeds], args.jobs)
+
+
+# --------------------------------------------------------------------------------------------- the results page
+
+
+def load(results: Path = OUT_RESULTS) -> dict:
+    """Every budget's downstream cells: budget -> setting -> kind -> arm -> pretraining seed -> seed -> cell."""
+    out: dict = {}
+    for budget in ("full", "cpu"):
+        for cell in cells.read_cells(results / budget / "finetune" / TASK):
+            setting, kind, rest = cell["arm"].split(".", 2)
+            arm, pseed = rest.rsplit("_p", 1)
+            out.setdefault(budget, {}).setdefault(setting, {}).setdefault(kind, {}).setdefault(arm, {}) \
+                .setdefault(int(pseed), {})[cell["seed"]] = cell
+    return out
+
+
+def steps_to(cell: dict, share: float = 0.95) -> int | None:
+    """The first evaluated step whose accuracy reaches ``share`` of the final one."""
+    final = cell["summary"]["final_dev"]["accuracy"]
+    for e in cell.get("evals", []):
+        if e.get("accuracy", -1.0) >= share * final:
+            return e["step"]
+    return None
+
+
+def table(arms: dict, objective: str) -> list[str]:
+    plain, reg = arms.get(objective, {}), arms.get(objective + "+radreg", {})
+    acc = {a: {p: {s: c["summary"]["final_dev"]["accuracy"] for s, c in runs.items()} for p, runs in arms[a].items()}
+           for a in (objective, objective + "+radreg") if a in arms}
+    rows = []
+    for a in acc:
+        steps = [steps_to(c) for runs in arms[a].values() for c in runs.values()]
+        steps = [s for s in steps if s is not None]
+        rows.append(tables.row([a, stats.fmt_two_level(stats.two_level(acc[a])),
+                                f"{statistics.fmean(steps):.0f}" if steps else "-"]))
+    diff = stats.paired_two_level(acc.get(objective + "+radreg", {}), acc.get(objective, {})) \
+        if plain and reg else None
+    return rows + [tables.row(["RadReg - plain (paired per pretraining seed)", stats.fmt_paired(diff, True), ""])]
+
+
+def trivial(data: str = images.DEFAULT_DATA) -> str:
+    """The trivial predictor on the reported cat and dog images: one class for every image (the labelled training
+    images are balanced, 500 each, so the first: cat), i.e. that class's share of the held-out cat and dog images."""
+    path = images.ROOT / data
+    if not path.is_file():
+        return "-"
+    from gentune.data.splits import held_out_split, select_classes
+
+    _, val = held_out_split(str(path), None, 5000, 0)
+    val = select_classes(val, ["cat", "dog"])
+    return f"{100 * float((val.labels == 0).mean()):.1f}% of the {len(val)} held-out cat and dog images"
+
+
+def sections(data: dict | None = None) -> dict[str, str]:
+    data = load() if data is None else data
+    out, base = {}, trivial() if data else "-"
+    for budget, settings in data.items():
+        for setting, kinds in settings.items():
+            lines = [f"Trivial predictor: {base}.", ""]
+            for kind, arms in kinds.items():
+                lines += [f"**{kind}**", "",
+                          *tables.header(["arm", "accuracy (two-level SE)", "steps to 95% of final"],
+                                         ["---", "---:", "---:"])]
+                for objective in PRETRAIN:
+                    lines += table(arms, objective)
+                lines.append("")
+            out[f"radreg_retest/{budget}/{setting}"] = "\n".join(lines).rstrip()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=["all", "tune"], default="all")
+    p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    p.add_argument("--objectives", nargs="+", choices=list(PRETRAIN), default=list(PRETRAIN))
+    p.add_argument("--budget", choices=["full", "cpu"], default="full")
+    p.add_argument("--data", default=os.environ.get("GENTUNE_IMAGES", images.DEFAULT_DATA))
+    p.add_argument("--smoke", action="store_true",
+                   help="3-step runs, 2 seeds at each level, into a folder under runs/; print the blocks")
+    images.add_jobs_flag(p)
+    args = p.parse_args(argv)
+    args.data = str(Path(args.data).resolve())
+    args.pretrain_extra, args.finetune_extra, args.steps = [], [], []
+    args.pretrain_seeds, args.seeds = PRETRAIN_SEEDS, SEEDS
+    args.results, args.runs = OUT_RESULTS / args.budget, OUT_RUNS / args.budget
+    if args.smoke:
+        tmp = Path(tempfile.mkdtemp(prefix="radreg_retest_", dir=images.ROOT / "runs"))
+        args.results, args.runs = tmp / "results" / args.budget, tmp / "runs"
+        args.steps, args.pretrain_seeds, args.seeds = ["--max-steps", "3"], PRETRAIN_SEEDS[:2], SEEDS[:2]
+    if args.stage == "tune":
+        print(tune(args))
+        return 0
+    run(args)
+    if args.smoke:
+        print(template.preview(sections(load(Path(args.results).parent))))
+        return 0
+    runner.render_results()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
