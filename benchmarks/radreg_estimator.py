@@ -166,7 +166,7 @@ def chosen(data: dict) -> str | None:
     within 0.01 of it, the one with the smallest mean step-time ratio (when measured)."""
     ran = [o for o in data["runs"] if data["runs"][o]]
     names = [n for n in CANDIDATES if all(n in data["runs"][o] for o in ran)]
-    if not names:
+    if not ran or not names:
         return None
     scored = {n: statistics.mean(statistics.mean(second_half(data["runs"][o][n]) or [0.0]) for o in ran)
               for n in names}
