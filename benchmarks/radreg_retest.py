@@ -49,7 +49,7 @@ PRETRAIN_SEEDS = [0, 1, 2]
 KINDS = {"linear-probe": ("--linear-probe", "--set", "head=linear"),
          "mlp-probe": ("--linear-probe", "--set", "head=mlp"),
          "finetune": ()}
-RADREG = {"head": "mlp", "estimator": "unit", "ascent_steps": 5, "restarts": 2, "batch_size": 16}  # radreg_estimator.py
+RADREG = {"head": "mlp", "estimator": "unit", "ascent_steps": 5, "restarts": 2, "batch_size": 16}  # the chosen
 WEIGHTS = {"mae": 0.1, "context-encoder": 1.0}
 TASK = "cat-dog"
 
