@@ -232,7 +232,7 @@ def test_review_cases(images, tmp_path, capsys):
     ft = ["finetune", "--task", "image-classification", "--data", images, "--out", tmp_path / "x", "--max-steps", "1",
           "--set", "val_size=9", "--model", "vit-micro-p4"]
     cli_error(capsys, "--train-size applies to text-classification only", *ft, "--train-size", "10")
-    cli_error(capsys, "--classes applies to image-classification only", "finetune", "--task", "rte", "--out",
+    cli_error(capsys, "--classes applies to image-classification", "finetune", "--task", "rte", "--out",
               tmp_path / "y", "--classes", "a,b")
     cli_error(capsys, "has no get_input_embeddings()", *ft, "--regularizer", "smart-adv")
     pt = ["pretrain", "--data", images, "--out", tmp_path / "z", "--max-steps", "1", *PRE]
