@@ -45,7 +45,6 @@ from _lib.provenance import commit, machine
 
 OUT_RESULTS, OUT_RUNS = RESULTS / "radreg_estimator", RUNS / "radreg_estimator"
 STEPS, EVERY, BATCH = 300, 20, 16
-WEIGHTS = {"mae": 0.1, "context-encoder": 1.0}  # the tuned lambdas (radreg_grid.py's choice files), if none there
 # name -> (radreg options, what it is); "heads-pool-T1" was the default before this study
 CANDIDATES = {
     "heads-pool-T1": ({}, "m heads, one sign per pool image and head, 1 ascent step a step (the old default)"),
@@ -59,17 +58,11 @@ CANDIDATES = {
 }
 
 
-def weight(objective: str) -> float:
-    """lambda: the tuned one of radreg_grid.py (read from its choice file), else :data:`WEIGHTS`."""
-    path = images.RADREG_RESULTS / ("choice.json" if objective == "mae" else f"choice-{objective}.json")
-    return float(cells.read_json(path)["weight"]) if path.exists() else WEIGHTS[objective]
-
-
 def command(objective: str, name: str, args, pool: Path, out: Path) -> list[str]:
     """``gentune pretrain`` for one candidate: the grid's encoder and objective options, ``args.steps`` steps."""
     encoder, flags = images.PRETRAIN[objective]
     flags = [f for i, f in enumerate(flags) if f != "--epochs" and (i == 0 or flags[i - 1] != "--epochs")]
-    options = {"data": os.path.relpath(pool, ROOT), "head": "mlp", "weight": weight(objective),
+    options = {"data": os.path.relpath(pool, ROOT), "head": "mlp", "weight": images.radreg_weight(objective),
                "batch_size": BATCH, "supremum_every": args.every, **CANDIDATES[name][0]}
     return ["pretrain", "--objective", objective, "--model", encoder, "--data", args.data,
             "--out", os.path.relpath(out, ROOT), *flags, "--max-steps", str(args.steps),
@@ -97,7 +90,8 @@ def run(objective: str, name: str, args) -> Path:
     t0 = time.time()
     runner.gentune(argv, label=f"{objective} {name}")
     cells.write_json(cell, {"objective": objective, "candidate": name, "options": CANDIDATES[name][0],
-                            "what": CANDIDATES[name][1], "weight": weight(objective), "steps": args.steps,
+                            "what": CANDIDATES[name][1], "weight": images.radreg_weight(objective),
+                            "steps": args.steps,
                             "command": shlex.join(["gentune", *argv]), "machine": machine(), "commit": commit(),
                             "date": dt.date.today().isoformat(), "wall_seconds": time.time() - t0,
                             "summary": cells.read_json(out / "summary.json"), "trace": trace(out)})
@@ -112,9 +106,8 @@ def overhead(objective: str, args) -> Path:
     ratios = {}
     for name, (options, _) in CANDIDATES.items():
         print(f"[time] {objective} {name}", flush=True)
-        ratios[name] = images.step_time_ratio(args.data, objective, {"head": "mlp", "weight": weight(objective),
-                                                                     "batch_size": BATCH, **options},
-                                              steps=args.time_steps)
+        radreg = {"head": "mlp", "weight": images.radreg_weight(objective), "batch_size": BATCH, **options}
+        ratios[name] = images.step_time_ratio(args.data, objective, radreg, steps=args.time_steps)
     cells.write_json(cell, {"objective": objective, "date": dt.date.today().isoformat(), "commit": commit(),
                             "candidates": ratios})
     return cell

@@ -50,13 +50,7 @@ KINDS = {"linear-probe": ("--linear-probe", "--set", "head=linear"),
          "mlp-probe": ("--linear-probe", "--set", "head=mlp"),
          "finetune": ()}
 RADREG = {"head": "mlp", "estimator": "unit", "ascent_steps": 5, "restarts": 2, "batch_size": 16}  # the chosen
-WEIGHTS = {"mae": 0.1, "context-encoder": 1.0}
 TASK = "cat-dog"
-
-
-def weight(objective: str) -> float:
-    path = images.RADREG_RESULTS / ("choice.json" if objective == "mae" else f"choice-{objective}.json")
-    return float(cells.read_json(path)["weight"]) if path.exists() else WEIGHTS[objective]
 
 
 def pooling(args) -> str | None:
@@ -84,7 +78,7 @@ def pretrain(setting: str, objective: str, radreg: bool, seed: int, args, need_e
         flags += ["--set", f"pool={pooling(args)}"]
     if radreg:
         pool = images.downstream_pool(TASK, args.data, images.RADREG_RUNS)
-        options = {**RADREG, "data": os.path.relpath(pool, images.ROOT), "weight": weight(objective)}
+        options = {**RADREG, "data": os.path.relpath(pool, images.ROOT), "weight": images.radreg_weight(objective)}
         flags += ["--regularizer", "radreg", "--set", *[f"radreg.{k}={v}" for k, v in options.items()]]
     name = f"{setting}/{arm_name(objective, radreg)}_p{seed}"
     return images.run_pretrain(name, objective, PRETRAIN[objective][0], flags, args, Path(args.results),

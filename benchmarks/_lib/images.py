@@ -248,3 +248,12 @@ def step_time_ratio(data: str, objective: str, radreg: dict, steps: int = 12, ba
     return {"seconds_per_step": med, "ratio": med[f"{objective}+radreg"] / med[objective], "steps": steps,
             "batch": batch, "objective": objective, "encoder": encoder, "radreg": dict(radreg),
             "threads": torch.get_num_threads(), "machine": machine()}
+
+
+RADREG_WEIGHTS = {"mae": 0.1, "context-encoder": 1.0}  # radreg_grid.py's tuned lambdas, used before its choice exists
+
+
+def radreg_weight(objective: str) -> float:
+    """lambda for OBJECTIVE + RadReg: radreg_grid.py's tuned one (its choice file), else :data:`RADREG_WEIGHTS`."""
+    path = RADREG_RESULTS / ("choice.json" if objective == "mae" else f"choice-{objective}.json")
+    return float(cells.read_json(path)["weight"]) if path.exists() else RADREG_WEIGHTS[objective]

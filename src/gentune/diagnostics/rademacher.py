@@ -210,14 +210,15 @@ def unit_supremum(h: torch.Tensor, signs: torch.Tensor, steps: int = 300, restar
         linear = (s @ h).unsqueeze(1)  # (2m, 1, d)
         noise = torch.randn(2 * m, max(restarts, 1) - 1, h.shape[1], generator=generator).to(h)
         u = torch.nn.functional.normalize(torch.cat([linear, noise], 1), dim=-1)  # (2m, R, d)
-        best = (s.unsqueeze(1) * torch.relu(u @ h.T)).mean(-1)  # (2m, R)
+        proj = u @ h.T  # (2m, R, n): one product per step, for the value and the next step's active set
+        best = (s.unsqueeze(1) * torch.relu(proj)).mean(-1)  # (2m, R)
         best_u = u.clone()
         for t in range(steps):
-            active = (u @ h.T > 0).to(h.dtype)  # (2m, R, n)
-            grad = (s.unsqueeze(1) * active) @ h  # (2m, R, d)
+            grad = (s.unsqueeze(1) * (proj > 0).to(h.dtype)) @ h  # (2m, R, d)
             step = lr * (1.0 - t / steps)
             u = torch.nn.functional.normalize(u + step * torch.nn.functional.normalize(grad, dim=-1), dim=-1)
-            value = (s.unsqueeze(1) * torch.relu(u @ h.T)).mean(-1)
+            proj = u @ h.T
+            value = (s.unsqueeze(1) * torch.relu(proj)).mean(-1)
             better = value > best
             best = torch.where(better, value, best)
             best_u = torch.where(better.unsqueeze(-1), u, best_u)

@@ -191,11 +191,18 @@ def _encoder(cfg: ImageClassificationConfig, data: Splits, size: int):
                                f"{getattr(encoder, 'architecture', type(encoder).__name__)!r}")
         encoder.freeze_bn_stats = cfg.freeze_bn_stats
         encoder.freeze(cfg.freeze_layers)
-    if cfg.pool:
-        if encoder.architecture != "vit":
-            raise GentuneError(f"pool={cfg.pool}: pooling applies to ViT encoders only (conv encoders average)")
-        encoder.pool = encoder.config["pool"] = cfg.pool  # config: what the saved classifier is rebuilt with
+    set_pooling(encoder, cfg.pool)
     return encoder, list(mean), list(std), source
+
+
+def set_pooling(encoder, pool: str | None) -> None:
+    """A ViT's pooled representation: ``cls`` or ``mean``, also written into its config (what a saved encoder or
+    classifier is rebuilt with); None leaves the encoder's own. Any other encoder is a user error."""
+    if not pool:
+        return
+    if getattr(encoder, "architecture", None) != "vit":
+        raise GentuneError(f"pool={pool}: pooling applies to ViT encoders only (conv encoders average)")
+    encoder.pool = encoder.config["pool"] = pool
 
 
 def _is_init(cfg) -> bool:

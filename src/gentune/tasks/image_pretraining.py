@@ -25,7 +25,7 @@ from ..models.checkpoint import save_encoder
 from ..registry import create, get
 from ..train import Job
 from .base import Splits, Task, register_task
-from .image_classification import encoder_for
+from .image_classification import encoder_for, set_pooling
 
 OBJECTIVES = ("mae", "context-encoder")
 SAMPLES = 8  # validation images in reconstructions.png
@@ -153,10 +153,7 @@ def build(cfg: ImagePretrainingConfig) -> Job:
     objective = create("objective", cfg.objective, **cfg.objective_options.get(cfg.objective, {}))
     name = cfg.model or objective.default_encoder
     encoder = encoder_for(name, size)
-    if cfg.pool:
-        if getattr(encoder, "architecture", None) != "vit":
-            raise GentuneError(f"pool={cfg.pool}: pooling applies to ViT encoders only (conv encoders average)")
-        encoder.pool = encoder.config["pool"] = cfg.pool  # config: what the saved encoder is rebuilt with
+    set_pooling(encoder, cfg.pool)
     try:
         model = objective.build(encoder, image_size=size)
     except ValueError as e:  # options that do not fit the encoder (decoder width and heads, ...)
