@@ -28,7 +28,7 @@ demo: install
 	$(VENV)/bin/gentune evaluate --checkpoint runs/demo-sst2/best --task sst2 --data $(GENTUNE_DATA)/full/SST-2/dev.tsv
 
 test: install
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

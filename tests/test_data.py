@@ -231,3 +231,27 @@ def test_tsv_rows_end_at_newlines_only(tmp_path):
 def test_a_folder_given_as_a_file_says_so(tmp_path):
     with pytest.raises(GentuneError, match="a folder, not a data file"):
         read_file(get_task("sst2"), tmp_path)
+
+
+def test_tokenized_fingerprint_follows_everything_the_tokenization_reads(tok):
+    """map_quietly computes the cache key itself (datasets would pickle the tokenizer to hash it): the same
+    inputs give the same key; another max_length, pairing, dataset or tokenizer vocabulary gives another, and the
+    rows are those of the plain tokenizer call."""
+    import copy
+
+    import datasets
+
+    from gentune.objectives.classification import tokenize
+
+    ds = datasets.Dataset.from_dict({"text_a": ["a fine film", "dull"], "text_b": ["yes", "no"], "label": [1, 0]})
+    other = datasets.Dataset.from_dict({"text_a": ["a fine film", "dull!"], "text_b": ["yes", "no"], "label": [1, 0]})
+    key = tokenize(ds, tok, 16, True)._fingerprint
+    assert tokenize(ds, tok, 16, True)._fingerprint == key
+    grown = copy.deepcopy(tok)
+    grown.add_tokens(["<brand-new-token>"])
+    keys = {key, tokenize(ds, tok, 8, True)._fingerprint, tokenize(ds, tok, 16, False)._fingerprint,
+            tokenize(other, tok, 16, True)._fingerprint, tokenize(ds, grown, 16, True)._fingerprint}
+    assert len(keys) == 5
+    enc = tokenize(ds, tok, 16, True)
+    assert enc["input_ids"] == tok(["a fine film", "dull"], ["yes", "no"], truncation=True, max_length=16)["input_ids"]
+    assert enc["labels"] == [1, 0]

@@ -73,7 +73,12 @@ def _finish(fig, axes):
         integer_steps(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
+    # fixed margins in inches (tight_layout measured every tick label and took a quarter of a tiny run's time)
+    width, height = fig.get_size_inches()
+    left, right, gap, n = 0.75, 0.2, 0.95, len(axes)
+    panel = (width - left - right - (n - 1) * gap) / n
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=0.55 / height, top=1 - 0.35 / height,
+                        wspace=gap / panel)
     return fig
 
 

@@ -71,7 +71,7 @@ def tokenize_prompt(dataset, tokenizer, prompt, max_length: int):
         enc["labels"] = batch["label"]
         return enc
 
-    return map_quietly(dataset, fn)
+    return map_quietly(dataset, fn, tokenizer, prompt=prompt, max_length=max_length)
 
 
 PromptFinetuningConfig = PromptFinetuning.Config

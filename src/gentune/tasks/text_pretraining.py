@@ -109,7 +109,7 @@ def tokenize_text(dataset, tokenizer, max_length: int, whole_word: bool):
         return tokenizer(batch["text_a"], second, truncation=True, max_length=max_length,
                          return_special_tokens_mask=True, return_offsets_mapping=whole_word)
 
-    return map_quietly(dataset, fn)
+    return map_quietly(dataset, fn, tokenizer, max_length=max_length, whole_word=whole_word, pair=pair)
 
 
 def masked_lm_eval(objective, seed: int = 0):

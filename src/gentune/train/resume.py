@@ -87,6 +87,37 @@ def read_state(directory: Path) -> TrainState:
             from None
 
 
+def check_files(directory: Path) -> None:
+    """Every file of a resume checkpoint readable as what it should be (the manifest, the loop's state, each JSON
+    part and each safetensors header), checked before the run builds its model, so that a damaged checkpoint is
+    one line of error at once. Headers only: the tensors are read (and matched to the model) by
+    :func:`load_training`."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    manifest = _manifest(directory)
+    read_state(directory)
+    for f in sorted(directory.iterdir()):
+        try:
+            if f.suffix == ".safetensors":
+                with safe_open(str(f), "pt"):
+                    pass
+            elif f.suffix == ".json" and f.name not in (MANIFEST, STATE_FILE):
+                read_json(f, None, "gentune state file")
+        except GentuneError as e:
+            raise GentuneError(f"cannot resume: {e}; delete {directory} to start the run over") from None
+        except Exception as e:  # safetensors' header checks
+            raise GentuneError(f"{f}: damaged ({type(e).__name__}: {str(e).splitlines()[0]}); delete {directory} "
+                               "to start the run over") from None
+    processes = manifest.get("processes")
+    missing = [f"rng_{i}.safetensors" for i in range(processes if isinstance(processes, int) else 0)
+               if not (directory / f"rng_{i}.safetensors").is_file()]
+    missing += [f for f in ("model.safetensors", "optimizer.json", "scheduler.json", "regularizers.json")
+                if not (directory / f).is_file()]
+    if missing:
+        raise GentuneError(f"{directory}: incomplete, {', '.join(missing)} missing; delete it to start the run over")
+
+
 def load_training(accelerator, model, optimizer, scheduler, regularizers, directory: Path) -> TrainState:
     """Restore what :func:`save_training` wrote into the prepared objects; returns the loop's state. A missing,
     damaged or foreign part is a :class:`GentuneError` naming it."""
@@ -123,4 +154,4 @@ def load_training(accelerator, model, optimizer, scheduler, regularizers, direct
     return state
 
 
-__all__ = ["FORMAT", "MANIFEST", "load_training", "read_state", "save_training"]
+__all__ = ["FORMAT", "MANIFEST", "check_files", "load_training", "read_state", "save_training"]

@@ -30,7 +30,7 @@ from ..regularizers.base import parse_specs
 from ..report import read_log
 from .job import Job
 from .loop import Fit, Hooks, fit
-from .resume import read_state
+from .resume import check_files, read_state
 from .state import TrainState, make_accelerator
 
 CHECKPOINT = "checkpoint"
@@ -334,11 +334,13 @@ def _run_in(cfg, job, out: Path) -> dict:
     if isinstance(started, dict):
         return started
     accelerator, status = started
+    checkpoint = recover_dir(out / CHECKPOINT) if status in ("resume", "extend") else None
+    if checkpoint is not None:
+        check_files(checkpoint)  # a damaged checkpoint fails before the model is built
     if not isinstance(job, Job):
         job = job(cfg)
     if cfg.report_to:
         accelerator.init_trackers(out.name or "gentune", config=hyperparameters(cfg))
-    checkpoint = recover_dir(out / CHECKPOINT) if status in ("resume", "extend") else None
     if (checkpoint is None or status == "extend") and accelerator.is_main_process:
         write_text_atomic(out / "config.yaml", dump_yaml(cfg))  # an extended run: its new length
     if status == "extend" and accelerator.is_main_process:
