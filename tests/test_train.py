@@ -295,3 +295,36 @@ def test_a_regularizer_bug_keeps_its_traceback(tmp_path):
 
     with pytest.raises(KeyError, match="no such key"):
         fit(_linear_job(), _run_cfg(), regularizers=[broken])
+
+
+# ------------------------------------------------------------------------------------------ eval_train
+
+
+def test_eval_train_scores_the_final_model_on_its_training_examples(glue, tiny_model, tmp_path, capsys):
+    """eval_train: summary.json's final_train is the final model scored on the training file, the same numbers
+    `gentune evaluate` gives for that file (evaluated once at the end, best/ is the final model), and
+    generalization_gap is signed as the diagnostics' (positive: worse on the dev data); a task without a
+    train_eval_set is one line of error before training."""
+    from conftest import cli_error, cli_ok
+
+    out, train = tmp_path / "gap", _kshot(glue, "SST-2", "train")
+    cli_ok(capsys, "finetune", "--task", "sst2", "--model", tiny_model, "--train", train, "--dev",
+           _kshot(glue, "SST-2", "dev"), "--out", out, "--epochs", "3", "--batch-size", "8", "--lr", "3e-3",
+           "--set", "eval_every_epochs=0", "--set", "eval_train=true", "--seed", "3")
+    s = json.loads((out / "summary.json").read_text())
+    scored = json.loads(cli_ok(capsys, "evaluate", "--checkpoint", out / "best", "--task", "sst2", "--data", train))
+    assert s["final_train"]["accuracy"] == pytest.approx(scored["accuracy"])
+    assert s["final_train"]["loss"] == pytest.approx(scored["loss"], rel=1e-5)
+    assert s["final_train"]["loss"] < s["final_dev"]["loss"]  # it fits the 32 sentences it trained on
+    gap, train_, dev = s["generalization_gap"], s["final_train"], s["final_dev"]
+    assert gap["accuracy_gap"] == pytest.approx(train_["accuracy"] - dev["accuracy"])
+    assert gap["loss_gap"] == pytest.approx(dev["loss"] - train_["loss"]) and gap["loss_gap"] > 0
+    log = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["type"] for r in log].count("eval_train") == 1
+    cli_ok(capsys, "finetune", "--task", "sst2", "--model", tiny_model, "--train", train, "--dev",
+           _kshot(glue, "SST-2", "dev"), "--out", tmp_path / "plain", "--max-steps", "1", "--batch-size", "8")
+    plain = json.loads((tmp_path / "plain/summary.json").read_text())
+    assert "final_train" not in plain and "generalization_gap" not in plain  # off by default
+    cli_error(capsys, "eval_train: this task cannot score its training examples", "pretrain", "--objective", "mlm",
+              "--model", tiny_model, "--data", train, "--set", "text_column=sentence", "--out", tmp_path / "mlm",
+              "--max-steps", "1", "--set", "eval_train=true")

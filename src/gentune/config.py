@@ -74,6 +74,9 @@ class RunConfig:
     eval_steps: int = opt(0, "> 0: also evaluate every N optimizer steps")
     eval_every_epochs: int = opt(1, "evaluate at the end of every N-th epoch (0: never; the end of the run always)")
     save_steps: int = opt(50, "resume checkpoint every N optimizer steps (and at each epoch end)")
+    eval_train: bool = opt(False, "at the end, also score the final model on its training examples (evaluation "
+                                  "transforms): final_train and generalization_gap (positive: worse on dev) in "
+                                  "summary.json")
     save_model: bool = opt(True, "write the best (fine-tuning) or final (pretraining) model")
     keep_checkpoint: bool = opt(False, "keep OUT/checkpoint after a finished run, to train it further")
     nonfinite_steps: int = opt(5, "stop after this many optimizer steps in a row with a non-finite loss or "

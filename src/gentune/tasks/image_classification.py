@@ -288,6 +288,7 @@ def build(cfg: ImageClassificationConfig) -> Job:
         main_metric="accuracy",
         save=save_image_classifier,
         param_groups=param_groups(model, cfg.lr, cfg.weight_decay, cfg.layer_decay),
+        train_eval_set=train_set,  # through dev_collate: the evaluation transform, or the unflipped cached view
         context={"mean": mean, "std": std, "image_size": size, "unlabeled": image_stream,
                  "train_inputs": train_inputs},
         meta=meta,

@@ -167,10 +167,12 @@ def build(cfg: PointClassificationConfig) -> Job:
     model = PointClassifier(encoder, len(classes), head=cfg.head, linear_probe=cfg.linear_probe)
     meta = {"task": NAME, "classes": classes, "linear_probe": cfg.linear_probe, "init": source,
             "points": int(data.train.points.shape[1])}
+    train_set = PointData(data.train)
     return Job(
         model=model,
         objective=create("objective", "point-classification"),
-        train_set=PointData(data.train),
+        train_set=train_set,
+        train_eval_set=train_set,  # the augmentation is applied to training batches only
         collate=collate,
         augment=augment_batch if cfg.augment else None,
         dev_set=None if data.heldout is None else PointData(data.heldout),

@@ -394,6 +394,7 @@ def build(cfg: TextClassificationConfig) -> Job:
         train_set=train_set,
         collate=Collator(tokenizer, task.is_regression),
         dev_set=dev_set,
+        train_eval_set=train_set,
         evaluate=lambda m, dl, acc: evaluate_model(m, dl, task, acc),
         main_metric=task.main_metric,
         save=save,

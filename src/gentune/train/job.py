@@ -30,6 +30,8 @@ class Job:
         augment: ``augment(batch) -> batch`` applied to each training batch on the device, just before the
             objective. Random augmentations belong here, not in ``collate``: the data loader collates a batch
             ahead, so collate-time randomness would not come back in step with a resumed checkpoint.
+        train_eval_set: the training examples as ``evaluate`` reads them (through ``dev_collate``), for
+            ``eval_train``; None: the task cannot score its training set.
         context: what the task tells its regularizers (:class:`gentune.regularizers.base.Context` ``data``):
             the pixel normalisation and size of image tasks, and a reader of unlabeled images.
     """
@@ -52,3 +54,4 @@ class Job:
     on_end: Callable | None = None
     augment: Callable | None = None
     context: dict = field(default_factory=dict)
+    train_eval_set: Any = None

@@ -65,6 +65,7 @@ class Fit:
     steps_per_epoch: int
     regularizers: list[Regularizer]
     accelerator: Any
+    final_train: dict | None = None  # ``eval_train``: the final model scored on its training examples
 
 
 @dataclass
@@ -83,6 +84,7 @@ class _Parts:
     regularizers: list[Regularizer]
     total_steps: int
     steps_per_epoch: int
+    train_eval_dl: Any = None  # eval_train: the training examples, evaluated like the dev data
     bad_loss: bool = False  # a micro-batch of the optimizer step in progress had a non-finite loss
     progress: Progress | None = None
 
@@ -99,6 +101,13 @@ def _prepare(job: Job, cfg, accelerator, regularizers) -> _Parts:
     if job.dev_set is not None and job.evaluate is not None:
         dev_dl = torch.utils.data.DataLoader(job.dev_set, batch_size=cfg.eval_batch_size, shuffle=False,
                                              collate_fn=job.dev_collate or job.collate)
+    train_eval_dl = None
+    if cfg.eval_train:
+        if job.train_eval_set is None or job.evaluate is None:
+            raise GentuneError("eval_train: this task cannot score its training examples (it gives no "
+                               "train_eval_set)")
+        train_eval_dl = torch.utils.data.DataLoader(job.train_eval_set, batch_size=cfg.eval_batch_size,
+                                                    shuffle=False, collate_fn=job.dev_collate or job.collate)
     steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
     context = Context(total_steps=total_steps, model=job.model, data=dict(job.context))
@@ -112,10 +121,12 @@ def _prepare(job: Job, cfg, accelerator, regularizers) -> _Parts:
     optimizer = adamw(job.model, cfg.lr, cfg.weight_decay, cfg.adam_eps, cfg.adam_beta2, job.param_groups,
                       cfg.optimizer)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    model, optimizer, train_dl, *dev = accelerator.prepare(job.model, optimizer, train_dl,
-                                                           *([dev_dl] if dev_dl is not None else []))
-    return _Parts(job, cfg, accelerator, model, optimizer, scheduler, sampler, train_dl, dev[0] if dev else None,
-                  regularizers, total_steps, steps_per_epoch)
+    extra = [dl for dl in (dev_dl, train_eval_dl) if dl is not None]
+    model, optimizer, train_dl, *extra = accelerator.prepare(job.model, optimizer, train_dl, *extra)
+    dev_dl = extra.pop(0) if dev_dl is not None else None
+    train_eval_dl = extra.pop(0) if train_eval_dl is not None else None
+    return _Parts(job, cfg, accelerator, model, optimizer, scheduler, sampler, train_dl, dev_dl, regularizers,
+                  total_steps, steps_per_epoch, train_eval_dl)
 
 
 def _batches(p: _Parts, state: TrainState):
@@ -253,8 +264,8 @@ def _resume(p: _Parts, checkpoint: Path) -> TrainState:
     return load_training(p.accelerator, p.model, p.optimizer, p.scheduler, p.regularizers, checkpoint)
 
 
-def _train(p: _Parts, hooks: Hooks, resume_from) -> tuple[TrainState, dict | None]:
-    """The loop itself: (the final state, the final evaluation)."""
+def _train(p: _Parts, hooks: Hooks, resume_from) -> tuple[TrainState, dict | None, dict | None]:
+    """The loop itself: (the final state, the final evaluation, the final model on its training examples)."""
     acc, cfg = p.accelerator, p.cfg
     if acc.num_processes > 1:
         # each process its own stream for dropout, noise, masks and augmentations (the weights are synchronised
@@ -290,8 +301,14 @@ def _train(p: _Parts, hooks: Hooks, resume_from) -> tuple[TrainState, dict | Non
     # a run resumed from a checkpoint taken right after its last evaluation has that evaluation in its state
     final_dev = state.last_dev if state.last_eval_step == state.step and state.last_dev is not None \
         else _evaluate(p, state, hooks)
+    final_train = None
+    if p.train_eval_dl is not None:
+        final_train = p.job.evaluate(p.model, p.train_eval_dl, p.accelerator)
+        p.model.train()
+        hooks.log({"type": "eval_train", "step": state.step, "epoch": round(state.step / p.steps_per_epoch, 4),
+                   **final_train})
     hooks.finished(state, _saver(p, state))
-    return state, final_dev
+    return state, final_dev, final_train
 
 
 def fit(job: Job, cfg, accelerator=None, hooks: Hooks | None = None, resume_from: str | Path | None = None,
@@ -313,11 +330,11 @@ def fit(job: Job, cfg, accelerator=None, hooks: Hooks | None = None, resume_from
     hooks = hooks or Hooks()
     p = _prepare(job, cfg, acc, regularizers)
     try:
-        state, final_dev = _train(p, hooks, resume_from)
+        state, final_dev, final_train = _train(p, hooks, resume_from)
         model = acc.unwrap_model(p.model)
     finally:  # also after an error: the accelerator keeps nothing of this run
         acc.free_memory()
-    return Fit(model, final_dev, state, p.total_steps, p.steps_per_epoch, p.regularizers, acc)
+    return Fit(model, final_dev, state, p.total_steps, p.steps_per_epoch, p.regularizers, acc, final_train)
 
 
 __all__ = ["EPOCH_END", "Fit", "Hooks", "fit"]

@@ -252,6 +252,17 @@ def finite_weights(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
 
 
+def _gap(result: Fit) -> dict:
+    """eval_train's fields: the final model on its training examples, and the gap to the final dev evaluation
+    (:func:`gentune.diagnostics.generalization_gap`: positive means worse on the dev data)."""
+    if result.final_train is None:
+        return {}
+    from ..diagnostics.transfer import generalization_gap
+
+    gap = generalization_gap(result.final_train, result.final_dev) if result.final_dev else {}
+    return {"final_train": result.final_train, "generalization_gap": gap or None}
+
+
 def summarize(cfg, job: Job, result: Fit) -> dict:
     """summary.json: the job's own fields, the best and final evaluations, the run's size, speed and machine."""
     state, acc = result.state, result.accelerator
@@ -263,6 +274,7 @@ def summarize(cfg, job: Job, result: Fit) -> dict:
         "best_dev": state.best_dev,
         "best_step": state.best_step,
         "final_dev": result.final_dev,
+        **_gap(result),
         "train_examples": len(job.train_set),
         "dev_examples": len(job.dev_set) if job.dev_set is not None and job.evaluate is not None else 0,
         "train_steps": state.step,
