@@ -95,7 +95,7 @@ def downstream(setting: str, objective: str, radreg: bool, pseed: int, kind: str
         return cell
     init = Path(args.runs) / "pretrain" / setting / f"{arm_name(objective, radreg)}_p{pseed}" / "encoder"
     extra = (*KINDS[kind], "--lr", images.chosen_lr(TASK, objective), "--set", f"eval_every_epochs={EVAL_EVERY}",
-             *args.steps)
+             "--set", "eval_train=true", *args.steps)  # eval_train: the gap for radreg_diagnostics.py
     return images.run_finetune(TASK, arm, seed, init, PRETRAIN[objective][0], args, Path(args.results),
                                Path(args.runs), extra=extra,
                                make_init=lambda: pretrain(setting, objective, radreg, pseed, args, True))
@@ -206,7 +206,8 @@ def sections(data: dict | None = None) -> dict[str, str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line, with the run's folders, seeds and step limit filled in."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["all", "tune"], default="all")
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
@@ -225,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tempfile.mkdtemp(prefix="radreg_retest_", dir=images.ROOT / "runs"))
         args.results, args.runs = tmp / "results" / args.budget, tmp / "runs"
         args.steps, args.pretrain_seeds, args.seeds = ["--max-steps", "3"], PRETRAIN_SEEDS[:2], SEEDS[:2]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_args(argv)
     if args.stage == "tune":
         print(tune(args))
         return 0

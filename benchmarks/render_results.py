@@ -24,6 +24,7 @@ import ner_grid
 import point_grid
 import pretrain_grid
 import radreg_estimator
+import radreg_diagnostics
 import radreg_grid
 import radreg_retest
 import smart_cost
@@ -46,7 +47,8 @@ def blocks() -> dict[str, str]:
             **diagnostics_study.sections(diagnostics_study.load()), **smart_retest.sections(smart_retest.load()),
             **kernel_speed.sections(), **ner_grid.sections(ner_grid.load()),
             **point_grid.sections(point_grid.load()), **kshot_grid.sections(kshot),
-            **radreg_estimator.sections(estimator), **radreg_retest.sections(radreg_retest.load())}
+            **radreg_estimator.sections(estimator), **radreg_retest.sections(radreg_retest.load()),
+            **radreg_diagnostics.sections(radreg_diagnostics.load())}
 
 
 def main() -> int:

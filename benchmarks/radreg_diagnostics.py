@@ -1,0 +1,266 @@
+"""Do the seed paper's quantities rank the gaps of heads on fixed representations? (issue 24, item 5)
+
+Deng, Hong, Zhou, Mahdavi (AISTATS 2024) bound the generalization gap of a head trained on a fixed
+representation, so the gaps here are those of a linear probe and of an MLP probe (frozen encoder; cat vs dog, 500
+labels per class, the recipe of benchmarks/radreg_retest.py), each the mean over the fine-tuning seeds of the run's
+own ``generalization_gap`` (``eval_train``: the final model's training accuracy minus its accuracy on the held-out
+cat and dog images; evaluated every 2 epochs, but the gap is the final model's, selected on nothing).
+
+Checkpoints: every encoder of the re-test (each budget it has cells for: MAE and the context encoder, with and
+without RadReg, pretrained on 8 classes or on all 10, each pretraining seed) and two randomly initialised encoders
+(vit-tiny-p4 and conv-small, seed 0, probed here with the same recipe and seeds).
+
+Quantities, measured once per checkpoint (``gentune.diagnose``: 1,000 images of the cat-dog training pool, the
+held-out images excluded; 2,000 sign vectors): the representation-induced Rademacher complexity of linear heads
+with the feature scale taken out (what RadReg penalises), the raw estimate and its bound, the MLP-head estimate;
+heterogeneity (MMD², domain-classifier accuracy) between that pool and 1,000 training images of the checkpoint's
+pretraining distribution (the 8 classes, or all 10; random init: all 10). Reported: Spearman's rho of each
+quantity with each probe's gap over the checkpoints, with a 95% percentile bootstrap interval (checkpoints
+resampled, 2,000 times).
+
+    python benchmarks/radreg_diagnostics.py           # after radreg_retest.py (any budget); resumable
+    python benchmarks/radreg_diagnostics.py --render  # only rebuild docs/results.md
+    python benchmarks/radreg_diagnostics.py --smoke DIR   # on a radreg_retest.py --smoke folder: 3-step probes,
+                                                          # 200 sign vectors, a printed preview
+
+Cells: benchmarks/results/radreg_diagnostics/{measure,finetune}/; benchmarks/render_results.py renders them
+(``sections()``). Not run by CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import radreg_retest as retest
+from _lib import cells, images, runner, tables, template
+from _lib.images import PRETRAIN
+from _lib.paths import RESULTS as ALL_RESULTS
+from _lib.paths import ROOT, RUNS as ALL_RUNS
+from _lib.provenance import machine
+
+OUT_RESULTS, OUT_RUNS = ALL_RESULTS / "radreg_diagnostics", ALL_RUNS / "radreg_diagnostics"
+PROBES = ("linear-probe", "mlp-probe")
+RANDOM = {"vit-tiny-p4": "mae", "conv-small": "context-encoder"}  # random init -> the objective whose lr it uses
+N_SIGMA, N_IMAGES, BOOTSTRAP = 2000, 1000, 2000
+QUANTITIES = {"complexity": "R (linear, scale-free)", "complexity_raw": "R (linear, raw)", "bound": "bound (raw)",
+              "complexity_mlp": "R (MLP)", "mmd2": "MMD²", "domain_accuracy": "domain acc."}
+
+
+def retest_checkpoints(budget: str, results: Path) -> dict[str, dict]:
+    """The re-test's encoders of one budget that have probe cells: name -> info."""
+    out = {}
+    for cell in sorted((results / "pretrain").glob("*/*.json")):
+        setting, (arm, pseed) = cell.parent.name, cell.stem.rsplit("_p", 1)
+        objective, radreg = arm.split("+")[0], arm.endswith("+radreg")
+        out[f"{budget}.{setting}.{arm}_p{pseed}"] = {
+            "budget": budget, "setting": setting, "objective": objective, "radreg": radreg, "pseed": int(pseed),
+            "cells": {k: f"{setting}.{k}.{arm}_p{pseed}_seed*.json" for k in PROBES}}
+    return out
+
+
+def sample_folder(classes: list[str] | None, exclude: list[str], data: str, runs: Path) -> Path:
+    """Up to N_IMAGES training images (the reported held-out images excluded; seeded), of ``classes`` or all but
+    ``exclude``, written once as an image folder: the pretraining distribution that heterogeneity compares to."""
+    import numpy as np
+    from PIL import Image
+
+    from gentune.data.splits import held_out_split, select_classes
+
+    folder = runs / "pretraining-sample" / ("all" if not exclude else "without-" + "-".join(exclude))
+    if (folder / ".complete").exists():
+        return folder
+    train, _ = held_out_split(data, None, 5000, 0)
+    keep = [c for c in (classes or train.classes) if c not in exclude]
+    train = select_classes(train, keep)
+    pick = np.sort(np.random.default_rng(0).choice(len(train), min(N_IMAGES, len(train)), replace=False))
+    for i in pick:
+        target = folder / keep[train.labels[i]]
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(train.images[i]).save(target / f"{i:05d}.png")
+    (folder / ".complete").write_text(f"{len(pick)} images\n")
+    return folder
+
+
+def measure(name: str, encoder: Path, setting: str, args) -> dict:
+    cell = Path(args.results) / "measure" / f"{name}.json"
+    if cell.exists():
+        return cells.read_json(cell)
+    from gentune.diagnose import diagnose
+
+    pool = images.downstream_pool(retest.TASK, args.data, images.RADREG_RUNS)
+    other = sample_folder(None, ["cat", "dog"] if setting == "hetero" else [], args.data, Path(args.runs))
+    res = diagnose([str(encoder)], "image-classification", str(pool), str(Path(args.runs) / "measure" / name),
+                   str(other), max_examples=N_IMAGES, n_sigma=args.n_sigma, mlp=True)
+    row = res["checkpoints"][0]
+    het, cx = row.get("heterogeneity") or {}, row["complexity"]
+    record = {"checkpoint": name, "complexity": cx["linear_normalized"]["estimate"],
+              "complexity_raw": cx["linear"]["estimate"], "bound": cx["linear"]["bound"],
+              "complexity_mlp": (cx.get("mlp") or {}).get("estimate"), "mmd2": het.get("mmd2"),
+              "domain_accuracy": het.get("domain_accuracy"), "n": cx["linear"]["n"], "n_sigma": args.n_sigma,
+              "pretraining_sample": os.path.relpath(other, ROOT), "date": dt.date.today().isoformat(),
+              "machine": machine()}
+    cells.write_json(cell, record)
+    return record
+
+
+def random_encoder(model: str, runs: Path) -> Path:
+    target = runs / "random" / model
+    if not (target / "model.safetensors").exists():
+        import torch
+
+        from gentune.models.checkpoint import save_encoder
+        from gentune.models.vision import create_encoder
+
+        torch.manual_seed(0)
+        save_encoder(create_encoder(model), target, {"objective": "none (random init)"})
+    return target
+
+
+def probe_random(model: str, kind: str, seed: int, args) -> Path:
+    """A probe of a random-init encoder: the re-test's downstream recipe, the lr of the objective that pretrains
+    that encoder."""
+    init = random_encoder(model, Path(args.runs))
+    extra = (*retest.KINDS[kind], "--lr", images.chosen_lr(retest.TASK, RANDOM[model]), "--set",
+             f"eval_every_epochs={retest.EVAL_EVERY}", "--set", "eval_train=true", *args.steps)
+    return images.run_finetune(retest.TASK, f"{kind}.random-{model}", seed, init, model, args, Path(args.results),
+                               Path(args.runs), extra=extra)
+
+
+def run(args) -> None:
+    for model in RANDOM:
+        for kind in PROBES:
+            for seed in args.seeds:
+                probe_random(model, kind, seed, args)
+        measure(f"random-{model}", random_encoder(model, Path(args.runs)), "same", args)
+    for budget, (results, runs) in args.retest.items():
+        rargs = retest.make_args(["--budget", budget, "--data", args.data])
+        rargs.results, rargs.runs, rargs.steps = results, runs, args.steps
+        for name, info in retest_checkpoints(budget, results).items():
+            encoder = runs / "pretrain" / info["setting"] / f"{name.split('.', 2)[2]}" / "encoder"
+            if not (Path(args.results) / "measure" / f"{name}.json").exists() and not encoder.exists():
+                retest.pretrain(info["setting"], info["objective"], info["radreg"], info["pseed"], rargs, True)
+            measure(name, encoder, info["setting"], args)
+
+
+# --------------------------------------------------------------------------------------------- the results page
+
+
+def gaps(folder: Path, pattern: str) -> tuple[float | None, int]:
+    """The mean probe gap (percentage points) over a checkpoint's fine-tuning seeds, and their number."""
+    values = [100 * c["summary"]["generalization_gap"]["accuracy_gap"] for c in cells.read_cells(folder, pattern)
+              if (c["summary"].get("generalization_gap") or {}).get("accuracy_gap") is not None]
+    return (statistics.fmean(values) if values else None), len(values)
+
+
+def load(results: Path = OUT_RESULTS, retest_results: dict[str, Path] | None = None) -> dict:
+    """One row per measured checkpoint with probe gaps: the measurement and each probe's mean gap."""
+    retest_results = retest_results or {b: retest.OUT_RESULTS / b for b in ("full", "cpu")}
+    rows = []
+    sources = {f"random-{m}": (results / "finetune" / retest.TASK, {k: f"{k}.random-{m}_seed*.json" for k in PROBES})
+               for m in RANDOM}
+    for budget, folder in retest_results.items():
+        for name, info in retest_checkpoints(budget, folder).items():
+            sources[name] = (folder / "finetune" / retest.TASK, info["cells"])
+    for name, (folder, patterns) in sources.items():
+        m = results / "measure" / f"{name}.json"
+        if not m.exists():
+            continue
+        row = cells.read_json(m)
+        for kind, pattern in patterns.items():
+            row[kind], row[kind + "_seeds"] = gaps(folder, pattern)
+        if all(row[k] is not None for k in PROBES):
+            rows.append(row)
+    return {"rows": rows}
+
+
+def spearman_interval(x: list[float], y: list[float], seed: int = 0) -> tuple[float, float, float]:
+    """Spearman's rho and its 95% percentile bootstrap interval (pairs resampled; resamples where a side is
+    constant are dropped)."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    rho = float(spearmanr(x, y).statistic)
+    rng, rhos = np.random.default_rng(seed), []
+    for _ in range(BOOTSTRAP):
+        i = rng.integers(0, len(x), len(x))
+        if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0:
+            rhos.append(spearmanr(x[i], y[i]).statistic)
+    lo, hi = (np.percentile(rhos, [2.5, 97.5]) if rhos else (math.nan, math.nan))
+    return rho, float(lo), float(hi)
+
+
+def render(rows: list[dict]) -> str:
+    def num(v, digits=4):
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    lines = tables.header(["checkpoint", "linear-probe gap", "MLP-probe gap", *QUANTITIES.values()],
+                          ["---", *["---:"] * (2 + len(QUANTITIES))])
+    for r in rows:
+        lines.append(tables.row([r["checkpoint"], f"{r['linear-probe']:+.1f} ({r['linear-probe_seeds']})",
+                                 f"{r['mlp-probe']:+.1f} ({r['mlp-probe_seeds']})",
+                                 *[num(r.get(q)) for q in QUANTITIES]]))
+    lines += ["", *tables.header(["quantity", "Spearman rho with the linear-probe gap [95% bootstrap]",
+                                  "with the MLP-probe gap"], ["---", "---:", "---:"])]
+    for q, title in QUANTITIES.items():
+        cols = []
+        for kind in PROBES:
+            have = [r for r in rows if r.get(q) is not None]
+            if len(have) < 4:
+                cols.append("-")
+                continue
+            rho, lo, hi = spearman_interval([r[q] for r in have], [r[kind] for r in have])
+            cols.append(f"{rho:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={len(have)})")
+        lines.append(tables.row([title, *cols]))
+    measured = sorted({r["date"] for r in rows})
+    lines += ["", "- gaps: training minus held-out accuracy of the final probe, percentage points, mean over the",
+              "  fine-tuning seeds (their number in brackets)",
+              f"- command: `python benchmarks/radreg_diagnostics.py`; {rows[0]['n']} downstream images per estimate, "
+              f"{rows[0]['n_sigma']} sign vectors;", f"  measured {', '.join(measured)}; machine: {rows[0]['machine']}"]
+    return "\n".join(lines)
+
+
+def sections(data: dict | None = None) -> dict[str, str]:
+    data = load() if data is None else data
+    return {"radreg_diagnostics": render(data["rows"])} if len(data["rows"]) >= 2 else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=os.environ.get("GENTUNE_IMAGES", images.DEFAULT_DATA))
+    p.add_argument("--render", action="store_true", help="only rebuild docs/results.md")
+    p.add_argument("--smoke", metavar="DIR", help="a radreg_retest.py --smoke folder (runs/radreg_retest_*)")
+    images.add_jobs_flag(p)
+    args = p.parse_args(argv)
+    if args.render:
+        runner.render_results()
+        return 0
+    args.data = str(Path(args.data).resolve())
+    args.pretrain_extra, args.finetune_extra, args.steps = [], [], []
+    args.seeds, args.n_sigma = retest.SEEDS, N_SIGMA
+    args.results, args.runs = OUT_RESULTS, OUT_RUNS
+    args.retest = {b: (retest.OUT_RESULTS / b, retest.OUT_RUNS / b) for b in ("full", "cpu")
+                   if (retest.OUT_RESULTS / b / "pretrain").is_dir()}
+    if args.smoke:
+        smoke = Path(args.smoke).resolve()
+        args.results, args.runs = smoke / "diagnostics" / "results", smoke / "diagnostics" / "runs"
+        args.steps, args.seeds, args.n_sigma = ["--max-steps", "3"], retest.SEEDS[:2], 200
+        args.retest = {b: (smoke / "results" / b, smoke / "runs") for b in ("full", "cpu")
+                       if (smoke / "results" / b / "pretrain").is_dir()}
+    run(args)
+    if args.smoke:
+        found = {b: r for b, (r, _) in args.retest.items()}
+        print(template.preview(sections(load(Path(args.results), found))))
+        return 0
+    runner.render_results()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
