@@ -693,6 +693,10 @@ class ImageStream:
             x = (x - torch.tensor(self.mean).view(1, 3, 1, 1)) / torch.tensor(self.std).view(1, 3, 1, 1)
         return x, idx
 
+    def subset(self, keep: torch.Tensor) -> None:
+        """Restrict the pool to the images at positions ``keep`` (their order kept); the stream starts a new pass."""
+        self.images, self.order, self.pos = self.images[keep], None, 0
+
     def state_dict(self) -> dict:
         return {"order": self.order, "pos": self.pos}
 

@@ -182,11 +182,11 @@ class RadReg(Regularizer):
         """Keep ``pool_size`` images of the stream's pool: the first of a permutation seeded by ``seed``."""
         if not self.pool_size or self.stream is None or self.pool_size >= len(self.stream):
             return
-        if not isinstance(getattr(self.stream, "images", None), torch.Tensor):
-            raise GentuneError(f"radreg.pool_size: the stream ({type(self.stream).__name__}) has no images tensor "
-                               "to take a subset of; give a smaller stream instead")
+        if not callable(getattr(self.stream, "subset", None)):
+            raise GentuneError(f"radreg.pool_size: the stream ({type(self.stream).__name__}) has no subset() to "
+                               "take part of its pool with; give a smaller stream instead")
         keep = torch.randperm(len(self.stream), generator=torch.Generator().manual_seed(self.seed + 3))
-        self.stream.images = self.stream.images[keep[:self.pool_size].sort().values]
+        self.stream.subset(keep[:self.pool_size].sort().values)
 
     @staticmethod
     def _encoder(model) -> torch.nn.Module:
