@@ -8,11 +8,14 @@ cat and dog images; evaluated every 2 epochs, but the gap is the final model's, 
 
 Checkpoints: every encoder of the re-test (each budget it has cells for: MAE and the context encoder, with and
 without RadReg, pretrained on 8 classes or on all 10, each pretraining seed) and two randomly initialised encoders
-(vit-tiny-p4 and conv-small, seed 0, probed here with the same recipe and seeds).
+(vit-tiny-p4 and conv-small, seed 0, probed here with the same recipe and seeds; the ViT pools as the re-test's
+MAE encoders do, by its tuning stage's choice). A re-test encoder is measured once it has probe cells; probe cells
+written before ``eval_train`` existed have no gap and are named, not counted.
 
 Quantities, measured once per checkpoint (``gentune.diagnose``: 1,000 images of the cat-dog training pool, the
 held-out images excluded; 2,000 sign vectors): the representation-induced Rademacher complexity of linear heads
-with the feature scale taken out (what RadReg penalises), the raw estimate and its bound, the MLP-head estimate;
+with the feature scale taken out (what RadReg penalises), the raw estimate and its bound, the MLP-head estimate
+(diagnose's: on a seeded 512 of those images, 32 sign vectors);
 heterogeneity (MMD², domain-classifier accuracy) between that pool and 1,000 training images of the checkpoint's
 pretraining distribution (the 8 classes, or all 10; random init: all 10). Reported: Spearman's rho of each
 quantity with each probe's gap over the checkpoints, with a 95% percentile bootstrap interval (checkpoints
@@ -58,9 +61,11 @@ def retest_checkpoints(budget: str, results: Path) -> dict[str, dict]:
     for cell in sorted((results / "pretrain").glob("*/*.json")):
         setting, (arm, pseed) = cell.parent.name, cell.stem.rsplit("_p", 1)
         objective, radreg = arm.split("+")[0], arm.endswith("+radreg")
-        out[f"{budget}.{setting}.{arm}_p{pseed}"] = {
-            "budget": budget, "setting": setting, "objective": objective, "radreg": radreg, "pseed": int(pseed),
-            "cells": {k: f"{setting}.{k}.{arm}_p{pseed}_seed*.json" for k in PROBES}}
+        patterns = {k: f"{setting}.{k}.{arm}_p{pseed}_seed*.json" for k in PROBES}
+        if any(any((results / "finetune" / retest.TASK).glob(p)) for p in patterns.values()):
+            out[f"{budget}.{setting}.{arm}_p{pseed}"] = {
+                "budget": budget, "setting": setting, "objective": objective, "radreg": radreg,
+                "pseed": int(pseed), "cells": patterns}
     return out
 
 
@@ -126,8 +131,9 @@ def probe_random(model: str, kind: str, seed: int, args) -> Path:
     """A probe of a random-init encoder: the re-test's downstream recipe, the lr of the objective that pretrains
     that encoder."""
     init = random_encoder(model, Path(args.runs))
+    pool = ("--set", f"pool={retest.pooling(args.retest_args)}") if model.startswith("vit") else ()
     extra = (*retest.KINDS[kind], "--lr", images.chosen_lr(retest.TASK, RANDOM[model]), "--set",
-             f"eval_every_epochs={retest.EVAL_EVERY}", "--set", "eval_train=true", *args.steps)
+             f"eval_every_epochs={retest.EVAL_EVERY}", "--set", "eval_train=true", *pool, *args.steps)
     return images.run_finetune(retest.TASK, f"{kind}.random-{model}", seed, init, model, args, Path(args.results),
                                Path(args.runs), extra=extra)
 
@@ -139,7 +145,7 @@ def run(args) -> None:
                 probe_random(model, kind, seed, args)
         measure(f"random-{model}", random_encoder(model, Path(args.runs)), "same", args)
     for budget, (results, runs) in args.retest.items():
-        rargs = retest.make_args(["--budget", budget, "--data", args.data])
+        rargs = retest.make_args(["--budget", budget, "--data", args.data, "--jobs", str(args.jobs)])
         rargs.results, rargs.runs, rargs.steps = results, runs, args.steps
         for name, info in retest_checkpoints(budget, results).items():
             encoder = runs / "pretrain" / info["setting"] / f"{name.split('.', 2)[2]}" / "encoder"
@@ -152,9 +158,16 @@ def run(args) -> None:
 
 
 def gaps(folder: Path, pattern: str) -> tuple[float | None, int]:
-    """The mean probe gap (percentage points) over a checkpoint's fine-tuning seeds, and their number."""
-    values = [100 * c["summary"]["generalization_gap"]["accuracy_gap"] for c in cells.read_cells(folder, pattern)
-              if (c["summary"].get("generalization_gap") or {}).get("accuracy_gap") is not None]
+    """The mean probe gap (percentage points) over a checkpoint's fine-tuning seeds, and their number; a cell
+    without a gap (written before eval_train) is named on stderr."""
+    values = []
+    for c in cells.read_cells(folder, pattern):
+        gap = (c["summary"].get("generalization_gap") or {}).get("accuracy_gap")
+        if gap is None:
+            print(f"note: {c['arm']} seed {c['seed']}: no generalization_gap (made before eval_train; move the "
+                  "cell away to run it again)", file=sys.stderr)
+        else:
+            values.append(100 * gap)
     return (statistics.fmean(values) if values else None), len(values)
 
 
@@ -247,12 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     args.results, args.runs = OUT_RESULTS, OUT_RUNS
     args.retest = {b: (retest.OUT_RESULTS / b, retest.OUT_RUNS / b) for b in ("full", "cpu")
                    if (retest.OUT_RESULTS / b / "pretrain").is_dir()}
+    # where the re-test's MAE pooling choice lives (its first budget that has run)
+    args.retest_args = retest.make_args(["--data", args.data, "--budget", next(iter(args.retest), "full")])
     if args.smoke:
         smoke = Path(args.smoke).resolve()
         args.results, args.runs = smoke / "diagnostics" / "results", smoke / "diagnostics" / "runs"
         args.steps, args.seeds, args.n_sigma = ["--max-steps", "3"], retest.SEEDS[:2], 200
         args.retest = {b: (smoke / "results" / b, smoke / "runs") for b in ("full", "cpu")
                        if (smoke / "results" / b / "pretrain").is_dir()}
+        args.retest_args.results = smoke / "results" / "full"
     run(args)
     if args.smoke:
         found = {b: r for b, (r, _) in args.retest.items()}

@@ -233,25 +233,40 @@ def test_a_folder_given_as_a_file_says_so(tmp_path):
         read_file(get_task("sst2"), tmp_path)
 
 
-def test_tokenized_fingerprint_follows_everything_the_tokenization_reads(tok):
-    """map_quietly computes the cache key itself (datasets would pickle the tokenizer to hash it): the same
-    inputs give the same key; another max_length, pairing, dataset or tokenizer vocabulary gives another, and the
-    rows are those of the plain tokenizer call."""
+def test_tokenized_fingerprint_follows_everything_the_tokenization_reads(tok, tmp_path):
+    """map_quietly computes the cache key itself (datasets would pickle the tokenizer to hash it): the key is ours;
+    the same inputs give the same key; another max_length, pairing, dataset, vocabulary or truncation side gives
+    another; and a dataset with cache files on disk (load_dataset) never returns the rows of another tokenizer's
+    settings from its cache."""
     import copy
 
     import datasets
 
-    from gentune.objectives.classification import tokenize
+    from gentune.objectives.classification import _fingerprint, tokenize
 
     ds = datasets.Dataset.from_dict({"text_a": ["a fine film", "dull"], "text_b": ["yes", "no"], "label": [1, 0]})
     other = datasets.Dataset.from_dict({"text_a": ["a fine film", "dull!"], "text_b": ["yes", "no"], "label": [1, 0]})
     key = tokenize(ds, tok, 16, True)._fingerprint
     assert tokenize(ds, tok, 16, True)._fingerprint == key
-    grown = copy.deepcopy(tok)
+    grown, left = copy.deepcopy(tok), copy.deepcopy(tok)
     grown.add_tokens(["<brand-new-token>"])
+    left.truncation_side = "left"
     keys = {key, tokenize(ds, tok, 8, True)._fingerprint, tokenize(ds, tok, 16, False)._fingerprint,
-            tokenize(other, tok, 16, True)._fingerprint, tokenize(ds, grown, 16, True)._fingerprint}
-    assert len(keys) == 5
+            tokenize(other, tok, 16, True)._fingerprint, tokenize(ds, grown, 16, True)._fingerprint,
+            tokenize(ds, left, 16, True)._fingerprint}
+    assert len(keys) == 6
     enc = tokenize(ds, tok, 16, True)
     assert enc["input_ids"] == tok(["a fine film", "dull"], ["yes", "no"], truncation=True, max_length=16)["input_ids"]
     assert enc["labels"] == [1, 0]
+    # the key is map_quietly's, not datasets' own hash
+    fn_key = _fingerprint(ds, lambda b: b, tok, {})
+    assert fn_key is not None and len(fn_key) == 32 and fn_key != _fingerprint(ds, lambda b: b, left, {})
+    # on disk: the same file tokenized with right, then left truncation gives each its own rows
+    csv = tmp_path / "t.csv"
+    csv.write_text("text_a,text_b,label\n" + "".join(f"first words then the last words {i},,1\n" for i in range(4)))
+    disk = datasets.load_dataset("csv", data_files=str(csv), split="train", cache_dir=str(tmp_path / "cache"))
+    right_rows = tokenize(disk, tok, 5, False)["input_ids"]
+    left_rows = tokenize(disk, left, 5, False)["input_ids"]
+    assert right_rows[0] == tok("first words then the last words 0", truncation=True, max_length=5)["input_ids"]
+    assert left_rows[0] == left("first words then the last words 0", truncation=True, max_length=5)["input_ids"]
+    assert right_rows != left_rows

@@ -328,3 +328,16 @@ def test_eval_train_scores_the_final_model_on_its_training_examples(glue, tiny_m
     cli_error(capsys, "eval_train: this task cannot score its training examples", "pretrain", "--objective", "mlm",
               "--model", tiny_model, "--data", train, "--set", "text_column=sentence", "--out", tmp_path / "mlm",
               "--max-steps", "1", "--set", "eval_train=true")
+
+
+def test_a_resumed_log_drops_its_eval_train_record(tmp_path):
+    """The end of a run scores the training examples again, so a resumed or extended run's log keeps no earlier
+    eval_train record (nor anything past the checkpoint)."""
+    from gentune.train.run import _Log
+
+    log = tmp_path / "metrics.jsonl"
+    records = [{"type": "train", "step": 1}, {"type": "eval", "step": 2}, {"type": "eval_train", "step": 2},
+               {"type": "train", "step": 3}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    _Log(log, True, resume_step=2)
+    assert [json.loads(l) for l in log.read_text().splitlines()] == records[:2]

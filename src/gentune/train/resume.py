@@ -112,8 +112,9 @@ def check_files(directory: Path) -> None:
     processes = manifest.get("processes")
     missing = [f"rng_{i}.safetensors" for i in range(processes if isinstance(processes, int) else 0)
                if not (directory / f"rng_{i}.safetensors").is_file()]
-    missing += [f for f in ("model.safetensors", "optimizer.json", "scheduler.json", "regularizers.json")
-                if not (directory / f).is_file()]
+    parts = [f"{name}.{ext}" for name in ("optimizer", "scheduler", "regularizers") for ext in ("json", "safetensors")]
+    parts += [f"rng_{i}.json" for i in range(processes if isinstance(processes, int) else 0)]
+    missing += [f for f in ("model.safetensors", *parts) if not (directory / f).is_file()]
     if missing:
         raise GentuneError(f"{directory}: incomplete, {', '.join(missing)} missing; delete it to start the run over")
 

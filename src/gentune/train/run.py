@@ -42,13 +42,14 @@ EXTENDABLE = {"epochs", "max_steps"}
 
 
 class _Log:
-    """Append-only JSONL metrics log; on resume, lines past the checkpoint's step are dropped first."""
+    """Append-only JSONL metrics log; on resume, lines past the checkpoint's step are dropped first, and so is an
+    ``eval_train`` record (the end of the run scores the training examples again)."""
 
     def __init__(self, path: Path, enabled: bool, resume_step: int):
         self.path, self.enabled = path, enabled
         if enabled and path.exists():
             # read_log drops a line cut by a kill; a fresh run (resume_step -1) starts the log anew
-            keep = [r for r in read_log(path) if r.get("step", 0) <= resume_step]
+            keep = [r for r in read_log(path) if r.get("step", 0) <= resume_step and r.get("type") != "eval_train"]
             write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def write(self, record: dict) -> None:
@@ -208,7 +209,7 @@ class _RunFolder(Hooks):
     def log(self, record: dict) -> None:
         self.metrics.write(record)
         if self.acc.trackers:  # the same values, for TensorBoard, W&B, MLflow, ...
-            prefix = "eval/" if record["type"] == "eval" else "train/"
+            prefix = {"eval": "eval/", "eval_train": "eval_train/"}.get(record["type"], "train/")
             values = {prefix + k: v for k, v in record.items() if k not in ("type", "step")
                       and isinstance(v, (int, float)) and not isinstance(v, bool)}
             self.acc.log(values, step=record["step"])
