@@ -11,10 +11,13 @@ out), divided by the real tokens of those batches, so padding counts as overhead
 token x tokens/s, against ``_lib.provenance.matmul_gflops`` (a float32 1024 x 1024 matmul with torch's threads),
 measured in the same process right after the run.
 
-    python benchmarks/mlm_throughput.py           # about 3 minutes on 2 CPU cores; pause other jobs first
-    python benchmarks/mlm_throughput.py --force   # measure again (the cell is per device kind)
+Two runs: batches as they come (the default) and ``--set group_by_length=true`` (each window of 50 shuffled
+batches sorted by length, as the Hugging Face Trainer's ``group_by_length``), whose tokens/s is the padding saved.
 
-Cell: benchmarks/results/mlm_throughput/DEVICE.json; benchmarks/render_results.py renders it. Not run by CI.
+    python benchmarks/mlm_throughput.py           # about 4 minutes on 2 CPU cores; pause other jobs first
+    python benchmarks/mlm_throughput.py --force   # measure again (the cells are per device kind)
+
+Cells: benchmarks/results/mlm_throughput/DEVICE[-grouped].json; benchmarks/render_results.py renders it. Not run by CI.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ OUT_RESULTS, OUT_RUNS = RESULTS / "mlm_throughput", RUNS / "mlm_throughput"
 SPLADE = ROOT.parent / "shared" / "models" / "splade_tiny_bert_mlm"
 STEPS, BATCH, LR = 60, 32, "1e-4"  # fewshot_grid.MLM's batch and rate; steps: a steady step time
 FLOP_BATCHES = 8
+VARIANTS = {"": [], "-grouped": ["--set", "group_by_length=true"]}
 TARGET_OVERHEAD = 0.10
 
 
@@ -53,8 +57,11 @@ def flops_per_token(run: Path) -> tuple[float, float]:
 
     cfg = load_saved(task.config, yaml.safe_load((run / "config.yaml").read_text()), str(run / "config.yaml"))
     job = task.build(cfg)
-    loader = torch.utils.data.DataLoader(job.train_set, batch_size=cfg.batch_size, shuffle=True,
-                                         collate_fn=job.collate, generator=torch.Generator().manual_seed(0))
+    from gentune.train.state import EpochSampler
+
+    sampler = EpochSampler(len(job.train_set), 0, job.lengths if cfg.group_by_length else None, cfg.batch_size)
+    loader = torch.utils.data.DataLoader(job.train_set, batch_size=cfg.batch_size, sampler=sampler,
+                                         collate_fn=job.collate)
     flops = tokens = padded = 0
     job.model.train()
     for i, batch in zip(range(FLOP_BATCHES), loader):
@@ -67,20 +74,20 @@ def flops_per_token(run: Path) -> tuple[float, float]:
     return flops / tokens, tokens / padded
 
 
-def measure(args) -> Path:
+def measure(args, variant: str) -> Path:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cell = OUT_RESULTS / f"{device}.json"
+    cell = OUT_RESULTS / f"{device}{variant}.json"
     if cell.exists() and not args.force:
         print(f"[skip] {cell.relative_to(ROOT)} (--force to measure again)")
         return cell
-    out = OUT_RUNS / device
+    out = OUT_RUNS / f"{device}{variant}"
     shutil.rmtree(out, ignore_errors=True)
     argv = ["pretrain", "--objective", "mlm", "--model", str(args.model), "--data",
             str(glue() / "full" / "SST-2" / "train.json"), "--set", "from_task=sst2", "--out",
             str(out.relative_to(ROOT)), "--seed", "13", "--max-steps", str(STEPS), "--batch-size", str(BATCH),
-            "--lr", LR, "--set", "save_model=false"]
+            "--lr", LR, "--set", "save_model=false", *VARIANTS[variant]]
     runner.gentune(argv)
     summary = cells.read_json(out / "summary.json")
     per_token, fill = flops_per_token(out)
@@ -90,26 +97,27 @@ def measure(args) -> Path:
                             "machine": machine(), "torch_threads": torch.get_num_threads(), "summary": summary,
                             "flops_per_token": per_token, "token_fill": fill, "tokens_per_second": tokens_per_second,
                             "achieved_gflops": per_token * tokens_per_second / 1e9, "matmul_gflops": ceiling,
-                            "matmul_device": ceiling_device})
+                            "matmul_device": ceiling_device, "grouped": bool(variant)})
     return cell
 
 
 def sections() -> dict[str, str]:
-    rows = cells.read_cells(OUT_RESULTS)
+    rows = sorted(cells.read_cells(OUT_RESULTS), key=lambda c: (c["matmul_device"], bool(c.get("grouped"))))
     if not rows:
         return {}
-    lines = tables.header(["device", "model", "batch", "tokens/example", "tokens/s", "GFLOP/token (fwd+bwd)",
+    lines = tables.header(["device", "batches", "model", "batch", "tokens/example", "tokens/s", "GFLOP/token (fwd+bwd)",
                            "real tokens / padded", "achieved GFLOP/s", "matmul GFLOP/s", "share of the ceiling",
-                           "loop overhead"], ["---", "---", *["---:"] * 9])
+                           "loop overhead"], ["---", "---", "---", *["---:"] * 9])
     for c in rows:
         s = c["summary"]
-        lines.append(tables.row([c["matmul_device"], Path(s["model"]).name, str(BATCH),
+        lines.append(tables.row([c["matmul_device"], "grouped by length" if c.get("grouped") else "as they come",
+                                 Path(s["model"]).name, str(BATCH),
                                  f"{s['tokens_per_example']:.1f}", f"{c['tokens_per_second']:,.0f}",
                                  f"{c['flops_per_token'] / 1e9:.4f}", f"{c['token_fill']:.2f}",
                                  f"{c['achieved_gflops']:.1f}", f"{c['matmul_gflops']:.1f}",
                                  f"{100 * c['achieved_gflops'] / c['matmul_gflops']:.0f}%",
-                                 f"{100 * s['loop_overhead']:.1f}%"
-                                 f"{' (target < 10%: met)' if s['loop_overhead'] < TARGET_OVERHEAD else ' (target < 10%: missed)'}"]))
+                                 f"{100 * s['loop_overhead']:.1f}% (target < 10%: "
+                                 f"{'met' if s['loop_overhead'] < TARGET_OVERHEAD else 'missed'})"]))
     for c in rows:
         lines += ["", f"- {c['matmul_device']}: `{c['command']}` ({c['summary']['train_steps']} steps); measured "
                       f"{c['date']} on {c['machine']}, {c['torch_threads']} torch threads"]
@@ -121,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=str(SPLADE))
     p.add_argument("--force", action="store_true", help="measure again")
     args = p.parse_args(argv)
-    measure(args)
+    for variant in VARIANTS:
+        measure(args, variant)
     runner.render_results()
     print(sections().get("mlm_throughput", ""))
     return 0

@@ -341,3 +341,58 @@ def test_a_resumed_log_drops_its_eval_train_record(tmp_path):
     log.write_text("".join(json.dumps(r) + "\n" for r in records))
     _Log(log, True, resume_step=2)
     assert [json.loads(l) for l in log.read_text().splitlines()] == records[:2]
+
+
+# ------------------------------------------------------------------------------------------ group_by_length
+
+
+def test_group_by_length_sorts_each_window_and_keeps_the_epoch_a_permutation():
+    """Each window of 50 batches of the seeded shuffle is sorted by length, longest first (checked against a
+    literal re-implementation); every epoch is a permutation that depends only on (seed, epoch); the padding of
+    batches drops well below the plain shuffle's."""
+    import random
+
+    from gentune.train.state import EpochSampler
+
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 200) for _ in range(2_345)]
+    batch = 8
+    grouped, plain = EpochSampler(len(lengths), 3, lengths, batch), EpochSampler(len(lengths), 3)
+    for epoch in (0, 1):
+        grouped.set_epoch(epoch), plain.set_epoch(epoch)
+        order, base = list(grouped), list(plain)
+        assert sorted(order) == list(range(len(lengths)))
+        want = []  # literal: cut the plain shuffle into windows of 400, sort each by length (stable), longest first
+        for start in range(0, len(base), 50 * batch):
+            want += sorted(base[start:start + 50 * batch], key=lambda i: -lengths[i])
+        assert order == want
+        fresh = EpochSampler(len(lengths), 3, lengths, batch)
+        fresh.set_epoch(epoch)
+        assert list(fresh) == order  # (seed, epoch) alone: what a resumed run relies on
+
+    def padded(order):
+        return sum(batch * max(lengths[i] for i in order[s:s + batch]) for s in range(0, len(order), batch))
+
+    assert padded(order) < 0.6 * padded(base)
+    assert list(EpochSampler(len(lengths), 3, lengths, batch)) != order  # epoch 0 is not epoch 1
+
+
+def test_group_by_length_in_a_run_and_its_error(glue, tiny_model, tmp_path, capsys):
+    """A text run trains with it; a task without lengths (image classification) is one line of error."""
+    from conftest import cli_error, cli_ok
+
+    cli_ok(capsys, "finetune", "--task", "sst2", "--model", tiny_model, "--train", _kshot(glue, "SST-2", "train"),
+           "--dev", _kshot(glue, "SST-2", "dev"), "--out", tmp_path / "g", "--max-steps", "3", "--batch-size", "8",
+           "--set", "group_by_length=true")
+    assert json.loads((tmp_path / "g/summary.json").read_text())["train_steps"] == 3
+    import numpy as np
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "img" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(tmp_path / "img" / c / f"{i}.png")
+    cli_error(capsys, "group_by_length: this task gives no example lengths", "finetune", "--task",
+              "image-classification", "--data", tmp_path / "img", "--init", "none", "--model", "conv-small",
+              "--set", "val_size=2", "--out", tmp_path / "i", "--max-steps", "1", "--set", "group_by_length=true")
+    assert not (tmp_path / "i").exists()  # refused before the run folder got anything

@@ -74,6 +74,8 @@ class RunConfig:
     eval_steps: int = opt(0, "> 0: also evaluate every N optimizer steps")
     eval_every_epochs: int = opt(1, "evaluate at the end of every N-th epoch (0: never; the end of the run always)")
     save_steps: int = opt(50, "resume checkpoint every N optimizer steps (and at each epoch end)")
+    group_by_length: bool = opt(False, "batches of similar length (text tasks): less padding, a less random "
+                                       "order (each window of 50 batches sorted by length)")
     eval_train: bool = opt(False, "at the end, also score the final model on its training examples (evaluation "
                                   "transforms): final_train and generalization_gap (positive: worse on dev) in "
                                   "summary.json")

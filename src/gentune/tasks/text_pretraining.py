@@ -154,13 +154,15 @@ def build(cfg: TextPretrainingConfig) -> Job:
     train = tokenize_text(data.train, tokenizer, cfg.max_length, whole)
     val = tokenize_text(data.heldout, tokenizer, cfg.max_length, whole) if data.heldout is not None else None
     collate = MaskedLMCollator(tokenizer, whole)
-    tokens = float(np.mean([len(x) for x in train["input_ids"]])) if len(train) else 0.0
+    lengths = [len(x) for x in train["input_ids"]]
+    tokens = float(np.mean(lengths)) if lengths else 0.0
     meta = {"objective": "mlm", "objective_options": options, "base_model": cfg.model, "head": head,
             "data": cfg.data, "from_task": cfg.from_task, "train": cfg.train, "max_length": cfg.max_length, "val_size": len(val or [])}
     return Job(
         model=model,
         objective=objective,
         train_set=train,
+        lengths=lengths,
         collate=collate,
         dev_set=val,
         dev_collate=collate,

@@ -89,12 +89,22 @@ class _Parts:
     progress: Progress | None = None
 
 
+def check_job(job: Job, cfg) -> None:
+    """The run options that need something of the job: a :class:`GentuneError` naming the option."""
+    if cfg.group_by_length and job.lengths is None:
+        raise GentuneError("group_by_length: this task gives no example lengths (text tasks do)")
+    if cfg.eval_train and (job.train_eval_set is None or job.evaluate is None):
+        raise GentuneError("eval_train: this task cannot score its training examples (it gives no train_eval_set)")
+
+
 def _prepare(job: Job, cfg, accelerator, regularizers) -> _Parts:
     """Data loaders, optimizer, linear schedule with warm-up, regularizers (set up with the run's length, model
     and the task's data), all through ``accelerator.prepare``."""
     from transformers import get_linear_schedule_with_warmup
 
-    sampler = EpochSampler(len(job.train_set), cfg.seed)
+    check_job(job, cfg)
+    sampler = EpochSampler(len(job.train_set), cfg.seed, job.lengths if cfg.group_by_length else None,
+                           cfg.batch_size)
     train_dl = torch.utils.data.DataLoader(job.train_set, batch_size=cfg.batch_size, sampler=sampler,
                                            collate_fn=job.collate, generator=torch.Generator())
     dev_dl = None
@@ -103,9 +113,6 @@ def _prepare(job: Job, cfg, accelerator, regularizers) -> _Parts:
                                              collate_fn=job.dev_collate or job.collate)
     train_eval_dl = None
     if cfg.eval_train:
-        if job.train_eval_set is None or job.evaluate is None:
-            raise GentuneError("eval_train: this task cannot score its training examples (it gives no "
-                               "train_eval_set)")
         train_eval_dl = torch.utils.data.DataLoader(job.train_eval_set, batch_size=cfg.eval_batch_size,
                                                     shuffle=False, collate_fn=job.dev_collate or job.collate)
     steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum)
@@ -337,4 +344,4 @@ def fit(job: Job, cfg, accelerator=None, hooks: Hooks | None = None, resume_from
     return Fit(model, final_dev, state, p.total_steps, p.steps_per_epoch, p.regularizers, acc, final_train)
 
 
-__all__ = ["EPOCH_END", "Fit", "Hooks", "fit"]
+__all__ = ["EPOCH_END", "Fit", "Hooks", "check_job", "fit"]

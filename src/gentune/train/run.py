@@ -29,7 +29,7 @@ from ..fs import (LOCK, io_error, write_errors, dumps_strict, folder_lock, recov
 from ..regularizers.base import parse_specs
 from ..report import read_log
 from .job import Job
-from .loop import Fit, Hooks, fit
+from .loop import Fit, Hooks, check_job, fit
 from .resume import check_files, read_state
 from .state import TrainState, make_accelerator
 
@@ -352,6 +352,7 @@ def _run_in(cfg, job, out: Path) -> dict:
         check_files(checkpoint)  # a damaged checkpoint fails before the model is built
     if not isinstance(job, Job):
         job = job(cfg)
+    check_job(job, cfg)  # before config.yaml: a rerun with the option fixed starts clean
     if cfg.report_to:
         accelerator.init_trackers(out.name or "gentune", config=hyperparameters(cfg))
     if (checkpoint is None or status == "extend") and accelerator.is_main_process:

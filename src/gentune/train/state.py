@@ -41,10 +41,20 @@ class EpochSampler(torch.utils.data.Sampler):
 
     It owns its generator and never touches the global RNG, which therefore drives only dropout: restoring
     the RNG state on resume reproduces the uninterrupted run exactly.
+
+    With ``lengths`` (one per example) and ``batch_size``, batches of similar length (Hugging Face's
+    ``group_by_length``): the shuffled order is cut into windows of ``GROUP`` batches and each window is sorted by
+    length, longest first, so a batch pads to little more than its own examples.
     """
 
-    def __init__(self, n: int, seed: int):
+    GROUP = 50  # batches per sorted window (the Hugging Face Trainer's mega-batch)
+
+    def __init__(self, n: int, seed: int, lengths=None, batch_size: int = 1):
         self.n, self.seed, self.epoch = n, seed, 0
+        self.lengths = None if lengths is None else torch.as_tensor(list(lengths), dtype=torch.long)
+        self.batch_size = batch_size
+        if self.lengths is not None and len(self.lengths) != n:
+            raise ValueError(f"EpochSampler: {len(self.lengths)} lengths for {n} examples")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -54,7 +64,12 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g)
+        if self.lengths is not None:
+            window = self.GROUP * self.batch_size
+            order = torch.cat([w[torch.argsort(self.lengths[w], descending=True, stable=True)]
+                               for w in order.split(window)]) if self.n else order
+        return iter(order.tolist())
 
 
 def adamw(model, lr: float, weight_decay: float, eps: float = 1e-8, beta2: float = 0.999, groups: list | None = None,
