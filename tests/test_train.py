@@ -396,3 +396,30 @@ def test_group_by_length_in_a_run_and_its_error(glue, tiny_model, tmp_path, caps
               "image-classification", "--data", tmp_path / "img", "--init", "none", "--model", "conv-small",
               "--set", "val_size=2", "--out", tmp_path / "i", "--max-steps", "1", "--set", "group_by_length=true")
     assert not (tmp_path / "i").exists()  # refused before the run folder got anything
+
+
+def test_eval_train_on_images_uses_the_evaluation_transform(tmp_path, capsys):
+    """Image classification with augmentation on (random crops and flips): final_train is the final model on its
+    training images through the evaluation transform, the numbers `gentune evaluate` gives for that folder."""
+    import numpy as np
+    from PIL import Image
+
+    from conftest import cli_ok
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("dev", 4)):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) // (1 if c == "a" else 3)
+                Image.fromarray(img.astype(np.uint8)).save(tmp_path / split / c / f"{i}.png")
+    out = tmp_path / "run"
+    cli_ok(capsys, "finetune", "--task", "image-classification", "--data", tmp_path / "train", "--dev",
+           tmp_path / "dev", "--init", "none", "--model", "conv-small", "--out", out, "--max-steps", "4",
+           "--batch-size", "4", "--lr", "3e-3", "--set", "eval_every_epochs=0", "--set", "eval_train=true")
+    s = json.loads((out / "summary.json").read_text())
+    scored = json.loads(cli_ok(capsys, "evaluate", "--checkpoint", out / "best", "--task", "image-classification",
+                               "--data", tmp_path / "train"))
+    assert s["train_examples"] == 12 and scored["examples"] == 12
+    assert s["final_train"]["accuracy"] == pytest.approx(scored["accuracy"])
+    assert s["final_train"]["loss"] == pytest.approx(scored["loss"], rel=1e-5)
