@@ -392,7 +392,7 @@ def build(cfg: TextClassificationConfig) -> Job:
         model=model,
         objective=objective,
         train_set=train_set,
-        lengths=[len(x) for x in train_set["input_ids"]],
+        lengths=lambda: [len(x) for x in train_set["input_ids"]],  # read only when group_by_length asks
         collate=Collator(tokenizer, task.is_regression),
         dev_set=dev_set,
         train_eval_set=train_set,

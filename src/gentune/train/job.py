@@ -30,7 +30,8 @@ class Job:
         augment: ``augment(batch) -> batch`` applied to each training batch on the device, just before the
             objective. Random augmentations belong here, not in ``collate``: the data loader collates a batch
             ahead, so collate-time randomness would not come back in step with a resumed checkpoint.
-        lengths: each training example's length (tokens), for ``group_by_length``; None: the task has none.
+        lengths: each training example's length (tokens), or a callable returning them (read only when
+            ``group_by_length`` asks), for ``group_by_length``; None: the task has none.
         train_eval_set: the training examples as ``evaluate`` reads them (through ``dev_collate``), for
             ``eval_train``; None: the task cannot score its training set.
         context: what the task tells its regularizers (:class:`gentune.regularizers.base.Context` ``data``):

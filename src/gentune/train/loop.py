@@ -103,8 +103,10 @@ def _prepare(job: Job, cfg, accelerator, regularizers) -> _Parts:
     from transformers import get_linear_schedule_with_warmup
 
     check_job(job, cfg)
-    sampler = EpochSampler(len(job.train_set), cfg.seed, job.lengths if cfg.group_by_length else None,
-                           cfg.batch_size)
+    lengths = None
+    if cfg.group_by_length:
+        lengths = job.lengths() if callable(job.lengths) else job.lengths
+    sampler = EpochSampler(len(job.train_set), cfg.seed, lengths, cfg.batch_size)
     train_dl = torch.utils.data.DataLoader(job.train_set, batch_size=cfg.batch_size, sampler=sampler,
                                            collate_fn=job.collate, generator=torch.Generator())
     dev_dl = None
