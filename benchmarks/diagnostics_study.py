@@ -68,13 +68,7 @@ def make_missing(args) -> None:
     """The random-init checkpoints, and the short context-encoder run."""
     import torch
 
-    from gentune.models.checkpoint import save_encoder
-    from gentune.models.vision import create_encoder
-
-    target = RUNS / "random" / "vit-tiny-p4"
-    if not target.exists():
-        torch.manual_seed(0)
-        save_encoder(create_encoder("vit-tiny-p4"), target, {"objective": "none (random init)"})
+    images.random_encoder("vit-tiny-p4", RUNS)
     target = RUNS / "random" / "minilm"
     if not target.exists():
         from transformers import AutoConfig, AutoModel, AutoTokenizer

@@ -73,7 +73,6 @@ def sample_folder(classes: list[str] | None, exclude: list[str], data: str, runs
     """Up to N_IMAGES training images (the reported held-out images excluded; seeded), of ``classes`` or all but
     ``exclude``, written once as an image folder: the pretraining distribution that heterogeneity compares to."""
     import numpy as np
-    from PIL import Image
 
     from gentune.data.splits import held_out_split, select_classes
 
@@ -84,12 +83,7 @@ def sample_folder(classes: list[str] | None, exclude: list[str], data: str, runs
     keep = [c for c in (classes or train.classes) if c not in exclude]
     train = select_classes(train, keep)
     pick = np.sort(np.random.default_rng(0).choice(len(train), min(N_IMAGES, len(train)), replace=False))
-    for i in pick:
-        target = folder / keep[train.labels[i]]
-        target.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(train.images[i]).save(target / f"{i:05d}.png")
-    (folder / ".complete").write_text(f"{len(pick)} images\n")
-    return folder
+    return images.write_image_folder(folder, train, keep, pick)
 
 
 def measure(name: str, encoder: Path, setting: str, args) -> dict:
@@ -114,23 +108,10 @@ def measure(name: str, encoder: Path, setting: str, args) -> dict:
     return record
 
 
-def random_encoder(model: str, runs: Path) -> Path:
-    target = runs / "random" / model
-    if not (target / "model.safetensors").exists():
-        import torch
-
-        from gentune.models.checkpoint import save_encoder
-        from gentune.models.vision import create_encoder
-
-        torch.manual_seed(0)
-        save_encoder(create_encoder(model), target, {"objective": "none (random init)"})
-    return target
-
-
 def probe_random(model: str, kind: str, seed: int, args) -> Path:
     """A probe of a random-init encoder: the re-test's downstream recipe, the lr of the objective that pretrains
     that encoder."""
-    init = random_encoder(model, Path(args.runs))
+    init = images.random_encoder(model, Path(args.runs))
     pool = ("--set", f"pool={retest.pooling(args.retest_args)}") if model.startswith("vit") else ()
     extra = (*retest.KINDS[kind], "--lr", images.chosen_lr(retest.TASK, RANDOM[model]), "--set",
              f"eval_every_epochs={retest.EVAL_EVERY}", "--set", "eval_train=true", *pool, *args.steps)
@@ -143,7 +124,7 @@ def run(args) -> None:
         for kind in PROBES:
             for seed in args.seeds:
                 probe_random(model, kind, seed, args)
-        measure(f"random-{model}", random_encoder(model, Path(args.runs)), "same", args)
+        measure(f"random-{model}", images.random_encoder(model, Path(args.runs)), "same", args)
     for budget, (results, runs) in args.retest.items():
         rargs = retest.make_args(["--budget", budget, "--data", args.data, "--jobs", str(args.jobs)])
         rargs.results, rargs.runs, rargs.steps = results, runs, args.steps

@@ -176,28 +176,52 @@ def radreg_pretrain(task: str, choice: dict, objective: str, args, results: Path
                         radreg_flags(choice, task, objective, args, runs), args, results, runs, need_encoder)
 
 
-def downstream_pool(task: str, data: str, runs: Path, tuning: bool = False) -> Path:
-    """The task's training images without labels, written once as an image folder ``runs/downstream/TASK`` for
-    ``--radreg-data``: the validation images held out (split seed 0), and with ``tuning`` the tuning split's
-    validation images too (``runs/downstream-tune/TASK``)."""
-    folder = runs / ("downstream-tune" if tuning else "downstream") / task
+def write_image_folder(folder: Path, stream, classes: list[str], indices=None) -> Path:
+    """Images of ``stream`` (all, or those at ``indices``) as ``FOLDER/CLASS/NNNNN.png``, ``CLASS`` being
+    ``classes[label]``; a ``.complete`` marker is written last, so a folder cut short by a kill is written again
+    (a folder that has it is returned as it is)."""
     done = folder / ".complete"
     if done.exists():
         return folder
     from PIL import Image
 
+    indices = range(len(stream)) if indices is None else indices
+    for i in indices:
+        target = folder / classes[stream.labels[i]]
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(stream.images[i]).save(target / f"{i:05d}.png")
+    done.write_text(f"{len(indices)} images\n")
+    return folder
+
+
+def random_encoder(model: str, runs: Path) -> Path:
+    """A randomly initialised encoder MODEL (torch seed 0) saved as an encoder checkpoint in ``runs/random/MODEL``
+    (once): the untrained reference point of the diagnostics studies."""
+    target = runs / "random" / model
+    if not (target / "model.safetensors").exists():
+        import torch
+
+        from gentune.models.checkpoint import save_encoder
+        from gentune.models.vision import create_encoder
+
+        torch.manual_seed(0)
+        save_encoder(create_encoder(model), target, {"objective": "none (random init)"})
+    return target
+
+
+def downstream_pool(task: str, data: str, runs: Path, tuning: bool = False) -> Path:
+    """The task's training images without labels, written once as an image folder ``runs/downstream/TASK`` for
+    ``--radreg-data``: the validation images held out (split seed 0), and with ``tuning`` the tuning split's
+    validation images too (``runs/downstream-tune/TASK``)."""
+    folder = runs / ("downstream-tune" if tuning else "downstream") / task
+    if (folder / ".complete").exists():
+        return folder
     from gentune.data.splits import held_out_split, select_classes
 
     train, _ = (held_out_split(data, None, 5000, 1, exclude_seed=0) if tuning
                 else held_out_split(data, None, 5000, 0))
     classes = TASKS[task][1].split(",") if TASKS[task][0] == "--classes" else train.classes
-    train = select_classes(train, classes)
-    for i, (img, label) in enumerate(zip(train.images, train.labels)):
-        target = folder / classes[label]
-        target.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(target / f"{i:05d}.png")
-    done.write_text(f"{len(train)} images\n")
-    return folder
+    return write_image_folder(folder, select_classes(train, classes), classes)
 
 
 def step_time_ratio(data: str, objective: str, radreg: dict, steps: int = 12, batch: int = 256) -> dict:
