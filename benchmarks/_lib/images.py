@@ -82,14 +82,31 @@ def run_pretrain(name: str, objective: str, encoder: str, flags: list[str], args
         shutil.rmtree(out, ignore_errors=True)  # else gentune would return the finished run's summary
     cmd = ["pretrain", "--objective", objective, "--model", encoder, "--data", args.data,
            "--out", str(out.relative_to(ROOT)), *flags, *args.pretrain_extra]
+    resumed = resumed_step(out)
     t0 = time.time()
     runner.gentune(cmd, args.jobs)
     summary = cells.read_json(out / "summary.json")
+    # a run cut by a session's end resumes from its checkpoint: wall_seconds is then this process's part only,
+    # and summary.train_seconds (the loop's, carried by the checkpoint) the whole run's
     cells.write_json(cell, {"objective": objective, "encoder": encoder, "command": "gentune " + shlex.join(cmd),
                             "date": dt.date.today().isoformat(), "machine": machine(),
-                            "wall_seconds": time.time() - t0, "summary": summary,
+                            "wall_seconds": time.time() - t0, "resumed_from_step": resumed, "summary": summary,
                             **dict(zip(("matmul_gflops", "matmul_device"), matmul_gflops())), "evals": evals(out)})
     return cell
+
+
+def resumed_step(out: Path) -> int | None:
+    """The optimizer step a rerun of the run in OUT resumes from (its resume checkpoint's), None for a fresh run or
+    one whose checkpoint gentune will refuse anyway."""
+    from gentune.errors import GentuneError
+    from gentune.train.resume import read_state
+
+    if not (out / "checkpoint").is_dir():
+        return None
+    try:
+        return read_state(out / "checkpoint").step
+    except GentuneError:
+        return None
 
 
 def run_finetune(task: str, arm: str, seed: int, init: Path | None, encoder: str, args, results: Path,
