@@ -16,6 +16,8 @@ spans sessions):
     python benchmarks/point_grid.py downstream # (scratch | backbone x loss) x probe|finetune x budget x seed
     python benchmarks/point_grid.py all
     python benchmarks/point_grid.py --dry-run
+    python benchmarks/point_grid.py all --seeds 0 --jobs 8   # a GPU machine (benchmarks/device/run.sh): one seed
+                                                             # a call, its pretrainings and their cells together
     python benchmarks/point_grid.py --render
 
 Not run by CI.
@@ -63,7 +65,7 @@ def pretrain_dir(backbone: str, loss: str, seed: int) -> Path:
     return RUNS / "pretrain" / backbone / loss / f"seed{seed}"
 
 
-def phase_pretrain(backbones, losses, seeds) -> None:
+def pretrain_cells(backbones, losses, seeds):
     for seed in seeds:
         for backbone in backbones:
             for loss in losses:
@@ -72,8 +74,13 @@ def phase_pretrain(backbones, losses, seeds) -> None:
                 argv = ["pretrain", "--objective", loss, "--data", str(DATA), "--model", backbone, "--max-steps",
                         str(p["max_steps"]), "--batch-size", str(p["batch"]), "--lr", p["lr"], "--seed", str(seed),
                         "--out", _rel(out), "--set", f"val_size={VAL_SIZE}", *BACKBONES[backbone][1:]]
-                runner.run_cell(RESULTS / "pretrain" / backbone / loss / f"seed{seed}.json", argv,
-                     {"phase": "pretrain", "backbone": backbone, "loss": loss, "seed": seed}, out, keep=True)
+                yield (RESULTS / "pretrain" / backbone / loss / f"seed{seed}.json", argv,
+                       {"phase": "pretrain", "backbone": backbone, "loss": loss, "seed": seed}, out)
+
+
+def phase_pretrain(backbones, losses, seeds, jobs: int = 1, redo: bool = False) -> None:
+    runner.parallel([lambda c=c: runner.run_cell(*c, keep=True, jobs=jobs, redo=redo)
+                     for c in pretrain_cells(backbones, losses, seeds)], jobs)
 
 
 def _train_shapes(budget: str) -> int:
@@ -111,12 +118,16 @@ def downstream_cells(backbones, losses, seeds, budgets, modes):
                     yield RESULTS / "downstream" / backbone / f"{name}.json", argv, record, out
 
 
-def phase_downstream(backbones, losses, seeds, budgets, modes) -> None:
-    for cell, argv, record, out in downstream_cells(backbones, losses, seeds, budgets, modes):
-        if record["arm"] != "scratch" and not (pretrain_dir(record["backbone"], record["arm"], record["seed"]) /
-                                               "encoder").is_dir():
-            phase_pretrain([record["backbone"]], [record["arm"]], [record["seed"]])
-        runner.run_cell(cell, argv, record, out)
+def phase_downstream(backbones, losses, seeds, budgets, modes, jobs: int = 1) -> None:
+    todo = [c for c in downstream_cells(backbones, losses, seeds, budgets, modes) if not c[0].exists()]
+    # the encoders these cells start from, pretrained first (again, if this machine's runs/ lacks them)
+    need = sorted({(r["backbone"], r["arm"], r["seed"]) for _, _, r, _ in todo if r["arm"] != "scratch"
+                   and not (pretrain_dir(r["backbone"], r["arm"], r["seed"]) / "encoder").is_dir()})
+    for backbone, loss, seed in need:
+        if (RESULTS / "pretrain" / backbone / loss / f"seed{seed}.json").exists():
+            print(f"[redo] pretrain {backbone} {loss} seed {seed}: its encoder is not in runs/ any more", flush=True)
+    runner.parallel([lambda n=n: phase_pretrain([n[0]], [n[1]], [n[2]], jobs, redo=True) for n in need], jobs)
+    runner.parallel([lambda c=c: runner.run_cell(*c, jobs=jobs) for c in todo], jobs)
 
 
 def phase_cost(steps: int = 10) -> None:
@@ -247,6 +258,7 @@ def main() -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
     p.add_argument("--budgets", nargs="+", default=BUDGETS, choices=BUDGETS)
     p.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="runs at once (a GPU machine's cores)")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--render", action="store_true")
     args = p.parse_args()
@@ -260,9 +272,9 @@ def main() -> int:
         if phase == "cost":
             phase_cost()
         elif phase == "pretrain":
-            phase_pretrain(args.backbones, args.losses, args.seeds)
+            phase_pretrain(args.backbones, args.losses, args.seeds, args.jobs)
         else:
-            phase_downstream(args.backbones, args.losses, args.seeds, args.budgets, args.modes)
+            phase_downstream(args.backbones, args.losses, args.seeds, args.budgets, args.modes, args.jobs)
     runner.render_results()
     return 0
 

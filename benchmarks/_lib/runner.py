@@ -41,11 +41,25 @@ def gentune(argv: list[str], jobs: int = 1, label: str = "") -> None:
     print(f"[done] {lines[-1] if lines else shown}", flush=True)
 
 
-def run_cell(cell: Path, argv: list[str], record: dict, out: Path, keep: bool = False) -> None:
+def same_command(a: str, b: str) -> bool:
+    """Whether two recorded ``gentune`` commands are the same protocol: equal but for where the data lies (the value
+    of ``--data``, compared by its file or folder name: ``../shared/data/x.npz`` here and ``.device/data/x.npz`` on a
+    GPU machine are the same data set)."""
+    def norm(command: str) -> list[str]:
+        words = shlex.split(command)
+        return [Path(w).name if i and words[i - 1] == "--data" else w for i, w in enumerate(words)]
+
+    return norm(a) == norm(b)
+
+
+def run_cell(cell: Path, argv: list[str], record: dict, out: Path, keep: bool = False, jobs: int = 1,
+             redo: bool = False) -> None:
     """One ``gentune ARGV`` run into ``out`` recorded as the JSON cell ``cell`` (the record, the command, machine,
     commit, date, wall time and the run's summary.json); a finished cell is skipped, one made by another command
     is refused. A half-made ``out`` (no config.yaml) is cleared first; ``out/best`` is removed after unless
-    ``keep`` (the cell holds what the tables need)."""
+    ``keep`` (the cell holds what the tables need). ``jobs``: as :func:`gentune` (above 1, the run's output goes to
+    a log beside ``out``). ``redo``: run a finished cell again (its run folder is gone and a later cell needs
+    what it made); the cell is replaced only when the run has finished."""
     import datetime as dt
     import os
     import shutil
@@ -56,14 +70,14 @@ def run_cell(cell: Path, argv: list[str], record: dict, out: Path, keep: bool = 
 
     where = os.path.relpath(cell, ROOT)
     command = shlex.join(["gentune", *argv])
-    if cell.exists() and cells.read_json(cell).get("command") != command:
+    if cell.exists() and not same_command(cells.read_json(cell).get("command", ""), command):
         raise SystemExit(f"error: {where} was made by another command; move it away to rerun")
-    if cells.finished(cell, f"{record} -> {where}"):
+    if not redo and cells.finished(cell, f"{record} -> {where}"):
         return
     if out.exists() and not (out / "config.yaml").exists():
         shutil.rmtree(out)
     t0 = time.time()
-    gentune(argv, label=" ".join(f"{k}={v}" for k, v in record.items()))
+    gentune(argv, jobs, label=" ".join(f"{k}={v}" for k, v in record.items()))
     cells.write_json(cell, {**record, "command": command, "machine": machine(), "commit": commit(),
                             "date": dt.date.today().isoformat(), "wall_seconds": time.time() - t0,
                             "summary": cells.read_json(out / "summary.json")})

@@ -1,0 +1,32 @@
+"""The benchmarks' cell bookkeeping (benchmarks/_lib): a grid that spans sessions and machines must skip its own
+finished cells and refuse cells another protocol made."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _lib import runner  # noqa: E402
+
+
+def test_same_command_ignores_where_the_data_lies_and_nothing_else():
+    here = "gentune pretrain --objective point-contrast --data /work/shared/data/modelnet10/m.npz --seed 0"
+    there = "gentune pretrain --objective point-contrast --data .device/data/modelnet10/m.npz --seed 0"
+    assert runner.same_command(here, there)
+    assert runner.same_command(here, here)
+    assert not runner.same_command(here, there.replace("m.npz", "other.npz"))  # another data set
+    assert not runner.same_command(here, here.replace("--seed 0", "--seed 1"))
+    assert not runner.same_command(here, here + " --lr 1e-3")
+    # only the value after --data is a path to compare by name: --out and --init keep their whole paths
+    assert not runner.same_command("gentune finetune --init runs/a/enc", "gentune finetune --init runs/b/enc")
+
+
+def test_run_cell_refuses_a_cell_of_another_protocol(tmp_path):
+    cell = tmp_path / "c.json"
+    cell.write_text('{"command": "gentune finetune --data /x/d.csv --seed 1"}')
+    with pytest.raises(SystemExit, match="made by another command"):
+        runner.run_cell(cell, ["finetune", "--data", "/y/d.csv", "--seed", "2"], {}, tmp_path / "out")
+    # the same protocol with the data elsewhere: skipped as finished, nothing run
+    runner.run_cell(cell, ["finetune", "--data", "/y/d.csv", "--seed", "1"], {}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
