@@ -17,7 +17,9 @@ held-out images excluded; 2,000 sign vectors): the representation-induced Radema
 with the feature scale taken out (what RadReg penalises), the raw estimate and its bound, the MLP-head estimate
 (diagnose's: on a seeded 512 of those images, 32 sign vectors);
 heterogeneity (MMD², domain-classifier accuracy) between that pool and 1,000 training images of the checkpoint's
-pretraining distribution (the 8 classes, or all 10; random init: all 10). Reported: Spearman's rho of each
+pretraining distribution (the 8 classes, or all 10; random init: all 10); the features' spread on the pool
+(``gentune.diagnostics.feature_spread``: the share of their squared norm that varies between images, and its
+effective rank), since RadReg can meet its penalty by mapping the pool to nearly one point. Reported: Spearman's rho of each
 quantity with each probe's gap over the checkpoints, with a 95% percentile bootstrap interval (checkpoints
 resampled, 2,000 times).
 
@@ -52,7 +54,8 @@ PROBES = ("linear-probe", "mlp-probe")
 RANDOM = {"vit-tiny-p4": "mae", "conv-small": "context-encoder"}  # random init -> the objective whose lr it uses
 N_SIGMA, N_IMAGES, BOOTSTRAP = 2000, 1000, 2000
 QUANTITIES = {"complexity": "R (linear, scale-free)", "complexity_raw": "R (linear, raw)", "bound": "bound (raw)",
-              "complexity_mlp": "R (MLP)", "mmd2": "MMD²", "domain_accuracy": "domain acc."}
+              "complexity_mlp": "R (MLP)", "mmd2": "MMD²", "domain_accuracy": "domain acc.", "spread": "spread",
+              "effective_rank": "eff. rank"}
 
 
 def retest_checkpoints(budget: str, results: Path) -> dict[str, dict]:
@@ -101,7 +104,8 @@ def measure(name: str, encoder: Path, setting: str, args) -> dict:
     record = {"checkpoint": name, "complexity": cx["linear_normalized"]["estimate"],
               "complexity_raw": cx["linear"]["estimate"], "bound": cx["linear"]["bound"],
               "complexity_mlp": (cx.get("mlp") or {}).get("estimate"), "mmd2": het.get("mmd2"),
-              "domain_accuracy": het.get("domain_accuracy"), "n": cx["linear"]["n"], "n_sigma": args.n_sigma,
+              "domain_accuracy": het.get("domain_accuracy"), "spread": row["spread"]["spread"],
+              "effective_rank": row["spread"]["effective_rank"], "n": cx["linear"]["n"], "n_sigma": args.n_sigma,
               "pretraining_sample": os.path.relpath(other, ROOT), "date": dt.date.today().isoformat(),
               "machine": machine()}
     cells.write_json(cell, record)

@@ -48,6 +48,8 @@ def test_image_checkpoints_json_report_gap_and_cache(folders, tmp_path, monkeypa
         assert lin["n_sigma"] == 50
         assert 0 < lin["estimate"] <= lin["bound"] and lin["ci_low"] <= lin["estimate"] <= lin["ci_high"]
         assert row["complexity"]["curve"][-1]["n"] == 24 and row["heterogeneity"]["mmd2"] > 0
+        assert 0 < row["spread"]["spread"] <= 1 and 1 <= row["spread"]["effective_rank"] <= row["dim"]
+        assert row["spread"]["n"] == 24
     enc, clf = res["checkpoints"]
     assert enc["gap"] is None  # an encoder has no fine-tuning run to recompute
     summary = json.loads((ft / "summary.json").read_text())

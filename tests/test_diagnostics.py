@@ -316,3 +316,44 @@ def test_generalization_gap_signs():
     assert gaps["f1_gap"] == pytest.approx(-0.05)  # better held out: negative
     assert gaps["eval_loss_gap"] == pytest.approx(-0.05)
     json.dumps(gaps)
+
+
+# ------------------------------------------------------------------------------------------- feature spread
+
+
+def test_feature_spread_against_closed_forms():
+    from gentune.diagnostics import feature_spread
+
+    same = np.tile([[3.0, -4.0]], (10, 1))  # every example the same point: nothing varies
+    assert feature_spread(same) == {"spread": 0.0, "effective_rank": 0.0, "n": 10, "dim": 2}
+    # two examples m +- v: tr(C) = ||v||^2, mean squared norm = ||m||^2 + ||v||^2, one direction of variation
+    m, v = np.array([1.0, 2.0, 0.0]), np.array([0.0, 0.0, 2.0])
+    got = feature_spread(np.stack([m + v, m - v]))
+    assert got["spread"] == pytest.approx(4.0 / (5.0 + 4.0), rel=1e-12)
+    assert got["effective_rank"] == pytest.approx(1.0, rel=1e-12)
+    # centred, isotropic: spread 1, effective rank = the dimension (the +-e_k of each axis)
+    eye = np.eye(4)
+    got = feature_spread(np.concatenate([eye, -eye]))
+    assert got["spread"] == pytest.approx(1.0, rel=1e-12)
+    assert got["effective_rank"] == pytest.approx(4.0, rel=1e-12)
+    # variances 3:1 on two centred axes: exp of the entropy of (3/4, 1/4)
+    x = np.array([[3 ** 0.5, 0.0], [-(3 ** 0.5), 0.0], [0.0, 1.0], [0.0, -1.0]])
+    p = np.array([0.75, 0.25])
+    assert feature_spread(x)["effective_rank"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-12)
+
+
+def test_feature_spread_is_scale_free_and_sees_a_shrinking_variation():
+    from gentune.diagnostics import feature_spread
+
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(200, 16)) + 2.0
+    base = feature_spread(h)
+    assert feature_spread(1e-3 * h)["spread"] == pytest.approx(base["spread"], rel=1e-9)
+    assert feature_spread(1e-3 * h)["effective_rank"] == pytest.approx(base["effective_rank"], rel=1e-9)
+    # the examples pulled towards their mean by 100x (what a collapse does): spread falls by 10^4 at the same rank
+    mean = h.mean(0)
+    shrunk = feature_spread(mean + 0.01 * (h - mean))
+    assert shrunk["spread"] < 1e-3 * base["spread"]
+    assert shrunk["effective_rank"] == pytest.approx(base["effective_rank"], rel=1e-9)
+    with pytest.raises(GentuneError, match="at least 2"):
+        feature_spread(h[:1])

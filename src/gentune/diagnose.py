@@ -375,7 +375,7 @@ def diagnose(checkpoints: list[str], task: str, data: str, out: str, pretrain_da
     """Every diagnostic for every checkpoint; writes OUT/diagnostics.json and OUT/report.html."""
     from sklearn.decomposition import PCA
 
-    from .diagnostics import complexity_curve, heterogeneity, rademacher_complexity
+    from .diagnostics import complexity_curve, feature_spread, heterogeneity, rademacher_complexity
 
     if not checkpoints:
         raise GentuneError("diagnose: give at least one --checkpoint")
@@ -407,7 +407,7 @@ def diagnose(checkpoints: list[str], task: str, data: str, out: str, pretrain_da
             pick = np.random.default_rng(seed).permutation(len(feats))[:512]
             complexity["mlp"] = rademacher_complexity(feats[pick], "mlp", bound, min(n_sigma, 32), seed)
         row = {"checkpoint": ckpt, "kind": rep.kind, "dim": int(feats.shape[1]), "complexity": complexity,
-               "mean_norm": float(np.linalg.norm(feats, axis=1).mean())}
+               "mean_norm": float(np.linalg.norm(feats, axis=1).mean()), "spread": feature_spread(feats)}
         domain = np.zeros(len(feats))
         both = feats
         if pretrain_data:

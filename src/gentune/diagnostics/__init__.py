@@ -9,6 +9,8 @@ ints, strings and lists, ready for ``json.dumps``:
 - ``heterogeneity``: kernel MMD^2 with a permutation test and a domain classifier between two feature samples;
 - ``transferability``: the fitted power law downstream excess risk = C_beta * pretraining excess loss^beta;
 - ``generalization_gap``: heldout-vs-train gaps, positive when worse held out;
+- ``feature_spread``: how much the features vary across examples (the share of their norm that does, and over how
+  many directions): a collapsed representation shows here first;
 - ``kernel`` (:mod:`.ntk`): the empirical NTK of a model's outputs (SGD, SignGD, asymmetric SignGD) over a
   parameter subset, chunked, sharded and resumable; ``solve`` (:mod:`.kernels`): the kernel solvers (Malladi et
   al., ICML 2023).
@@ -18,7 +20,8 @@ from .heterogeneity import heterogeneity
 from .kernels import solve
 from .ntk import kernel
 from .rademacher import complexity_curve, rademacher_complexity
+from .spread import feature_spread
 from .transfer import generalization_gap, transferability
 
-__all__ = ["complexity_curve", "generalization_gap", "heterogeneity", "kernel", "rademacher_complexity", "solve",
-           "transferability"]
+__all__ = ["complexity_curve", "feature_spread", "generalization_gap", "heterogeneity", "kernel",
+           "rademacher_complexity", "solve", "transferability"]
