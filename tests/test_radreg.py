@@ -424,3 +424,39 @@ def test_mlp_heads_start_inside_their_balls():
     heads = MLPHeads(400, 1, 1, bound=1.0, generator=torch.Generator().manual_seed(0))
     assert heads.w1.detach().pow(2).sum((1, 2)).sqrt().max() <= 1.0 + 1e-6
     assert heads.w2.detach().norm(dim=1).max() <= 1.0 + 1e-6
+
+
+class AffineEncoder(torch.nn.Module):
+    """Encoder's features mapped to offset + c * features: every image pulled towards one point as c -> 0."""
+
+    def __init__(self, inner, offset: torch.Tensor, c: float):
+        super().__init__()
+        self.inner, self.offset, self.c = inner, offset, c
+
+    def forward_features(self, x):
+        return self.offset + self.c * self.inner.forward_features(x)
+
+
+@pytest.mark.parametrize("head,options", [("linear", {}), ("mlp", {"estimator": "unit"})])
+def test_center_takes_the_offset_out_so_collapsing_the_pool_does_not_lower_the_penalty(head, options):
+    """Without center, near-identical features (a large offset, a small spread) lower R; with center, R for
+    a + c h equals R for h exactly (same batches and signs: the same seed)."""
+    torch.manual_seed(7)
+    images = torch.randint(0, 256, (16, 4, 4, 3), dtype=torch.uint8)
+    model = Pretraining()
+    offset = 5.0 * torch.randn(8)
+
+    def estimate(c, center):  # c None: the encoder itself
+        m = model
+        if c is not None:
+            m = Pretraining()
+            m.encoder = AffineEncoder(model.encoder, offset, c)
+        reg = RadReg(images=images, head=head, batch_size=8, samples=4, mean=[0.5] * 3, std=[0.25] * 3,
+                     center=center, seed=3, **options)
+        reg(m, {}, None)
+        return reg.log()["radreg_complexity"]
+
+    base = {center: estimate(None, center) for center in (False, True)}
+    for c in (0.01, 3.0):
+        assert estimate(c, True) == pytest.approx(base[True], rel=1e-4)
+    assert estimate(0.01, False) < 0.9 * base[False]  # the collapse direction the uncentred penalty rewards

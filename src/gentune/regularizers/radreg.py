@@ -114,6 +114,10 @@ class RadReg(Regularizer):
         seed: seeds the downstream batches, the signs and the heads.
         image_size, mean, std: the downstream images' size and pixel normalisation; None: the task's (given
             at :meth:`setup`, the pretraining images' own).
+        center: subtract the batch's mean representation first (before ``normalize``), so that the penalty cannot
+            be met by mapping every downstream image to nearly one point either: with both, R is the same for
+            a + c h as for h (any offset a, any c > 0). Off by default (the paper's estimator, and the runs
+            reported so far).
         images: a uint8 (N, H, W, 3) array or tensor of downstream images, instead of ``data``.
         stream: an iterator of ``(pixel batch (n, C, H, W), indices into a pool of len(stream) images)``, e.g. a
             :class:`gentune.data.images.ImageStream`, instead of ``data``; it must draw from this regularizer's
@@ -125,7 +129,7 @@ class RadReg(Regularizer):
                  estimator: str = "heads", signs: str = "pool", pool_size: int = 0, restarts: int = 8,
                  supremum_every: int = 0, ascent_steps: int | None = None, ascent_lr: float | None = None,
                  mu: float = 0.0, seed: int = 0, image_size: int | None = None, mean: list[float] | None = None,
-                 std: list[float] | None = None, *, images=None, stream=None):
+                 std: list[float] | None = None, center: bool = False, *, images=None, stream=None):
         if head not in HEADS:
             raise ValueError(f"radreg: head must be one of {HEADS}, got {head!r}")
         if estimator not in ESTIMATORS or signs not in SIGNS:
@@ -145,7 +149,7 @@ class RadReg(Regularizer):
         if samples < 1 or batch_size < 2 or bound <= 0 or ascent_steps < 0:
             raise ValueError("radreg: samples >= 1, batch_size >= 2, bound > 0 and ascent_steps >= 0")
         self.weight, self.data, self.head, self.m, self.n = weight, data, head, samples, batch_size
-        self.bound, self.normalize, self.hidden = bound, normalize, hidden
+        self.bound, self.normalize, self.hidden, self.center = bound, normalize, hidden, center
         self.steps, self.lr, self.mu = ascent_steps, ascent_lr, mu
         self.estimator, self.signs, self.pool_size, self.restarts = estimator, signs, pool_size, restarts
         self.supremum_every = supremum_every
@@ -234,6 +238,8 @@ class RadReg(Regularizer):
         device = next(encoder.parameters()).device
         x, idx = self._next(device)
         h = widen(self._features(encoder, x))
+        if self.center:
+            h = h - h.mean(0, keepdim=True)
         if self.normalize:
             h = normalize_scale(h)
         if self.head == "linear":  # the closed form: fresh signs every step
