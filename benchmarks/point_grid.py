@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import os
 import statistics
 import sys
@@ -127,7 +128,18 @@ def phase_downstream(backbones, losses, seeds, budgets, modes, jobs: int = 1) ->
         if (RESULTS / "pretrain" / backbone / loss / f"seed{seed}.json").exists():
             print(f"[redo] pretrain {backbone} {loss} seed {seed}: its encoder is not in runs/ any more", flush=True)
     runner.parallel([lambda n=n: phase_pretrain([n[0]], [n[1]], [n[2]], jobs, redo=True) for n in need], jobs)
-    runner.parallel([lambda c=c: runner.run_cell(*c, jobs=jobs) for c in todo], jobs)
+    runner.parallel([lambda c=c: downstream_run(*c, jobs) for c in
+                     downstream_cells(backbones, losses, seeds, budgets, modes)], jobs)
+
+
+def downstream_run(cell: Path, argv: list[str], record: dict, out: Path, jobs: int) -> None:
+    """One downstream cell (a finished one is checked against this command and skipped by run_cell), recording
+    which encoder weights it started from: a redone pretraining (its runs/ gone) is not bit-identical on a GPU,
+    and the hash shows which cells came from which."""
+    if record["arm"] != "scratch" and not cell.exists():
+        weights = pretrain_dir(record["backbone"], record["arm"], record["seed"]) / "encoder" / "model.safetensors"
+        record = {**record, "init_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    runner.run_cell(cell, argv, record, out, jobs=jobs)
 
 
 def phase_cost(steps: int = 10) -> None:

@@ -19,9 +19,9 @@ with the feature scale taken out (what RadReg penalises), the raw estimate and i
 heterogeneity (MMD², domain-classifier accuracy) between that pool and 1,000 training images of the checkpoint's
 pretraining distribution (the 8 classes, or all 10; random init: all 10); the features' spread on the pool
 (``gentune.diagnostics.feature_spread``: the share of their squared norm that varies between images, and its
-effective rank), since RadReg can meet its penalty by mapping the pool to nearly one point. Reported: Spearman's rho of each
-quantity with each probe's gap over the checkpoints, with a 95% percentile bootstrap interval (checkpoints
-resampled, 2,000 times).
+effective rank), since RadReg can meet its penalty by mapping the pool to nearly one point. Reported: Spearman's
+rho of each quantity with each probe's gap over the checkpoints, with a 95% percentile bootstrap interval
+(checkpoints resampled, 2,000 times).
 
     python benchmarks/radreg_diagnostics.py           # after radreg_retest.py (any budget); resumable
     python benchmarks/radreg_diagnostics.py --render  # only rebuild docs/results.md

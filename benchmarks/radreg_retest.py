@@ -87,10 +87,20 @@ def pretrain(setting: str, objective: str, radreg: bool, seed: int, args, need_e
                                Path(args.runs), need_encoder)
 
 
+def downstream_cell(setting: str, objective: str, radreg: bool, pseed: int, kind: str, seed: int, args) -> Path:
+    arm = f"{setting}.{kind}.{arm_name(objective, radreg)}_p{pseed}"
+    return Path(args.results) / "finetune" / TASK / f"{arm}_seed{seed}.json"
+
+
+def downstream_left(setting: str, objective: str, radreg: bool, pseed: int, args) -> bool:
+    return any(not downstream_cell(setting, objective, radreg, pseed, k, s, args).exists()
+               for k in KINDS for s in args.seeds)
+
+
 def downstream(setting: str, objective: str, radreg: bool, pseed: int, kind: str, seed: int, args) -> Path:
     """One downstream cell: ``finetune/cat-dog/SETTING.KIND.ARM_pP_seedS.json`` from that checkpoint."""
     arm = f"{setting}.{kind}.{arm_name(objective, radreg)}_p{pseed}"
-    cell = Path(args.results) / "finetune" / TASK / f"{arm}_seed{seed}.json"
+    cell = downstream_cell(setting, objective, radreg, pseed, kind, seed, args)
     if cell.exists():
         return cell
     init = Path(args.runs) / "pretrain" / setting / f"{arm_name(objective, radreg)}_p{pseed}" / "encoder"
@@ -130,7 +140,11 @@ def run(args) -> None:
     for setting in args.settings:
         for objective in args.objectives:
             for pseed in args.pretrain_seeds:
-                calls = [lambda r=r: pretrain(setting, objective, r, pseed, args) for r in (False, True)]
+                # an encoder that runs/ lacks is pretrained again here, before its downstream cells start in
+                # parallel (each would otherwise redo it into the same folder), and only if one of them is missing
+                calls = [lambda r=r: pretrain(setting, objective, r, pseed, args,
+                                              need_encoder=downstream_left(setting, objective, r, pseed, args))
+                         for r in (False, True)]
                 runner.parallel(calls, args.jobs)
                 runner.parallel([lambda r=r, k=k, s=s: downstream(setting, objective, r, pseed, k, s, args)
                                  for r in (False, True) for k in KINDS for s in args.seeds], args.jobs)

@@ -30,3 +30,33 @@ def test_run_cell_refuses_a_cell_of_another_protocol(tmp_path):
     # the same protocol with the data elsewhere: skipped as finished, nothing run
     runner.run_cell(cell, ["finetune", "--data", "/y/d.csv", "--seed", "1"], {}, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_run_cell_redo_replaces_a_cell_only_once_its_run_has_finished(tmp_path, monkeypatch):
+    import json
+
+    cell, out = tmp_path / "c.json", tmp_path / "out"
+    cell.write_text(json.dumps({"command": "gentune pretrain --seed 1", "summary": {"loss": 1.0}}))
+    calls = []
+
+    def fake(argv, jobs=1, label=""):
+        calls.append(argv)
+        if fail:
+            raise RuntimeError("the run broke")
+        out.mkdir(exist_ok=True)
+        (out / "config.yaml").write_text("x: 1\n")
+        (out / "summary.json").write_text('{"loss": 0.5}')
+
+    monkeypatch.setattr(runner, "gentune", fake)
+    monkeypatch.setattr("_lib.provenance.commit", lambda: "test")
+    fail = False
+    runner.run_cell(cell, ["pretrain", "--seed", "1"], {}, out)  # finished: skipped
+    assert calls == [] and json.loads(cell.read_text())["summary"] == {"loss": 1.0}
+    fail = True
+    with pytest.raises(RuntimeError):
+        runner.run_cell(cell, ["pretrain", "--seed", "1"], {}, out, redo=True)
+    assert json.loads(cell.read_text())["summary"] == {"loss": 1.0}  # a failed redo keeps the old cell
+    fail = False
+    runner.run_cell(cell, ["pretrain", "--seed", "1"], {"phase": "p"}, out, redo=True)
+    got = json.loads(cell.read_text())
+    assert got["summary"] == {"loss": 0.5} and got["phase"] == "p" and len(calls) == 2

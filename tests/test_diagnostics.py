@@ -326,6 +326,8 @@ def test_feature_spread_against_closed_forms():
 
     same = np.tile([[3.0, -4.0]], (10, 1))  # every example the same point: nothing varies
     assert feature_spread(same) == {"spread": 0.0, "effective_rank": 0.0, "n": 10, "dim": 2}
+    inexact = np.tile([[0.1, 0.7, 1 / 3]], (3, 1))  # a mean that float64 cannot hold exactly: still nothing
+    assert feature_spread(inexact)["effective_rank"] == 0.0
     # two examples m +- v: tr(C) = ||v||^2, mean squared norm = ||m||^2 + ||v||^2, one direction of variation
     m, v = np.array([1.0, 2.0, 0.0]), np.array([0.0, 0.0, 2.0])
     got = feature_spread(np.stack([m + v, m - v]))
@@ -350,10 +352,12 @@ def test_feature_spread_is_scale_free_and_sees_a_shrinking_variation():
     base = feature_spread(h)
     assert feature_spread(1e-3 * h)["spread"] == pytest.approx(base["spread"], rel=1e-9)
     assert feature_spread(1e-3 * h)["effective_rank"] == pytest.approx(base["effective_rank"], rel=1e-9)
-    # the examples pulled towards their mean by 100x (what a collapse does): spread falls by 10^4 at the same rank
+    # the examples pulled towards their mean by 100x (what a collapse does): tr(C) falls by 10^4, so the spread is
+    # 1e-4 tr(C) / (||m||^2 + 1e-4 tr(C)), at the same rank
     mean = h.mean(0)
     shrunk = feature_spread(mean + 0.01 * (h - mean))
-    assert shrunk["spread"] < 1e-3 * base["spread"]
+    trace = float(((h - mean) ** 2).sum(1).mean())
+    assert shrunk["spread"] == pytest.approx(1e-4 * trace / (float(mean @ mean) + 1e-4 * trace), rel=1e-9)
     assert shrunk["effective_rank"] == pytest.approx(base["effective_rank"], rel=1e-9)
     with pytest.raises(GentuneError, match="at least 2"):
         feature_spread(h[:1])

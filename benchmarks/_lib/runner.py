@@ -93,8 +93,15 @@ def parallel(calls: list[Callable[[], object]], jobs: int = 1) -> list:
     """
     if jobs == 1:
         return [c() for c in calls]
-    with ThreadPoolExecutor(jobs) as pool:
+    pool = ThreadPoolExecutor(jobs)
+    try:
         futures = [pool.submit(c) for c in calls]
+        for f in futures:
+            f.exception()  # waits; an interrupt (a time limit's SIGINT) lands here
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)  # no queued cell starts after it; running ones end with it
+        raise
+    pool.shutdown()
     errors = [f.exception() for f in futures if f.exception() is not None]
     if errors:
         raise errors[0]

@@ -15,6 +15,7 @@ cd "$(dirname "$0")/../.."
 [ $# -ge 1 ] || { echo "usage: $0 cifar10|modelnet10|glue ..." >&2; exit 2; }
 shared="${SHARED:-../shared}"
 exclude="$(git rev-parse --git-path info/exclude)"
+rm -rf .device/whl  # one version of each wheel: two stop the machine's whole install
 mkdir -p "$(dirname "$exclude")" .device/whl .device/data
 grep -qx '/.device/' "$exclude" 2>/dev/null || echo '/.device/' >> "$exclude"
 py=".venv/bin/python"
@@ -32,10 +33,9 @@ for name in "$@"; do
     cifar10|modelnet10) ;;
     glue)
       download datasets dill multiprocess
-      ls .device/whl/seqeval-* >/dev/null 2>&1 ||
-        "$py" -m pip wheel -q --no-deps -w .device/whl "seqeval==$(version seqeval)"  # an sdist only: built here
-      mkdir -p .device/models
-      cp -r "$shared/models/splade_tiny_bert_mlm" .device/models/ ;;
+      "$py" -m pip wheel -q --no-deps -w .device/whl "seqeval==$(version seqeval)"  # an sdist only: built here
+      mkdir -p .device/models && rm -rf .device/models/splade_tiny_bert_mlm
+      cp -r "$shared/models/splade_tiny_bert_mlm" .device/models/ && chmod -R u+w .device/models ;;
     *) echo "error: $name: not one of cifar10, modelnet10, glue" >&2; exit 2 ;;
   esac
   [ -d "$shared/data/$name" ] || { echo "error: $shared/data/$name: no such folder" >&2; exit 2; }

@@ -9,6 +9,7 @@
 #   log.txt            the grid's output
 #   cells.tar.gz       every file under benchmarks/results/ that the grid wrote or rewrote
 #   nvidia-smi.txt     the machine
+#   files.txt          the archive's file list
 # Here, afterwards: benchmarks/device/unpack.sh FILES_AT/cells.tar.gz, then commit the cells and rerender.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,8 +34,8 @@ marker="$(mktemp)"
 sleep 1  # a cell written in the same second as the marker still counts as newer
 timeout -s INT -k 30 "$seconds" python3 "$@" > "$out/log.txt" 2>&1
 rc=$?
-[ "$rc" = 124 ] && echo "== stopped after $seconds s (finished cells kept)" >> "$out/log.txt"
-find benchmarks/results -type f -newer "$marker" > "$out/files.txt"
+case "$rc" in 124|137) echo "== stopped after $seconds s (finished cells kept)" >> "$out/log.txt" ;; esac
+find benchmarks/results -type f -newer "$marker" ! -name '*.tmp' > "$out/files.txt"  # no half-written cell
 tar czf "$out/cells.tar.gz" -T "$out/files.txt"
 echo "rc $rc; $(wc -l < "$out/files.txt") result files back in cells.tar.gz"
 tail -20 "$out/log.txt"

@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ $# -eq 1 ] && [ -f "$1" ] || { echo "error: ${1:-}: no such file (usage: $0 cells.tar.gz)" >&2; exit 2; }
-if tar tzf "$1" | grep -qv '^benchmarks/results/'; then
+listing="$(tar tzf "$1")" || { echo "error: $1: not a readable tar.gz" >&2; exit 2; }
+if grep -v '^benchmarks/results/' <<< "$listing" | grep -q . || grep -q '\.\.' <<< "$listing"; then
   echo "error: $1: holds files outside benchmarks/results/" >&2; exit 2
 fi
 tar xzvf "$1" | sed 's/^/  /'

@@ -29,7 +29,8 @@ def feature_spread(features) -> dict:
     # C's eigenvalues are the squared singular values of the centred rows over n
     eig = torch.linalg.svdvals(centred) ** 2 / n
     variance = float(eig.sum())
-    if variance <= 1e-300 * max(total, 1.0):
+    # below float64 round-off of the mean (identical rows whose mean is inexact): nothing varies
+    if variance <= (d * torch.finfo(torch.float64).eps) ** 2 * total:
         return {"spread": 0.0, "effective_rank": 0.0, "n": n, "dim": d}
     p = eig / eig.sum()
     p = p[p > 0]
