@@ -57,9 +57,9 @@ def flops_per_token(run: Path) -> tuple[float, float]:
 
     cfg = load_saved(task.config, yaml.safe_load((run / "config.yaml").read_text()), str(run / "config.yaml"))
     job = task.build(cfg)
-    from gentune.train.state import EpochSampler
+    from gentune.train.loop import train_sampler
 
-    sampler = EpochSampler(len(job.train_set), 0, job.lengths if cfg.group_by_length else None, cfg.batch_size)
+    sampler = train_sampler(job, cfg, seed=0)
     loader = torch.utils.data.DataLoader(job.train_set, batch_size=cfg.batch_size, sampler=sampler,
                                          collate_fn=job.collate)
     flops = tokens = padded = 0

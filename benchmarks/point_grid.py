@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import os
 import statistics
 import sys
@@ -138,7 +137,7 @@ def downstream_run(cell: Path, argv: list[str], record: dict, out: Path, jobs: i
     and the hash shows which cells came from which."""
     if record["arm"] != "scratch" and not cell.exists():
         weights = pretrain_dir(record["backbone"], record["arm"], record["seed"]) / "encoder" / "model.safetensors"
-        record = {**record, "init_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+        record = {**record, "init_sha256": cells.file_sha256(weights)}
     runner.run_cell(cell, argv, record, out, jobs=jobs)
 
 

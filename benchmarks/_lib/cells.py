@@ -3,10 +3,16 @@ interrupted or parallel writer never leaves a half-written file, and skipped on 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
 from pathlib import Path
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes (which weights a cell started from)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def write_text(path: Path, text: str) -> None:

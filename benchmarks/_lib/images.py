@@ -9,7 +9,6 @@ an interrupted run resumes from its checkpoint.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import shlex
 import shutil
@@ -140,7 +139,7 @@ def run_finetune(task: str, arm: str, seed: int, init: Path | None, encoder: str
     cells.write_json(cell, {"task": task, "arm": arm, "seed": seed, "command": "gentune " + shlex.join(cmd),
                             "date": dt.date.today().isoformat(), "machine": machine(),
                             "wall_seconds": time.time() - t0,
-                            "init_sha256": hashlib.sha256(weights.read_bytes()).hexdigest() if weights else None,
+                            "init_sha256": cells.file_sha256(weights) if weights else None,
                             "summary": summary, "evals": evals(out)})
     return cell
 

@@ -97,16 +97,22 @@ def check_job(job: Job, cfg) -> None:
         raise GentuneError("eval_train: this task cannot score its training examples (it gives no train_eval_set)")
 
 
+def train_sampler(job: Job, cfg, seed: int | None = None) -> EpochSampler:
+    """The order the loop draws ``job``'s training examples in: shuffled per epoch from ``seed`` (the run's by
+    default), batches grouped by length when ``cfg.group_by_length``."""
+    check_job(job, cfg)
+    lengths = None
+    if cfg.group_by_length:
+        lengths = job.lengths() if callable(job.lengths) else job.lengths
+    return EpochSampler(len(job.train_set), cfg.seed if seed is None else seed, lengths, cfg.batch_size)
+
+
 def _prepare(job: Job, cfg, accelerator, regularizers) -> _Parts:
     """Data loaders, optimizer, linear schedule with warm-up, regularizers (set up with the run's length, model
     and the task's data), all through ``accelerator.prepare``."""
     from transformers import get_linear_schedule_with_warmup
 
-    check_job(job, cfg)
-    lengths = None
-    if cfg.group_by_length:
-        lengths = job.lengths() if callable(job.lengths) else job.lengths
-    sampler = EpochSampler(len(job.train_set), cfg.seed, lengths, cfg.batch_size)
+    sampler = train_sampler(job, cfg)
     train_dl = torch.utils.data.DataLoader(job.train_set, batch_size=cfg.batch_size, sampler=sampler,
                                            collate_fn=job.collate, generator=torch.Generator())
     dev_dl = None
@@ -346,4 +352,4 @@ def fit(job: Job, cfg, accelerator=None, hooks: Hooks | None = None, resume_from
     return Fit(model, final_dev, state, p.total_steps, p.steps_per_epoch, p.regularizers, acc, final_train)
 
 
-__all__ = ["EPOCH_END", "Fit", "Hooks", "check_job", "fit"]
+__all__ = ["EPOCH_END", "Fit", "Hooks", "check_job", "fit", "train_sampler"]
