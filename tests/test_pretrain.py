@@ -288,11 +288,11 @@ def test_mean_pooling_in_pretraining_is_the_saved_encoders_and_radregs(images, t
 
     pools, original = [], RadReg._features
 
-    def features(encoder, x):
+    def features(self, encoder, x):
         pools.append(encoder.pool)
-        return original(encoder, x)
+        return original(self, encoder, x)
 
-    monkeypatch.setattr(RadReg, "_features", staticmethod(features))
+    monkeypatch.setattr(RadReg, "_features", features)
     gentune.pretrain(objective="mae", data=str(images), model="vit-micro-p4", out=str(tmp_path / "pre"),
                      max_steps=1, batch_size=8, val_size=9, pool="mean", regularizer=["radreg"],
                      regularizer_options={"radreg": {"data": str(images), "batch_size": 4}})

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GentuneError
+from .streams import PoolStream
 
 CACHE_ENV = "GENTUNE_CACHE"
 IMAGE_EXTENSIONS = frozenset(
@@ -653,11 +654,11 @@ class ImageCollator:
             self.generator.set_state(state["generator"])
 
 
-class ImageStream:
+class ImageStream(PoolStream):
     """An endless stream of normalised batches from a pool of images: ``next(stream) -> (x, idx)``, x (n, 3, H, W)
     float pixels normalised with ``mean``/``std``, idx (n,) their positions in the pool. The pool is cycled in
-    permutations drawn from ``generator`` (a fresh one after every pass); ``state_dict`` holds the position, the
-    generator's state is its owner's to save.
+    permutations drawn from ``generator`` (a fresh one after every pass: :class:`gentune.data.streams.PoolStream`);
+    ``state_dict`` holds the position, the generator's state is its owner's to save.
 
     Args:
         images: uint8 (N, H, W, 3) array or tensor.
@@ -667,41 +668,19 @@ class ImageStream:
     """
 
     def __init__(self, images, batch_size: int, generator: torch.Generator, mean=None, std=None):
-        self.images = torch.as_tensor(images)
-        self.batch_size, self.generator, self.mean, self.std = batch_size, generator, mean, std
-        self.order: torch.Tensor | None = None  # the current pass over the pool
-        self.pos = 0
+        super().__init__(torch.as_tensor(images), batch_size, generator)
+        self.mean, self.std = mean, std
 
-    def __len__(self) -> int:
-        return len(self.images)
+    @property
+    def images(self) -> torch.Tensor:
+        """The pool: uint8 (N, H, W, 3)."""
+        return self.pool
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        picked, have = [], 0
-        while have < self.batch_size:
-            if self.order is None or self.pos >= len(self.order):
-                self.order, self.pos = torch.randperm(len(self.images), generator=self.generator), 0
-            take = self.order[self.pos:self.pos + self.batch_size - have]
-            picked.append(take)
-            self.pos += len(take)
-            have += len(take)
-        idx = torch.cat(picked)
-        x = self.images[idx].permute(0, 3, 1, 2).float() / 255.0
+    def _batch(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.pool[idx].permute(0, 3, 1, 2).float() / 255.0
         if self.mean is not None:
             x = (x - torch.tensor(self.mean).view(1, 3, 1, 1)) / torch.tensor(self.std).view(1, 3, 1, 1)
-        return x, idx
-
-    def subset(self, keep: torch.Tensor) -> None:
-        """Restrict the pool to the images at positions ``keep`` (their order kept); the stream starts a new pass."""
-        self.images, self.order, self.pos = self.images[keep], None, 0
-
-    def state_dict(self) -> dict:
-        return {"order": self.order, "pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.order, self.pos = state.get("order"), state.get("pos", 0)
+        return x
 
 
 def image_stream(path: str, batch_size: int, generator: torch.Generator, image_size: int | None = None, mean=None,

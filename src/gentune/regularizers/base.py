@@ -39,7 +39,10 @@ class Context:
         data: facts about the task's data and ways to read more of it, by name. The image tasks give ``mean``,
             ``std`` (pixel normalisation), ``image_size`` and ``unlabeled`` (``unlabeled(path, batch_size,
             generator, image_size, mean, std) -> stream`` of normalised unlabeled images:
-            :func:`gentune.data.images.image_stream`).
+            :func:`gentune.data.images.image_stream`). Masked-LM pretraining gives ``unlabeled`` (the same call, a
+            :class:`gentune.data.streams.TextStream` of padded token ids; the image options unused) and
+            ``features`` (``features(model, batch) -> (n, d)``, the text representation:
+            :func:`gentune.tasks.text_pretraining.text_features`).
     """
 
     total_steps: int = 0

@@ -26,8 +26,11 @@ so the penalty cannot be met by shrinking the features (which a decoder would un
   (``radreg_supremum``, a long search off the training graph with its own generator, so it does not change the
   run) and the running estimate's share of it (``radreg_supremum_ratio``).
 
-The downstream images are their own stream (``data``, opened by the task at :meth:`RadReg.setup`), cycled with
-the regularizer's own generator; both are saved in its state, so a resumed run continues exactly. The Rademacher
+The downstream examples are their own stream (``data``, opened by the task at :meth:`RadReg.setup`), cycled with
+the regularizer's own generator; both are saved in its state, so a resumed run continues exactly. Images for the
+image encoders (h: the encoder's ``forward_features``); text for masked-LM pretraining (``gentune pretrain
+--objective mlm``, the file read as ``--data`` is; h: the masked mean of the encoder's last hidden states over the
+tokens, the representation a mean-pooled head or linear probe reads). The Rademacher
 maths (signs, the closed form, the ascent heads) is :mod:`gentune.diagnostics.rademacher`'s. Under DDP each process encodes its share of the downstream batch
 (``RadReg._features``), so the regularizer's cost per process falls with the number of processes.
 """
@@ -40,6 +43,7 @@ import torch
 
 from ..diagnostics.rademacher import (LinearHeads, MLPHeads, ascent, head_objective, linear_complexity,
                                       normalize_scale, rademacher_signs, unit_supremum, unit_values)
+from ..data.streams import batch_len, batch_to, rows
 from ..errors import GentuneError
 from ..registry import register
 from ..tensors import unwrap, widen
@@ -85,14 +89,15 @@ def _gather(share: torch.Tensor) -> torch.Tensor:
 class RadReg(Regularizer):
     """RadReg: penalise the Rademacher complexity of downstream heads during pretraining (Deng et al., AISTATS 2024).
 
-    The complexity is the representation-induced one, on a stream of unlabeled downstream images. The model must
-    expose the encoder as ``model.encoder`` with ``forward_features`` (the pretraining models do), or
-    ``forward_features`` itself.
+    The complexity is the representation-induced one, on a stream of unlabeled downstream examples. The model must
+    expose the encoder as ``model.encoder`` with ``forward_features`` (the image pretraining models do), or
+    ``forward_features`` itself, unless ``features`` says how to represent a batch (the text task gives it).
 
     Args:
         weight: lambda, the penalty's weight.
-        data: the unlabeled downstream images (an image folder or archive), read through the task at
-            :meth:`setup`; or give ``images`` or ``stream`` instead.
+        data: the unlabeled downstream examples, read through the task at :meth:`setup`: images (an image folder or
+            archive) for image pretraining, text (a file read as the run's ``--data`` is) for masked-LM
+            pretraining; or give ``images`` or ``stream`` instead.
         head: ``linear`` (the closed form), ``mlp`` (two-layer ReLU heads by projected ascent) or
             ``linear-ascent`` (linear heads by ascent, to check the ascent against the closed form).
         samples: m, sign vectors (heads) per step.
@@ -119,9 +124,12 @@ class RadReg(Regularizer):
             a + c h as for h (any offset a, any c > 0). Off by default (the paper's estimator, and the runs
             reported so far).
         images: a uint8 (N, H, W, 3) array or tensor of downstream images, instead of ``data``.
-        stream: an iterator of ``(pixel batch (n, C, H, W), indices into a pool of len(stream) images)``, e.g. a
-            :class:`gentune.data.images.ImageStream`, instead of ``data``; it must draw from this regularizer's
+        stream: an iterator of ``(batch, indices into a pool of len(stream) examples)``, the batch a pixel tensor
+            (n, C, H, W) or a dict of (n, ...) tensors, e.g. a :class:`gentune.data.images.ImageStream` or
+            :class:`gentune.data.streams.TextStream`, instead of ``data``; it must draw from this regularizer's
             ``generator`` for a resumed run to continue exactly.
+        features: ``features(model, batch) -> (n, d)``, the representation of a batch of the stream; None: the
+            task's (``features`` in its context), else ``model.encoder.forward_features(batch)``.
     """
 
     def __init__(self, weight: float = 0.1, data: str = "", head: str = "linear", samples: int = 4,
@@ -129,7 +137,7 @@ class RadReg(Regularizer):
                  estimator: str = "heads", signs: str = "pool", pool_size: int = 0, restarts: int = 8,
                  supremum_every: int = 0, ascent_steps: int | None = None, ascent_lr: float | None = None,
                  mu: float = 0.0, seed: int = 0, image_size: int | None = None, mean: list[float] | None = None,
-                 std: list[float] | None = None, center: bool = False, *, images=None, stream=None):
+                 std: list[float] | None = None, center: bool = False, *, images=None, stream=None, features=None):
         if head not in HEADS:
             raise ValueError(f"radreg: head must be one of {HEADS}, got {head!r}")
         if estimator not in ESTIMATORS or signs not in SIGNS:
@@ -143,7 +151,7 @@ class RadReg(Regularizer):
         ascent_steps = (20 if unit else 1) if ascent_steps is None else ascent_steps
         ascent_lr = (0.5 if unit else 0.2) if ascent_lr is None else ascent_lr
         if not data and images is None and stream is None:
-            raise ValueError("radreg: data is required (--set radreg.data=PATH: the downstream images, unlabeled)")
+            raise ValueError("radreg: data is required (--set radreg.data=PATH: the downstream examples, unlabeled)")
         if data and images is None and stream is None and not Path(str(data)).exists():
             raise ValueError(f"radreg.data {data}: no such file or folder")
         if samples < 1 or batch_size < 2 or bound <= 0 or ascent_steps < 0:
@@ -159,6 +167,7 @@ class RadReg(Regularizer):
         self.seed = seed
         self._images = None if images is None else torch.as_tensor(images)
         self.stream = stream
+        self.features = features
         self._stream_state: dict | None = None  # a checkpointed stream position, applied once the stream exists
         self._pool_signs: torch.Tensor | None = None  # (m, N): ascent heads' fixed sign per downstream image
         self.heads: MLPHeads | LinearHeads | None = None
@@ -173,12 +182,15 @@ class RadReg(Regularizer):
         self.image_size = self.image_size if self.image_size is not None else data.get("image_size")
         if self.mean is None and data.get("mean") is not None:
             self.mean, self.std = list(data["mean"]), list(data["std"])
+        if self.features is None:
+            self.features = data.get("features")
         if context.model is not None:
             self._encoder(context.model)
         if self.stream is None and self._images is None:
             if "unlabeled" not in data:
-                raise GentuneError("radreg: this task has no image stream for radreg.data (RadReg regularizes image "
-                                   "encoders; in Python give images= or stream=)")
+                raise GentuneError("radreg: this task has no stream of unlabeled examples for radreg.data (RadReg "
+                                   "regularizes image pretraining and masked-LM pretraining; in Python give images= "
+                                   "or stream=)")
             self.stream = data["unlabeled"](self.data, self.n, self.generator, self.image_size, self.mean, self.std)
         self._limit_pool()
 
@@ -192,17 +204,21 @@ class RadReg(Regularizer):
         keep = torch.randperm(len(self.stream), generator=torch.Generator().manual_seed(self.seed + 3))
         self.stream.subset(keep[:self.pool_size].sort().values)
 
-    @staticmethod
-    def _encoder(model) -> torch.nn.Module:
+    def _encoder(self, model) -> torch.nn.Module:
+        """What ``features`` is called with (the model itself when the task gives ``features``), checked."""
         inner = unwrap(model)
+        if self.features is not None:
+            return inner
         encoder = getattr(inner, "encoder", inner)
         if not callable(getattr(encoder, "forward_features", None)):
             raise GentuneError(f"radreg: {type(inner).__name__} has no encoder with forward_features(): RadReg "
-                               "penalises the representation of an image encoder")
+                               "penalises the representation of an image encoder, or of a text encoder in masked-LM "
+                               "pretraining (gentune pretrain --objective mlm)")
         return encoder
 
-    def _next(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(normalised images (n, C, H, W), their indices in the downstream pool) on ``device``."""
+    def _next(self, device) -> tuple[torch.Tensor | dict, torch.Tensor]:
+        """(a downstream batch: normalised images (n, C, H, W) or a dict of tensors, their indices in the pool), the
+        batch on ``device``."""
         if self.stream is None:  # images given in Python, no setup: a stream over them
             from ..data.images import ImageStream
 
@@ -215,10 +231,12 @@ class RadReg(Regularizer):
             self.stream.load_state_dict(self._stream_state)
             self._stream_state = None
         x, idx = next(self.stream)
-        return x.to(device), idx
+        return batch_to(x, device), idx
 
-    @staticmethod
-    def _features(encoder, x: torch.Tensor) -> torch.Tensor:
+    def _represent(self, encoder, x) -> torch.Tensor:
+        return encoder.forward_features(x) if self.features is None else self.features(encoder, x)
+
+    def _features(self, encoder, x) -> torch.Tensor:
         """h(x) of the whole downstream batch. Under torch.distributed every process draws the same batch, encodes
         only its 1/P share and gathers the others' with their gradients, so each holds the h one process would.
 
@@ -228,10 +246,11 @@ class RadReg(Regularizer):
         """
         dist = torch.distributed
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        if world == 1 or len(x) % world:
-            return encoder.forward_features(x)
-        share, rank = len(x) // world, dist.get_rank()
-        return _gather(encoder.forward_features(x[rank * share:(rank + 1) * share]))
+        n = batch_len(x)
+        if world == 1 or n % world:
+            return self._represent(encoder, x)
+        share, rank = n // world, dist.get_rank()
+        return _gather(self._represent(encoder, rows(x, rank * share, (rank + 1) * share)))
 
     def __call__(self, model, batch: dict, outputs) -> dict[str, torch.Tensor]:
         encoder = self._encoder(model)

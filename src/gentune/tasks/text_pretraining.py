@@ -6,6 +6,11 @@ files with their labels dropped (``from_task``); a seeded slice is held out for 
 with masks drawn from a fixed seed at every evaluation. A model without a masked-LM head (all-MiniLM-L6-v2) gets
 one tied to its word embeddings (said in the summary and the saved gentune.json). The run saves OUT/model, a
 folder ``AutoModelForMaskedLM.from_pretrained`` loads (and ``gentune finetune --model OUT/model`` fine-tunes).
+
+A regularizer that reads its own unlabeled examples gets text here: ``--regularizer radreg --set
+radreg.data=FILE`` (the seed paper's RadReg on text) reads FILE as ``--data`` is read (same columns, same
+``from_task``), tokenized like the training text, and represents a batch by the masked mean of the encoder's last
+hidden states (:func:`text_features`).
 """
 
 from __future__ import annotations
@@ -19,13 +24,16 @@ import torch
 
 from ..config import RunConfig, opt
 from ..data import get_task
+from ..data.streams import TextStream
 from ..data.tables import read_texts
 from ..errors import GentuneError
 from ..models.checkpoint import save_masked_lm
 from ..models.hf import DEFAULT_MODEL, load_masked_lm, load_tokenizer, resolve_model_path
+from ..models.pooling import masked_mean
 from ..objectives.classification import map_quietly
 from ..objectives.mlm import MaskedLMCollator
 from ..registry import create
+from ..tensors import unwrap
 from ..train import Job
 from .base import Splits, Task, register_task
 
@@ -90,10 +98,15 @@ def check(cfg: TextPretrainingConfig) -> None:
     create("objective", "mlm", **cfg.objective_options.get("mlm", {}))  # option values fail before any work
 
 
+def read_unlabeled(cfg: TextPretrainingConfig, data: str):
+    """The text of ``data`` (a file or folder), read as the run's ``--data`` is."""
+    return read_texts(text_files(data), cfg.text_column, cfg.text_pair_column,
+                      get_task(cfg.from_task) if cfg.from_task else None)
+
+
 def datasets(cfg: TextPretrainingConfig) -> Splits:
     """(training text, held-out text or None): a seeded slice of ``val_size`` examples (at most a tenth) held out."""
-    texts = read_texts(text_files(cfg.data), cfg.text_column, cfg.text_pair_column,
-                       get_task(cfg.from_task) if cfg.from_task else None)
+    texts = read_unlabeled(cfg, cfg.data)
     n_val = min(cfg.val_size, len(texts) // 10)
     order = np.random.default_rng(cfg.split_seed).permutation(len(texts))
     val = texts.select(sorted(order[:n_val].tolist())) if n_val else None
@@ -110,6 +123,26 @@ def tokenize_text(dataset, tokenizer, max_length: int, whole_word: bool):
                          return_special_tokens_mask=True, return_offsets_mapping=whole_word)
 
     return map_quietly(dataset, fn, tokenizer, max_length=max_length, whole_word=whole_word, pair=pair)
+
+
+def text_features(model, batch: dict) -> torch.Tensor:
+    """(n, d): the masked mean of the encoder's last hidden states over each example's tokens (the masked-LM
+    model's ``base_model``; padding left out), the representation RadReg penalises on text."""
+    base = unwrap(model).base_model
+    keep = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    return masked_mean(base(**keep).last_hidden_state, batch.get("attention_mask"))
+
+
+def text_stream(cfg: TextPretrainingConfig, tokenizer):
+    """``open(path, batch_size, generator, *image_options) -> TextStream``: the task's reader of unlabeled text for
+    a regularizer (``unlabeled`` in its context; the image options do not apply)."""
+
+    def open_stream(path: str, batch_size: int, generator: torch.Generator, *_image_options) -> TextStream:
+        encoded = tokenize_text(read_unlabeled(cfg, path), tokenizer, cfg.max_length, False)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return TextStream(encoded, batch_size, generator, pad)
+
+    return open_stream
 
 
 def masked_lm_eval(objective, seed: int = 0):
@@ -175,7 +208,8 @@ def build(cfg: TextPretrainingConfig) -> Job:
         meta=meta,
         summary={"task": "pretrain", "objective": "mlm", "model": cfg.model, "head": head,
                  "tokens_per_example": tokens, "parameters": sum(p.numel() for p in model.parameters())},
-        context={"tokenizer": tokenizer, "max_length": cfg.max_length},
+        context={"tokenizer": tokenizer, "max_length": cfg.max_length, "unlabeled": text_stream(cfg, tokenizer),
+                 "features": text_features},
     )
 
 
@@ -190,4 +224,5 @@ TASK = register_task(Task(
     check=check,
 ))
 
-__all__ = ["TASK", "TextPretrainingConfig", "build", "datasets", "masked_lm_eval", "text_files", "tokenize_text"]
+__all__ = ["TASK", "TextPretrainingConfig", "build", "datasets", "masked_lm_eval", "read_unlabeled", "text_features",
+           "text_files", "text_stream", "tokenize_text"]
