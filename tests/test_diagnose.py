@@ -104,6 +104,47 @@ def test_text_checkpoint_and_errors(glue, tiny_model, tmp_path, capsys):
               data, "--out", out)
 
 
+def test_text_pooling_is_the_cls_state_or_the_masked_mean(glue, tiny_model, tmp_path, capsys):
+    """--set pooling=mean|cls: the features (cached apart) are each sentence's mean hidden state or its [CLS] state,
+    against transformers' AutoModel run on every sentence alone; one-line errors for a bad value and for an image
+    checkpoint."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from gentune.data import get_task
+    from gentune.data.glue import read_file
+    from gentune.diagnose import extract, load_representation
+
+    data = glue / "k-shot/SST-2/16-13/train.tsv"
+    texts = read_file(get_task("sst2"), data)["text_a"]  # all 32: diagnose draws a seeded 6 of them
+    model, tok = AutoModel.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
+    with torch.no_grad():
+        states = [model(**tok(t, return_tensors="pt")).last_hidden_state[0] for t in texts]
+    cache = tmp_path / "cache"
+    got = {}
+    for pooling in ("mean", "cls"):
+        rep = load_representation(tiny_model, pooling)
+        feats, _ = extract(rep, "sst2", str(data), cache, 6, seed=0)
+        got[pooling] = feats
+    assert len(list(cache.glob("*.npz"))) == 2
+    expected = {"mean": np.stack([s.mean(0).numpy() for s in states]), "cls": np.stack([s[0].numpy() for s in states])}
+    for pooling, feats in got.items():  # the rows come in a seeded order: match each to its sentence
+        for row in feats:
+            assert np.abs(expected[pooling] - row).max(1).min() < 1e-5, pooling
+    assert len(got["mean"]) == 6 and not np.allclose(got["mean"], got["cls"])
+    out = tmp_path / "d"
+    cli_ok(capsys, "diagnose", "--checkpoint", tiny_model, "--task", "sst2", "--data", data, "--out", out,
+           "--n-sigma", "10", "--no-mlp", "--set", "pooling=mean")
+    assert json.loads((out / "diagnostics.json").read_text())["checkpoints"][0]["pooling"] == "mean"
+    cli_error(capsys, "pooling must be one of", "diagnose", "--checkpoint", tiny_model, "--task", "sst2", "--data",
+              data, "--out", out, "--set", "pooling=max")
+    image = tmp_path / "image-encoder"
+    image.mkdir()
+    (image / "gentune.json").write_text(json.dumps({"kind": "image-encoder"}))
+    cli_error(capsys, "pooling applies to text checkpoints", "diagnose", "--checkpoint", image, "--task",
+              "image-classification", "--data", data, "--out", out, "--set", "pooling=mean")
+
+
 def test_feature_cache_key_follows_every_file_of_the_data(folders, tmp_path):
     """The cache is keyed on the checkpoint's and the data's files (path, size, mtime of each): an untouched
     folder reads the cache, changing one file (the last) recomputes."""

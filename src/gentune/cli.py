@@ -431,7 +431,7 @@ def _cmd_diagnose(args) -> int:
     cfg = _fill(DiagnoseConfig, args, _given(args, DIAGNOSE_FLAGS), _yaml(args), args.config, "diagnose")
     cfg.validate()
     res = diagnose(cfg.checkpoint, cfg.task, cfg.data, cfg.out, cfg.pretrain_data, cfg.max_examples, cfg.n_sigma,
-                   cfg.bound, cfg.mlp, cfg.seed)
+                   cfg.bound, cfg.mlp, cfg.seed, cfg.pooling)
     for row in res["checkpoints"]:
         lin = row["complexity"]["linear"]
         print(f"{row['checkpoint']}: R_linear {lin['estimate']:.4f} [{lin['ci_low']:.4f}, {lin['ci_high']:.4f}], "

@@ -46,14 +46,28 @@ class Representation:
     meta: dict
     tokenizer: object = None
     prompt: object = None  # a prompt-based checkpoint: examples are encoded in its prompt, h(x) is the [MASK] state
+    pooling: str = ""  # a text checkpoint's pooling when asked for (``cls``/``mean``); "" for the default
 
 
-def load_representation(checkpoint: str) -> Representation:
-    """The representation of a text (Hugging Face) or image (gentune) checkpoint; errors name the path."""
+POOLINGS = ("cls", "mean")
+
+
+def load_representation(checkpoint: str, pooling: str | None = None) -> Representation:
+    """The representation of a text (Hugging Face) or image (gentune) checkpoint; errors name the path.
+
+    ``pooling`` (text checkpoints other than prompt-based ones): ``cls`` (the [CLS] state) or ``mean`` (the mean
+    of the last hidden states over the tokens, what a mean-pooled head or RadReg on text reads); None: what the
+    checkpoint's own head reads (a mean-pooled classifier's mean, else the trained pooler, else [CLS])."""
     from .models.checkpoint import load_encoder, read_meta
 
+    if pooling is not None and pooling not in POOLINGS:
+        raise GentuneError(f"diagnose: pooling must be one of {POOLINGS}, got {pooling!r}")
     path = Path(checkpoint)
     meta = (read_meta(path) if path.is_dir() else None) or {}
+    if pooling is not None and (meta.get("kind", "").startswith(("point-", "image-")) or
+                                meta.get("objective") == "prompt"):
+        raise GentuneError(f"{checkpoint}: pooling applies to text checkpoints with no prompt (this one has its "
+                           "own representation)")
     if meta.get("kind") in ("point-encoder", "point-classifier"):  # the global feature (what a head reads)
         from .models.checkpoint import load_point_classifier, load_point_encoder
 
@@ -98,15 +112,18 @@ def load_representation(checkpoint: str) -> Representation:
 
     def features(batch: dict) -> torch.Tensor:
         out = model(**{k: v for k, v in batch.items() if k != "labels"})
-        if mean:
+        if pooling == "mean" or (mean and pooling is None):
             from .models.pooling import masked_mean
 
             return masked_mean(out.last_hidden_state, batch.get("attention_mask"))
+        if pooling == "cls":
+            return out.last_hidden_state[:, 0]
         # what a BERT-style classifier's head reads: the (trained) pooler output, else the [CLS] state
         pooled = getattr(out, "pooler_output", None) if trained_pooler else None
         return pooled if pooled is not None else out.last_hidden_state[:, 0]
 
-    return Representation(str(checkpoint), "text", features, meta, load_tokenizer(str(path) if mean else name))
+    return Representation(str(checkpoint), "text", features, meta, load_tokenizer(str(path) if mean else name),
+                          pooling=pooling or "")
 
 
 def _batches_text(rep: Representation, task: str, data: str, limit: int, seed: int):
@@ -191,7 +208,7 @@ def extract(rep: Representation, task: str, data: str, cache: Path, limit: int =
 
     key = hashlib.sha256(json.dumps([str(Path(rep.name).resolve()) if Path(rep.name).exists() else rep.name,
                                      stamp(Path(rep.name)), str(Path(data).resolve()), stamp(Path(data)), task,
-                                     limit, seed]).encode()).hexdigest()[:16]
+                                     limit, seed] + ([rep.pooling] if rep.pooling else [])).encode()).hexdigest()[:16]
     file = cache / f"{key}.npz"
     if file.is_file():
         try:  # arrays only: a cache file is never unpickled; a damaged one is computed again
@@ -362,6 +379,9 @@ class DiagnoseConfig:
     bound: float = opt(1.0, "the heads' norm bound B")
     mlp: bool = opt(True, 'the MLP-head estimate (the slow one)')
     seed: int = opt(0, 'seeds the subsamples, the signs and the MLP heads')
+    pooling: str | None = opt(None, "text checkpoints: cls or mean (the masked mean of the last hidden states, what "
+                                    "a mean-pooled head or RadReg on text reads); default: what the checkpoint's "
+                                    "head reads")
 
     def validate(self) -> None:
         for key in ("task", "data", "out"):
@@ -371,8 +391,9 @@ class DiagnoseConfig:
 
 def diagnose(checkpoints: list[str], task: str, data: str, out: str, pretrain_data: str | None = None,
              max_examples: int = 2000, n_sigma: int = 200, bound: float = 1.0, mlp: bool = True,
-             seed: int = 0) -> dict:
-    """Every diagnostic for every checkpoint; writes OUT/diagnostics.json and OUT/report.html."""
+             seed: int = 0, pooling: str | None = None) -> dict:
+    """Every diagnostic for every checkpoint; writes OUT/diagnostics.json and OUT/report.html (``pooling``: see
+    :func:`load_representation`)."""
     from sklearn.decomposition import PCA
 
     from .diagnostics import complexity_curve, feature_spread, heterogeneity, rademacher_complexity
@@ -391,7 +412,7 @@ def diagnose(checkpoints: list[str], task: str, data: str, out: str, pretrain_da
                "warnings": []}
     projections = {}
     for ckpt in checkpoints:
-        rep = load_representation(ckpt)
+        rep = load_representation(ckpt, pooling)
         wanted = {IMAGE_TASK: "image", POINT_TASK: "point"}.get(task, "text")
         if rep.kind != wanted:
             article = "an" if rep.kind == "image" else "a"
@@ -406,7 +427,8 @@ def diagnose(checkpoints: list[str], task: str, data: str, out: str, pretrain_da
         if mlp:  # the slow one, on a seeded sample (images are stored class by class)
             pick = np.random.default_rng(seed).permutation(len(feats))[:512]
             complexity["mlp"] = rademacher_complexity(feats[pick], "mlp", bound, min(n_sigma, 32), seed)
-        row = {"checkpoint": ckpt, "kind": rep.kind, "dim": int(feats.shape[1]), "complexity": complexity,
+        row = {"checkpoint": ckpt, "kind": rep.kind, "pooling": rep.pooling or None, "dim": int(feats.shape[1]),
+               "complexity": complexity,
                "mean_norm": float(np.linalg.norm(feats, axis=1).mean()), "spread": feature_spread(feats)}
         domain = np.zeros(len(feats))
         both = feats
