@@ -17,6 +17,7 @@ import argparse
 import sys
 
 import diagnostics_study
+import fewshot_grid
 import finetune_grid
 import kernel_speed
 import kshot_grid
@@ -46,7 +47,8 @@ def blocks() -> dict[str, str]:
     return {**finetune_grid.sections(finetune_grid.load()), **smart_cost.sections(),
             **pretrain_grid.sections(pretrain), **radreg_grid.sections(radreg),
             **diagnostics_study.sections(diagnostics_study.load()), **smart_retest.sections(smart_retest.load()),
-            **kernel_speed.sections(), **mlm_throughput.sections(), **ner_grid.sections(ner_grid.load()),
+            **kernel_speed.sections(), **mlm_throughput.sections(),
+            **fewshot_grid.sections(fewshot_grid.load()), **ner_grid.sections(ner_grid.load()),
             **point_grid.sections(point_grid.load()), **kshot_grid.sections(kshot),
             **radreg_estimator.sections(estimator), **radreg_retest.sections(radreg_retest.load()),
             **radreg_diagnostics.sections(radreg_diagnostics.load())}

@@ -60,3 +60,26 @@ def test_run_cell_redo_replaces_a_cell_only_once_its_run_has_finished(tmp_path, 
     runner.run_cell(cell, ["pretrain", "--seed", "1"], {"phase": "p"}, out, redo=True)
     got = json.loads(cell.read_text())
     assert got["summary"] == {"loss": 0.5} and got["phase"] == "p" and len(calls) == 2
+
+
+def test_fewshot_tables_choose_the_rate_and_the_head_on_kshot_dev_never_on_the_reported_set():
+    """Made-up cells where the k-shot dev and the reported dev disagree: the rate and the head are those of the
+    better k-shot dev mean (among rates with the most split seeds), and the paired difference is over seeds."""
+    import fewshot_grid as fg
+
+    def cell(model, arm, lr, seed, dev, test):
+        return {"model": model, "arm": arm, "task": "sst2", "lr": lr, "seed": seed,
+                "summary": {"best_dev": {"accuracy": dev}}, "test": {"accuracy": test}}
+
+    train = []
+    for seed in (13, 21, 42):
+        train += [cell("m", "prompt", "1e-5", seed, 0.9, 0.60 + seed / 1000),  # best on k-shot dev
+                  cell("m", "prompt", "1e-3", seed, 0.5, 0.99),  # best on the reported set: never chosen
+                  cell("m", "head-cls", "1e-5", seed, 0.7, 0.55), cell("m", "head-mean", "1e-5", seed, 0.6, 0.90)]
+    train.append(cell("m", "prompt", "2e-4", 13, 1.0, 0.0))  # best dev, but one seed of three: not comparable
+    data = {"train": train, "zero": [], "eval": [], "mlm": [], "diagnose": []}
+    picked = fg.chosen(data)
+    assert picked[("m", "prompt", "sst2")] == ("1e-5", {13: 0.613, 21: 0.621, 42: 0.642})
+    assert fg._head_choice(data, "m", "sst2") == "head-cls"
+    row = next(l for l in fg.model_table(data, "m", picked) if l.startswith("| sst2"))
+    assert "+7.5 ± 0.9 (n=3) vs head-cls" in row, row  # (61.3, 62.1, 64.2) - 55: mean 7.53, se 0.87

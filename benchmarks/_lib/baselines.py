@@ -15,7 +15,6 @@ def trivial_baseline(task: str) -> dict[str, float]:
     import numpy as np
 
     from gentune.data import get_task, load_splits
-    from gentune.metrics import compute
 
     spec = get_task(task)
     # GENTUNE_DATA, else the tree beside the repository: a render in a fresh shell must not lose the column
@@ -29,6 +28,17 @@ def trivial_baseline(task: str) -> dict[str, float]:
         y = labels.astype(float)
         return {"mse": float(np.mean((y - np.mean(train["label"])) ** 2)),
                 "mse_half": float(np.mean((y / 2 - y) ** 2))}  # every prediction shrunk to half the gold score
+    return constant_scores(spec, labels)
+
+
+def constant_scores(spec, labels) -> dict[str, float]:
+    """The best constant predictor of each of a classification task's metrics on ``labels`` (the reported
+    split's gold labels): the majority class's accuracy, all-positive F1, MCC 0."""
+    import numpy as np
+
+    from gentune.metrics import compute
+
+    labels = np.asarray(labels)
     out = {}
     for metric in spec.metrics:
         if metric == "mcc":
