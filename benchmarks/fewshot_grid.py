@@ -385,9 +385,9 @@ def radreg_block(data: dict, picked: dict) -> list[str]:
     lines = ["RadReg on text, paired over the split seeds (splade-tapt-radreg - splade-tapt, points):", "",
              *compare(picked, a, b, list(ARM_NAMES)), "",
              "The MLM runs (the last 20% of their steps) and the features on the evaluation texts (mean over split "
-             "seeds; `diagnose --set pooling=mean`, 1,000 sentences):", ""]
+             f"seeds; `diagnose --set pooling=mean`, up to {DIAGNOSE['examples']:,} sentences):", ""]
     lines += tables.header(["model", "task", "masked acc.", "R estimate", "estimate / supremum", "spread",
-                            "eff. rank", "R (linear, scale-free)", "R (MLP)"], ["---", "---", *["---:"] * 7])
+                            "eff. rank", "R (linear, scale-free)", "R (MLP, raw)"], ["---", "---", *["---:"] * 7])
     for model in (b, a):
         for task in TASKS:
             mlm = [c["log_tail"] for c in data["mlm"] if c["model"] == model and c["task"] == task]
@@ -410,7 +410,8 @@ def radreg_block(data: dict, picked: dict) -> list[str]:
 def sections(data: dict) -> dict[str, str]:
     """The page's blocks: a table per model, the targets, the TAPT and RadReg comparisons, the provenance."""
     if not data["train"] and not data["zero"]:
-        return {}
+        return {"fewshot/provenance": "**The grid has not run yet**: no training or zero-shot cell is committed, so "
+                                      "no score is claimed (its cost: docs/methods/prompting.md)."}
     picked = chosen(data)
     lines = []
     for model in [m for m in MODELS if any(k[0] == m for k in picked)]:
@@ -429,7 +430,7 @@ def sections(data: dict) -> dict[str, str]:
     machines = sorted({c["machine"] for c in every if c.get("machine")})
     out["fewshot/provenance"] = (
         f"{len(data['train'])} training runs, {len(data['zero'])} zero-shot evaluations, {len(data['mlm'])} MLM "
-        f"runs; {', '.join(dates[:1] + dates[-1:]) if dates else '-'}; machine: {'; '.join(machines) or '-'}. "
+        f"runs; {' to '.join(sorted(set(dates[:1] + dates[-1:]))) if dates else '-'}; machine: {'; '.join(machines) or '-'}. "
         f"Dev examples removed as k-shot duplicates: "
         + (", ".join(f"{t} {min(v for (tt, _), v in removed.items() if tt == t)}-"
                      f"{max(v for (tt, _), v in removed.items() if tt == t)}"
