@@ -428,9 +428,10 @@ def sections(data: dict) -> dict[str, str]:
     removed = {(c["task"], c["seed"]): c["removed"] for c in data["eval"]}
     dates = sorted({c["date"] for c in every if c.get("date")})
     machines = sorted({c["machine"] for c in every if c.get("machine")})
+    span = " to ".join(sorted(set(dates[:1] + dates[-1:]))) if dates else "-"
     out["fewshot/provenance"] = (
         f"{len(data['train'])} training runs, {len(data['zero'])} zero-shot evaluations, {len(data['mlm'])} MLM "
-        f"runs; {' to '.join(sorted(set(dates[:1] + dates[-1:]))) if dates else '-'}; machine: {'; '.join(machines) or '-'}. "
+        f"runs; {span}; machine: {'; '.join(machines) or '-'}. "
         f"Dev examples removed as k-shot duplicates: "
         + (", ".join(f"{t} {min(v for (tt, _), v in removed.items() if tt == t)}-"
                      f"{max(v for (tt, _), v in removed.items() if tt == t)}"

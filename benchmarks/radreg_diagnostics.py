@@ -63,11 +63,13 @@ def retest_checkpoints(budget: str, results: Path) -> dict[str, dict]:
     out = {}
     for cell in sorted((results / "pretrain").glob("*/*.json")):
         setting, (arm, pseed) = cell.parent.name, cell.stem.rsplit("_p", 1)
-        objective, radreg = arm.split("+")[0], arm.endswith("+radreg")
+        objective = arm.split("+")[0]
+        variant = arm[len(objective):]  # "", "+radreg" or "+radreg-center" (radreg_retest.ARMS)
         patterns = {k: f"{setting}.{k}.{arm}_p{pseed}_seed*.json" for k in PROBES}
         if any(any((results / "finetune" / retest.TASK).glob(p)) for p in patterns.values()):
             out[f"{budget}.{setting}.{arm}_p{pseed}"] = {
-                "budget": budget, "setting": setting, "objective": objective, "radreg": radreg,
+                "budget": budget, "setting": setting, "objective": objective, "radreg": bool(variant),
+                "variant": variant,
                 "pseed": int(pseed), "cells": patterns}
     return out
 
@@ -135,7 +137,7 @@ def run(args) -> None:
         for name, info in retest_checkpoints(budget, results).items():
             encoder = runs / "pretrain" / info["setting"] / f"{name.split('.', 2)[2]}" / "encoder"
             if not (Path(args.results) / "measure" / f"{name}.json").exists() and not encoder.exists():
-                retest.pretrain(info["setting"], info["objective"], info["radreg"], info["pseed"], rargs, True)
+                retest.pretrain(info["setting"], info["objective"], info["variant"], info["pseed"], rargs, True)
             measure(name, encoder, info["setting"], args)
 
 

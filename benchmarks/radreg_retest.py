@@ -16,12 +16,21 @@
   held-out images.
 - RadReg: the MLP head class with the single-unit estimator (``radreg.estimator=unit``, chosen by
   benchmarks/radreg_estimator.py), each objective's tuned lambda (radreg_grid.py's choice files).
+- A third arm, ``OBJECTIVE+radreg-center`` (``--arms plain radreg radreg-center``; not run by default): RadReg with
+  ``center=true``, which subtracts the batch's mean representation before the scale is taken out, so the penalty
+  cannot be met by mapping the cat and dog images to nearly one point (what the plain RadReg arm's encoder did).
+  Its lambda is chosen by ``--stage tune-center`` in this script's own setting: heterogeneous pretraining for
+  TUNE_BUDGET epochs on the tuning split (seed 0), each of CENTER_WEIGHTS, scored by the cat-dog linear probe on the
+  tuning split (seed 7); the plain objective and uncentred RadReg at its reported lambda are scored the same way
+  beside them, as references (benchmarks/results/radreg_retest/BUDGET/tune/center-OBJECTIVE.json).
 
 Budgets: ``--budget full`` is the grid's (MAE 8 epochs, context encoder 30; about 30 min each on 2 cores, minutes
 on a GPU); ``--budget cpu`` halves the epochs, stated in the results. 12 pretrainings per setting, 180
 downstream runs per setting (3 kinds x 5 seeds x 12 checkpoints).
 
     python benchmarks/radreg_retest.py --stage tune              # MAE's pooling on the tuning split (minutes)
+    python benchmarks/radreg_retest.py --stage tune-center --objectives context-encoder   # about 40 min, 2 cores
+    python benchmarks/radreg_retest.py --settings hetero --objectives context-encoder --arms radreg-center
     python benchmarks/radreg_retest.py --settings hetero --budget cpu --objectives context-encoder
     python benchmarks/radreg_retest.py                           # everything (a GPU machine: --jobs 6)
     python benchmarks/radreg_retest.py --smoke --settings hetero --objectives context-encoder   # 3-step runs,
@@ -51,6 +60,9 @@ KINDS = {"linear-probe": ("--linear-probe", "--set", "head=linear"),
          "mlp-probe": ("--linear-probe", "--set", "head=mlp"),
          "finetune": ()}
 RADREG = {"head": "mlp", "estimator": "unit", "ascent_steps": 5, "restarts": 2, "batch_size": 16}  # the chosen
+ARMS = {"plain": "", "radreg": "+radreg", "radreg-center": "+radreg-center"}  # --arms -> the arm's name suffix
+CENTER_WEIGHTS = [0.1, 1.0, 10.0]  # lambda candidates of the centred arm (--stage tune-center)
+TUNE_BUDGET = "5"  # epochs of the tuning pretrainings of --stage tune-center (the full budget: 30 / 8)
 TASK = "cat-dog"
 EVAL_EVERY = 2  # epochs between evaluations of a downstream run (the grid's 5 would make "steps to 95%" coarse)
 
@@ -69,46 +81,69 @@ def budget_flags(objective: str, budget: str) -> list[str]:
     return flags
 
 
-def arm_name(objective: str, radreg: bool) -> str:
-    return objective + ("+radreg" if radreg else "")
+def arm_name(objective: str, variant: str) -> str:
+    """``variant``: an :data:`ARMS` suffix ("" for the plain objective)."""
+    return objective + variant
 
 
-def pretrain(setting: str, objective: str, radreg: bool, seed: int, args, need_encoder: bool = False) -> Path:
+def center_path(objective: str, args) -> Path:
+    return Path(args.results) / "tune" / f"center-{objective}.json"
+
+
+def radreg_options(objective: str, variant: str, args, tuning: bool = False, weight: float | None = None) -> dict:
+    """The RadReg options of an arm (empty for the plain one): the chosen estimator, ``center`` for the centred
+    arm, the cat and dog pool (the tuning pool with ``tuning``) and lambda (``weight``, else the arm's chosen)."""
+    if not variant:
+        return {}
+    centred = variant == ARMS["radreg-center"]
+    if weight is None:
+        if centred and not center_path(objective, args).exists():
+            raise SystemExit(f"error: {center_path(objective, args).relative_to(images.ROOT)} is missing: run "
+                             f"--stage tune-center --objectives {objective} first (it chooses the centred lambda)")
+        weight = (cells.read_json(center_path(objective, args))["weight"] if centred
+                  else images.radreg_weight(objective))
+    pool = images.downstream_pool(TASK, args.data, images.RADREG_RUNS, tuning)
+    return {**RADREG, **({"center": "true"} if centred else {}), "data": os.path.relpath(pool, images.ROOT),
+            "weight": weight}
+
+
+def regularizer_flags(options: dict) -> list[str]:
+    return ["--regularizer", "radreg", "--set", *[f"radreg.{k}={v}" for k, v in options.items()]] if options else []
+
+
+def pretrain(setting: str, objective: str, variant: str, seed: int, args, need_encoder: bool = False) -> Path:
     """One pretraining cell: ``pretrain/SETTING/ARM_pSEED.json``."""
     flags = [*budget_flags(objective, args.budget), *SETTINGS[setting], "--seed", str(seed), *args.steps]
     if objective == "mae":
         flags += ["--set", f"pool={pooling(args)}"]
-    if radreg:
-        pool = images.downstream_pool(TASK, args.data, images.RADREG_RUNS)
-        options = {**RADREG, "data": os.path.relpath(pool, images.ROOT), "weight": images.radreg_weight(objective)}
-        flags += ["--regularizer", "radreg", "--set", *[f"radreg.{k}={v}" for k, v in options.items()]]
-    name = f"{setting}/{arm_name(objective, radreg)}_p{seed}"
+    flags += regularizer_flags(radreg_options(objective, variant, args))
+    name = f"{setting}/{arm_name(objective, variant)}_p{seed}"
     return images.run_pretrain(name, objective, PRETRAIN[objective][0], flags, args, Path(args.results),
                                Path(args.runs), need_encoder)
 
 
-def downstream_cell(setting: str, objective: str, radreg: bool, pseed: int, kind: str, seed: int, args) -> Path:
-    arm = f"{setting}.{kind}.{arm_name(objective, radreg)}_p{pseed}"
+def downstream_cell(setting: str, objective: str, variant: str, pseed: int, kind: str, seed: int, args) -> Path:
+    arm = f"{setting}.{kind}.{arm_name(objective, variant)}_p{pseed}"
     return Path(args.results) / "finetune" / TASK / f"{arm}_seed{seed}.json"
 
 
-def downstream_left(setting: str, objective: str, radreg: bool, pseed: int, args) -> bool:
-    return any(not downstream_cell(setting, objective, radreg, pseed, k, s, args).exists()
+def downstream_left(setting: str, objective: str, variant: str, pseed: int, args) -> bool:
+    return any(not downstream_cell(setting, objective, variant, pseed, k, s, args).exists()
                for k in KINDS for s in args.seeds)
 
 
-def downstream(setting: str, objective: str, radreg: bool, pseed: int, kind: str, seed: int, args) -> Path:
+def downstream(setting: str, objective: str, variant: str, pseed: int, kind: str, seed: int, args) -> Path:
     """One downstream cell: ``finetune/cat-dog/SETTING.KIND.ARM_pP_seedS.json`` from that checkpoint."""
-    arm = f"{setting}.{kind}.{arm_name(objective, radreg)}_p{pseed}"
-    cell = downstream_cell(setting, objective, radreg, pseed, kind, seed, args)
+    arm = f"{setting}.{kind}.{arm_name(objective, variant)}_p{pseed}"
+    cell = downstream_cell(setting, objective, variant, pseed, kind, seed, args)
     if cell.exists():
         return cell
-    init = Path(args.runs) / "pretrain" / setting / f"{arm_name(objective, radreg)}_p{pseed}" / "encoder"
+    init = Path(args.runs) / "pretrain" / setting / f"{arm_name(objective, variant)}_p{pseed}" / "encoder"
     extra = (*KINDS[kind], "--lr", images.chosen_lr(TASK, objective), "--set", f"eval_every_epochs={EVAL_EVERY}",
              "--set", "eval_train=true", *args.steps)  # eval_train: the gap for radreg_diagnostics.py
     return images.run_finetune(TASK, arm, seed, init, PRETRAIN[objective][0], args, Path(args.results),
                                Path(args.runs), extra=extra,
-                               make_init=lambda: pretrain(setting, objective, radreg, pseed, args, True))
+                               make_init=lambda: pretrain(setting, objective, variant, pseed, args, True))
 
 
 def tune(args) -> dict:
@@ -134,20 +169,58 @@ def tune(args) -> dict:
     return choice
 
 
+def tune_center(args, objective: str) -> dict:
+    """lambda of the centred arm, chosen by the linear probe on the tuning split (see the module docstring)."""
+    path = center_path(objective, args)
+    if path.exists():
+        return cells.read_json(path)
+    tuning = Path(args.results) / "tune"
+    base = [*images.pretrain_flags(objective, TUNE_BUDGET, tuning=True), *SETTINGS["hetero"], "--seed", "0",
+            *args.steps]
+    if objective == "mae":
+        base += ["--set", f"pool={pooling(args)}"]
+    centred = ARMS["radreg-center"]
+    runs = {f"{objective}": {}, f"{objective}+radreg-{images.radreg_weight(objective)}":
+            radreg_options(objective, ARMS["radreg"], args, tuning=True)}
+    runs.update({f"{objective}+radreg-center-{w}": radreg_options(objective, centred, args, tuning=True, weight=w)
+                 for w in CENTER_WEIGHTS})
+    scores = {}
+    for name, options in runs.items():
+        images.run_pretrain(f"center/{name}", objective, PRETRAIN[objective][0], [*base, *regularizer_flags(options)],
+                            args, tuning, Path(args.runs) / "tune")
+        init = Path(args.runs) / "tune" / "pretrain" / "center" / name / "encoder"
+        cell = images.run_finetune(TASK, f"center.linear-probe.{name}", TUNE_SEED, init, PRETRAIN[objective][0], args,
+                                   tuning, Path(args.runs) / "tune",
+                                   extra=(*KINDS["linear-probe"], "--lr", images.chosen_lr(TASK, objective),
+                                          *TUNE_SPLIT, *args.steps))
+        scores[name] = cells.read_json(cell)["summary"]["final_dev"]["accuracy"]
+    candidates = {w: scores[f"{objective}+radreg-center-{w}"] for w in CENTER_WEIGHTS}
+    best = max(CENTER_WEIGHTS, key=lambda w: (candidates[w], -w))  # a tie: the smaller lambda
+    choice = {"weight": best, "linear_probe_accuracy": scores, "objective": objective,
+              "protocol": f"{objective} pretrained on 8 classes for {TUNE_BUDGET} epochs (seed 0) on the tuning split, "
+                          f"cat-dog linear probe seed {TUNE_SEED} on the tuning split; the plain objective and "
+                          "uncentred RadReg at its reported lambda as references"}
+    cells.write_json(path, choice)
+    return choice
+
+
 def run(args) -> None:
     if "mae" in args.objectives:
         tune(args)
+    if ARMS["radreg-center"] in args.variants:
+        for objective in args.objectives:
+            tune_center(args, objective)
     for setting in args.settings:
         for objective in args.objectives:
             for pseed in args.pretrain_seeds:
                 # an encoder that runs/ lacks is pretrained again here, before its downstream cells start in
                 # parallel (each would otherwise redo it into the same folder), and only if one of them is missing
-                calls = [lambda r=r: pretrain(setting, objective, r, pseed, args,
-                                              need_encoder=downstream_left(setting, objective, r, pseed, args))
-                         for r in (False, True)]
+                calls = [lambda v=v: pretrain(setting, objective, v, pseed, args,
+                                              need_encoder=downstream_left(setting, objective, v, pseed, args))
+                         for v in args.variants]
                 runner.parallel(calls, args.jobs)
-                runner.parallel([lambda r=r, k=k, s=s: downstream(setting, objective, r, pseed, k, s, args)
-                                 for r in (False, True) for k in KINDS for s in args.seeds], args.jobs)
+                runner.parallel([lambda v=v, k=k, s=s: downstream(setting, objective, v, pseed, k, s, args)
+                                 for v in args.variants for k in KINDS for s in args.seeds], args.jobs)
 
 
 # --------------------------------------------------------------------------------------------- the results page
@@ -175,18 +248,24 @@ def steps_to(cell: dict, share: float = 0.95) -> int | None:
 
 
 def table(arms: dict, objective: str) -> list[str]:
-    plain, reg = arms.get(objective, {}), arms.get(objective + "+radreg", {})
+    """A row per arm of ``objective`` (plain, RadReg, centred RadReg: those with cells), then each RadReg arm's
+    paired difference to the plain one per pretraining seed."""
+    names = [arm_name(objective, v) for v in ARMS.values() if arm_name(objective, v) in arms]
     acc = {a: {p: {s: c["summary"]["final_dev"]["accuracy"] for s, c in runs.items()} for p, runs in arms[a].items()}
-           for a in (objective, objective + "+radreg") if a in arms}
+           for a in names}
     rows = []
-    for a in acc:
+    for a in names:
         steps = [steps_to(c) for runs in arms[a].values() for c in runs.values()]
         steps = [s for s in steps if s is not None]
         rows.append(tables.row([a, stats.fmt_two_level(stats.two_level(acc[a])),
                                 f"{statistics.fmean(steps):.0f}" if steps else "-"]))
-    diff = stats.paired_two_level(acc.get(objective + "+radreg", {}), acc.get(objective, {})) \
-        if plain and reg else None
-    return rows + [tables.row(["RadReg - plain (paired per pretraining seed)", stats.fmt_paired(diff, True), ""])]
+    for a in names[1:]:
+        if objective in acc:
+            label = "RadReg" if a.endswith("+radreg") else "centred RadReg"
+            diff = stats.paired_two_level(acc[a], acc[objective])
+            rows.append(tables.row([f"{label} - plain (paired per pretraining seed)", stats.fmt_paired(diff, True),
+                                    ""]))
+    return rows
 
 
 def trivial(data: str = images.DEFAULT_DATA) -> str:
@@ -213,7 +292,7 @@ def sections(data: dict | None = None) -> dict[str, str]:
                           *tables.header(["arm", "accuracy (two-level SE)", "steps to 95% of final"],
                                          ["---", "---:", "---:"])]
                 for objective in PRETRAIN:
-                    if objective in arms or objective + "+radreg" in arms:
+                    if any(arm_name(objective, v) in arms for v in ARMS.values()):
                         lines += table(arms, objective)
                 lines.append("")
             out[f"radreg_retest/{budget}/{setting}"] = "\n".join(lines).rstrip()
@@ -223,10 +302,12 @@ def sections(data: dict | None = None) -> dict[str, str]:
 def make_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The parsed command line, with the run's folders, seeds and step limit filled in."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=["all", "tune"], default="all")
+    p.add_argument("--stage", choices=["all", "tune", "tune-center"], default="all")
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     p.add_argument("--objectives", nargs="+", choices=list(PRETRAIN), default=list(PRETRAIN))
     p.add_argument("--budget", choices=["full", "cpu"], default="full")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=["plain", "radreg"],
+                   help="the arms to run (radreg-center runs --stage tune-center first if its choice is missing)")
     p.add_argument("--data", default=os.environ.get("GENTUNE_IMAGES", images.DEFAULT_DATA))
     p.add_argument("--smoke", action="store_true",
                    help="3-step runs, 2 seeds at each level, into a folder under runs/; print the blocks")
@@ -235,6 +316,7 @@ def make_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.data = str(Path(args.data).resolve())
     args.pretrain_extra, args.finetune_extra, args.steps = [], [], []
     args.pretrain_seeds, args.seeds = PRETRAIN_SEEDS, SEEDS
+    args.variants = [ARMS[a] for a in args.arms]
     args.results, args.runs = OUT_RESULTS / args.budget, OUT_RUNS / args.budget
     if args.smoke:
         tmp = Path(tempfile.mkdtemp(prefix="radreg_retest_", dir=images.ROOT / "runs"))
@@ -247,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     args = make_args(argv)
     if args.stage == "tune":
         print(tune(args))
+        return 0
+    if args.stage == "tune-center":
+        for objective in args.objectives:
+            print(tune_center(args, objective))
         return 0
     run(args)
     if args.smoke:

@@ -62,6 +62,45 @@ def test_run_cell_redo_replaces_a_cell_only_once_its_run_has_finished(tmp_path, 
     assert got["summary"] == {"loss": 0.5} and got["phase"] == "p" and len(calls) == 2
 
 
+def test_a_pretraining_redone_for_its_encoder_keeps_the_first_runs_numbers_and_says_if_they_reproduce(
+        tmp_path, monkeypatch):
+    """runs/ is not committed: a later session pretrains a finished cell again for its encoder. The cell must keep
+    what the downstream cells were computed from (the first run's final dev metrics) and compare the rerun's."""
+    import json
+    import types
+
+    from _lib import images
+
+    losses = iter([0.25, 0.25, 0.5])
+
+    def fake(argv, jobs=1):
+        out = tmp_path / argv[argv.index("--out") + 1]
+        (out / "encoder").mkdir(parents=True)
+        (out / "summary.json").write_text(json.dumps({"final_dev": {"loss": next(losses)}, "train_steps": 9}))
+        (out / "metrics.jsonl").write_text("")
+
+    monkeypatch.setattr(images, "ROOT", tmp_path)
+    monkeypatch.setattr(images.runner, "gentune", fake)
+    monkeypatch.setattr(images, "matmul_gflops", lambda: (1.0, "cpu"))
+    args = types.SimpleNamespace(data="d.tar.gz", pretrain_extra=[], jobs=1)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    cell = images.run_pretrain("p", "mae", "vit-tiny-p4", ["--seed", "0"], args, results, runs)
+    first = json.loads(cell.read_text())
+    assert first["summary"]["final_dev"] == {"loss": 0.25} and "redone_of" not in first
+    images.run_pretrain("p", "mae", "vit-tiny-p4", ["--seed", "0"], args, results, runs, need_encoder=True)
+    assert json.loads(cell.read_text()) == first  # encoder still there: nothing redone
+    for loss, same in ((0.25, True), (0.5, False)):
+        import shutil
+
+        shutil.rmtree(runs / "pretrain" / "p")
+        images.run_pretrain("p", "mae", "vit-tiny-p4", ["--seed", "0"], args, results, runs, need_encoder=True)
+        got = json.loads(cell.read_text())
+        assert got["summary"]["final_dev"] == {"loss": loss}
+        # the second redo still compares with the first run, not with the first redo
+        assert got["redone_of"]["final_dev"] == {"loss": 0.25} and got["redone_of"]["date"] == first["date"]
+        assert got["redone_of"]["reproduced"] is same
+
+
 def test_fewshot_tables_choose_the_rate_and_the_head_on_kshot_dev_never_on_the_reported_set():
     """Made-up cells where the k-shot dev and the reported dev disagree: the rate and the head are those of the
     better k-shot dev mean (among rates with the most split seeds), and the paired difference is over seeds."""
