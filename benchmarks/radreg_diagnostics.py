@@ -59,9 +59,10 @@ QUANTITIES = {"complexity": "R (linear, scale-free)", "complexity_raw": "R (line
 
 
 def retest_checkpoints(budget: str, results: Path) -> dict[str, dict]:
-    """The re-test's encoders of one budget that have probe cells: name -> info."""
+    """The re-test's encoders of one budget that have probe cells: name -> info, by pretraining seed first (so that
+    a run cut short has measured whole pairs: plain and RadReg of the same seed)."""
     out = {}
-    for cell in sorted((results / "pretrain").glob("*/*.json")):
+    for cell in sorted((results / "pretrain").glob("*/*.json"), key=lambda c: (c.stem.rsplit("_p", 1)[::-1], c)):
         setting, (arm, pseed) = cell.parent.name, cell.stem.rsplit("_p", 1)
         objective = arm.split("+")[0]
         variant = arm[len(objective):]  # "", "+radreg" or "+radreg-center" (radreg_retest.ARMS)
@@ -126,11 +127,8 @@ def probe_random(model: str, kind: str, seed: int, args) -> Path:
 
 
 def run(args) -> None:
-    for model in RANDOM:
-        for kind in PROBES:
-            for seed in args.seeds:
-                probe_random(model, kind, seed, args)
-        measure(f"random-{model}", images.random_encoder(model, Path(args.runs)), "same", args)
+    """The re-test's checkpoints first (each pretrained again if runs/ lacks its encoder: the long part), then the
+    random-init ones and their probes."""
     for budget, (results, runs) in args.retest.items():
         rargs = retest.make_args(["--budget", budget, "--data", args.data, "--jobs", str(args.jobs)])
         rargs.results, rargs.runs, rargs.steps = results, runs, args.steps
@@ -139,6 +137,11 @@ def run(args) -> None:
             if not (Path(args.results) / "measure" / f"{name}.json").exists() and not encoder.exists():
                 retest.pretrain(info["setting"], info["objective"], info["variant"], info["pseed"], rargs, True)
             measure(name, encoder, info["setting"], args)
+    for model in RANDOM:
+        for kind in PROBES:
+            for seed in args.seeds:
+                probe_random(model, kind, seed, args)
+        measure(f"random-{model}", images.random_encoder(model, Path(args.runs)), "same", args)
 
 
 # --------------------------------------------------------------------------------------------- the results page

@@ -55,6 +55,8 @@ from _lib.paths import RESULTS, RUNS
 
 OUT_RESULTS, OUT_RUNS = RESULTS / "radreg_retest", RUNS / "radreg_retest"
 SETTINGS = {"hetero": ["--set", "exclude_classes=cat,dog"], "same": []}
+SETTING_TITLES = {"hetero": "Heterogeneous: pretraining on the 8 classes that are not cat or dog",
+                  "same": "Same distribution: pretraining on all 10 classes"}
 PRETRAIN_SEEDS = [0, 1, 2]
 KINDS = {"linear-probe": ("--linear-probe", "--set", "head=linear"),
          "mlp-probe": ("--linear-probe", "--set", "head=mlp"),
@@ -247,25 +249,62 @@ def steps_to(cell: dict, share: float = 0.95) -> int | None:
     return None
 
 
+COLUMNS = ["arm", "accuracy (two-level SE)", "per pretraining seed", "gap (train - held-out)",
+           "steps to 95% of final"]
+
+
 def table(arms: dict, objective: str) -> list[str]:
     """A row per arm of ``objective`` (plain, RadReg, centred RadReg: those with cells), then each RadReg arm's
-    paired difference to the plain one per pretraining seed."""
+    paired difference to the plain one per pretraining seed.
+
+    Columns: the two-level mean and SE, each pretraining seed's mean over its fine-tuning seeds (or its paired
+    difference), the mean generalization gap (``eval_train``: the final model's training minus held-out accuracy),
+    and the mean first evaluated step that reaches 95% of the run's final accuracy."""
     names = [arm_name(objective, v) for v in ARMS.values() if arm_name(objective, v) in arms]
     acc = {a: {p: {s: c["summary"]["final_dev"]["accuracy"] for s, c in runs.items()} for p, runs in arms[a].items()}
            for a in names}
+
+    def per_seed(values: dict) -> str:
+        return " / ".join(f"{100 * statistics.fmean(v.values()):.1f}" for _, v in sorted(values.items()))
+
     rows = []
     for a in names:
         steps = [steps_to(c) for runs in arms[a].values() for c in runs.values()]
         steps = [s for s in steps if s is not None]
-        rows.append(tables.row([a, stats.fmt_two_level(stats.two_level(acc[a])),
+        gaps = [c["summary"]["generalization_gap"]["accuracy_gap"] for runs in arms[a].values()
+                for c in runs.values() if "generalization_gap" in c["summary"]]
+        rows.append(tables.row([a, stats.fmt_two_level(stats.two_level(acc[a])), per_seed(acc[a]),
+                                f"{100 * statistics.fmean(gaps):+.1f}" if gaps else "-",
                                 f"{statistics.fmean(steps):.0f}" if steps else "-"]))
     for a in names[1:]:
         if objective in acc:
             label = "RadReg" if a.endswith("+radreg") else "centred RadReg"
             diff = stats.paired_two_level(acc[a], acc[objective])
+            both = {p: {s: acc[a][p][s] - acc[objective][p][s] for s in acc[a][p] if s in acc[objective].get(p, {})}
+                    for p in acc[a] if p in acc[objective]}
             rows.append(tables.row([f"{label} - plain (paired per pretraining seed)", stats.fmt_paired(diff, True),
-                                    ""]))
+                                    " / ".join(f"{100 * statistics.fmean(v.values()):+.1f}"
+                                               for _, v in sorted(both.items()) if v), "", ""]))
     return rows
+
+
+def provenance(settings: dict, results: Path) -> str:
+    """Where a setting's numbers come from: the cells' count, dates and machines, and one command of each kind."""
+    found = [c for kinds in settings.values() for arms in kinds.values() for runs in arms.values()
+             for seeds in runs.values() for c in seeds.values()]
+    pre = [cells.read_json(p) for p in sorted((results / "pretrain").glob("*/*.json"))]
+    dates = sorted({c["date"] for c in found + pre})
+    machines = sorted({c["machine"] for c in found + pre})
+    seeds = sorted({c["seed"] for c in found})
+    lines = [f"{len(pre)} pretrainings and {len(found)} downstream runs (fine-tuning seeds "
+             f"{', '.join(map(str, seeds))}), {dates[0]} to {dates[-1]}, {'; '.join(machines)}."]
+    if pre:
+        lines.append(f"Command of one pretraining: `{pre[-1]['command']}`.")
+    if found:
+        lines.append(f"Command of one downstream run: `{found[-1]['command']}`.")
+    lines.append("Rerun: `python benchmarks/radreg_retest.py --settings hetero --objectives context-encoder` "
+                 "(finished cells are skipped).")
+    return " ".join(lines)
 
 
 def trivial(data: str = images.DEFAULT_DATA) -> str:
@@ -281,20 +320,22 @@ def trivial(data: str = images.DEFAULT_DATA) -> str:
     return f"{100 * float((val.labels == 0).mean()):.1f}% of the {len(val)} held-out cat and dog images"
 
 
-def sections(data: dict | None = None) -> dict[str, str]:
-    data = load() if data is None else data
+def sections(data: dict | None = None, results: Path = OUT_RESULTS) -> dict[str, str]:
+    data = load(results) if data is None else data
     out, base = {}, trivial() if data else "-"
     for budget, settings in data.items():
         for setting, kinds in settings.items():
-            lines = [f"Trivial predictor: {base}.", ""]
+            epochs = ", ".join(f"{o} {budget_flags(o, budget)[1]} epochs" for o in PRETRAIN
+                               if any(a.split("+")[0] == o for arms in kinds.values() for a in arms))
+            lines = [f"#### {SETTING_TITLES[setting]} ({budget} budget: {epochs})", "",
+                     f"Trivial predictor: {base}.", ""]
             for kind, arms in kinds.items():
-                lines += [f"**{kind}**", "",
-                          *tables.header(["arm", "accuracy (two-level SE)", "steps to 95% of final"],
-                                         ["---", "---:", "---:"])]
+                lines += [f"**{kind}**", "", *tables.header(COLUMNS, ["---", "---:", "---:", "---:", "---:"])]
                 for objective in PRETRAIN:
                     if any(arm_name(objective, v) in arms for v in ARMS.values()):
                         lines += table(arms, objective)
                 lines.append("")
+            lines.append(provenance({setting: kinds}, results / budget))
             out[f"radreg_retest/{budget}/{setting}"] = "\n".join(lines).rstrip()
     return out
 
@@ -336,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     run(args)
     if args.smoke:
-        print(template.preview(sections(load(Path(args.results).parent))))
+        print(template.preview(sections(load(Path(args.results).parent), Path(args.results).parent)))
         return 0
     runner.render_results()
     return 0
