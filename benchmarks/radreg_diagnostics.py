@@ -109,10 +109,46 @@ def measure(name: str, encoder: Path, setting: str, args) -> dict:
               "complexity_mlp": (cx.get("mlp") or {}).get("estimate"), "mmd2": het.get("mmd2"),
               "domain_accuracy": het.get("domain_accuracy"), "spread": row["spread"]["spread"],
               "effective_rank": row["spread"]["effective_rank"], "n": cx["linear"]["n"], "n_sigma": args.n_sigma,
-              "pretraining_sample": os.path.relpath(other, ROOT), "date": dt.date.today().isoformat(),
+              "pretraining_sample": os.path.relpath(other, ROOT), "encoder_sha256": encoder_sha256(encoder),
+              "date": dt.date.today().isoformat(),
               "machine": machine()}
     cells.write_json(cell, record)
     return record
+
+
+def encoder_sha256(encoder: Path) -> str | None:
+    weights = Path(encoder) / "model.safetensors"
+    return cells.file_sha256(weights) if weights.is_file() else None
+
+
+def probed_shas(folder: Path, patterns: dict[str, str]) -> set:
+    """The encoders (``init_sha256``) a checkpoint's probe cells were computed from."""
+    return {c.get("init_sha256") for p in patterns.values() for c in cells.read_cells(folder, p)}
+
+
+def checkpoint_encoder(name: str, info: dict, results: Path, runs: Path, rargs, args) -> Path:
+    """The encoder of a re-test checkpoint to measure: the re-test's own while runs/ still has it; else one
+    pretrained here with the re-test's command and seed (into this script's folders, so the re-test's record is
+    untouched). A CPU rerun is not bit-identical (the float sums depend on the thread count and the kernels), so
+    such an encoder gets probes of its own: :func:`own_probes`."""
+    arm = name.split(".", 2)[2]
+    encoder = runs / "pretrain" / info["setting"] / arm / "encoder"
+    if encoder.exists():
+        return encoder
+    objective = info["objective"]
+    flags = retest.pretrain_flags(info["setting"], objective, info["variant"], info["pseed"], rargs)
+    images.run_pretrain(f"{info['budget']}/{info['setting']}/{arm}", objective, PRETRAIN[objective][0], flags,
+                        rargs, Path(args.results), Path(args.runs), need_encoder=True)
+    return Path(args.runs) / "pretrain" / info["budget"] / info["setting"] / arm / "encoder"
+
+
+def own_probes(name: str, info: dict, encoder: Path, rargs, args) -> None:
+    """The re-test's probes (recipe, rate, seeds) on ``encoder``: ``finetune/cat-dog/KIND.NAME_seedS.json``."""
+    for kind in PROBES:
+        for seed in args.seeds:
+            images.run_finetune(retest.TASK, f"{kind}.{name}", seed, encoder, PRETRAIN[info["objective"]][0], args,
+                                Path(args.results), Path(args.runs),
+                                extra=retest.downstream_flags(info["objective"], kind, rargs))
 
 
 def probe_random(model: str, kind: str, seed: int, args) -> Path:
@@ -133,18 +169,17 @@ def run(args) -> None:
         rargs = retest.make_args(["--budget", budget, "--data", args.data, "--jobs", str(args.jobs)])
         rargs.results, rargs.runs, rargs.steps = results, runs, args.steps
         for name, info in retest_checkpoints(budget, results).items():
-            encoder = runs / "pretrain" / info["setting"] / f"{name.split('.', 2)[2]}" / "encoder"
-            if not (Path(args.results) / "measure" / f"{name}.json").exists() and not encoder.exists():
-                retest.pretrain(info["setting"], info["objective"], info["variant"], info["pseed"], rargs, True)
+            if (Path(args.results) / "measure" / f"{name}.json").exists():
+                continue
+            encoder = checkpoint_encoder(name, info, results, runs, rargs, args)
+            if encoder_sha256(encoder) not in probed_shas(results / "finetune" / retest.TASK, info["cells"]):
+                own_probes(name, info, encoder, rargs, args)  # before measure: a measured one is complete
             measure(name, encoder, info["setting"], args)
     for model in RANDOM:
         for kind in PROBES:
             for seed in args.seeds:
                 probe_random(model, kind, seed, args)
         measure(f"random-{model}", images.random_encoder(model, Path(args.runs)), "same", args)
-
-
-# --------------------------------------------------------------------------------------------- the results page
 
 
 def gaps(folder: Path, pattern: str) -> tuple[float | None, int]:
@@ -162,19 +197,27 @@ def gaps(folder: Path, pattern: str) -> tuple[float | None, int]:
 
 
 def load(results: Path = OUT_RESULTS, retest_results: dict[str, Path] | None = None) -> dict:
-    """One row per measured checkpoint with probe gaps: the measurement and each probe's mean gap."""
+    """One row per measured checkpoint with probe gaps: the measurement and each probe's mean gap, from the probe
+    cells of the very encoder measured (its own probes when it was pretrained again here, else the re-test's)."""
     retest_results = retest_results or {b: retest.OUT_RESULTS / b for b in ("full", "cpu")}
     rows = []
-    sources = {f"random-{m}": (results / "finetune" / retest.TASK, {k: f"{k}.random-{m}_seed*.json" for k in PROBES})
-               for m in RANDOM}
+    own = results / "finetune" / retest.TASK
+    sources = {f"random-{m}": (own, {k: f"{k}.random-{m}_seed*.json" for k in PROBES}, "own") for m in RANDOM}
     for budget, folder in retest_results.items():
         for name, info in retest_checkpoints(budget, folder).items():
-            sources[name] = (folder / "finetune" / retest.TASK, info["cells"])
-    for name, (folder, patterns) in sources.items():
+            mine = {k: f"{k}.{name}_seed*.json" for k in PROBES}
+            sources[name] = ((own, mine, "own") if any(any(own.glob(p)) for p in mine.values())
+                             else (folder / "finetune" / retest.TASK, info["cells"], "re-test"))
+    for name, (folder, patterns, probes) in sources.items():
         m = results / "measure" / f"{name}.json"
         if not m.exists():
             continue
-        row = cells.read_json(m)
+        row = cells.read_json(m) | {"probes": probes}
+        shas = probed_shas(folder, patterns)
+        if "encoder_sha256" in row and shas != {row["encoder_sha256"]}:
+            print(f"note: {name}: its probe cells come from another encoder than the one measured; left out",
+                  file=sys.stderr)
+            continue
         for kind, pattern in patterns.items():
             row[kind], row[kind + "_seeds"] = gaps(folder, pattern)
         if all(row[k] is not None for k in PROBES):
@@ -203,10 +246,11 @@ def render(rows: list[dict]) -> str:
     def num(v, digits=4):
         return "-" if v is None else f"{v:.{digits}f}"
 
-    lines = tables.header(["checkpoint", "linear-probe gap", "MLP-probe gap", *QUANTITIES.values()],
-                          ["---", *["---:"] * (2 + len(QUANTITIES))])
+    lines = tables.header(["checkpoint", "probes", "linear-probe gap", "MLP-probe gap", *QUANTITIES.values()],
+                          ["---", "---", *["---:"] * (2 + len(QUANTITIES))])
     for r in rows:
-        lines.append(tables.row([r["checkpoint"], f"{r['linear-probe']:+.1f} ({r['linear-probe_seeds']})",
+        lines.append(tables.row([r["checkpoint"], r.get("probes", "re-test"),
+                                 f"{r['linear-probe']:+.1f} ({r['linear-probe_seeds']})",
                                  f"{r['mlp-probe']:+.1f} ({r['mlp-probe_seeds']})",
                                  *[num(r.get(q)) for q in QUANTITIES]]))
     lines += ["", *tables.header(["quantity", "Spearman rho with the linear-probe gap [95% bootstrap]",
@@ -224,6 +268,9 @@ def render(rows: list[dict]) -> str:
     measured = sorted({r["date"] for r in rows})
     lines += ["", "- gaps: training minus held-out accuracy of the final probe, percentage points, mean over the",
               "  fine-tuning seeds (their number in brackets)",
+              "- probes: `re-test`: the re-test's own probe cells, on the very encoder measured; `own`: a random-init "
+              "encoder, or a re-test checkpoint pretrained again here (same command and seed: runs/ is not "
+              "committed, and a CPU rerun is not bit-identical), probed here with the re-test's recipe and seeds",
               f"- command: `python benchmarks/radreg_diagnostics.py`; {rows[0]['n']} downstream images per estimate, "
               f"{rows[0]['n_sigma']} sign vectors;", f"  measured {', '.join(measured)}; machine: {rows[0]['machine']}"]
     return "\n".join(lines)

@@ -113,15 +113,26 @@ def regularizer_flags(options: dict) -> list[str]:
     return ["--regularizer", "radreg", "--set", *[f"radreg.{k}={v}" for k, v in options.items()]] if options else []
 
 
-def pretrain(setting: str, objective: str, variant: str, seed: int, args, need_encoder: bool = False) -> Path:
-    """One pretraining cell: ``pretrain/SETTING/ARM_pSEED.json``."""
+def pretrain_flags(setting: str, objective: str, variant: str, seed: int, args) -> list[str]:
+    """The ``gentune pretrain`` flags of one checkpoint after ``--objective --model --data --out``."""
     flags = [*budget_flags(objective, args.budget), *SETTINGS[setting], "--seed", str(seed), *args.steps]
     if objective == "mae":
         flags += ["--set", f"pool={pooling(args)}"]
-    flags += regularizer_flags(radreg_options(objective, variant, args))
+    return flags + regularizer_flags(radreg_options(objective, variant, args))
+
+
+def pretrain(setting: str, objective: str, variant: str, seed: int, args, need_encoder: bool = False) -> Path:
+    """One pretraining cell: ``pretrain/SETTING/ARM_pSEED.json``."""
     name = f"{setting}/{arm_name(objective, variant)}_p{seed}"
-    return images.run_pretrain(name, objective, PRETRAIN[objective][0], flags, args, Path(args.results),
+    return images.run_pretrain(name, objective, PRETRAIN[objective][0],
+                               pretrain_flags(setting, objective, variant, seed, args), args, Path(args.results),
                                Path(args.runs), need_encoder)
+
+
+def downstream_flags(objective: str, kind: str, args) -> tuple[str, ...]:
+    """The flags after the fine-tuning recipe of one downstream kind (probe or fine-tuning)."""
+    return (*KINDS[kind], "--lr", images.chosen_lr(TASK, objective), "--set", f"eval_every_epochs={EVAL_EVERY}",
+            "--set", "eval_train=true", *args.steps)  # eval_train: the gap for radreg_diagnostics.py
 
 
 def downstream_cell(setting: str, objective: str, variant: str, pseed: int, kind: str, seed: int, args) -> Path:
@@ -141,10 +152,8 @@ def downstream(setting: str, objective: str, variant: str, pseed: int, kind: str
     if cell.exists():
         return cell
     init = Path(args.runs) / "pretrain" / setting / f"{arm_name(objective, variant)}_p{pseed}" / "encoder"
-    extra = (*KINDS[kind], "--lr", images.chosen_lr(TASK, objective), "--set", f"eval_every_epochs={EVAL_EVERY}",
-             "--set", "eval_train=true", *args.steps)  # eval_train: the gap for radreg_diagnostics.py
     return images.run_finetune(TASK, arm, seed, init, PRETRAIN[objective][0], args, Path(args.results),
-                               Path(args.runs), extra=extra,
+                               Path(args.runs), extra=downstream_flags(objective, kind, args),
                                make_init=lambda: pretrain(setting, objective, variant, pseed, args, True))
 
 

@@ -122,3 +122,42 @@ def test_fewshot_tables_choose_the_rate_and_the_head_on_kshot_dev_never_on_the_r
     assert fg._head_choice(data, "m", "sst2") == "head-cls"
     row = next(l for l in fg.model_table(data, "m", picked) if l.startswith("| sst2"))
     assert "+7.5 ± 0.9 (n=3) vs head-cls" in row, row  # (61.3, 62.1, 64.2) - 55: mean 7.53, se 0.87
+
+
+def test_diagnostics_pair_each_measurement_with_the_probes_of_the_very_encoder_measured(tmp_path):
+    """A re-test checkpoint pretrained again (runs/ is not committed; a CPU rerun is not bit-identical) is probed
+    again: its gaps come from those probes, never from the re-test's cells of the first encoder; a measurement
+    whose probe cells name another encoder is left out."""
+    import json
+
+    import radreg_diagnostics as rd
+
+    retest, mine = tmp_path / "retest" / "full", tmp_path / "diag"
+
+    def write(path, data):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+
+    def probe(folder, arm, seed, sha, gap):
+        write(folder / "finetune" / "cat-dog" / f"{arm}_seed{seed}.json",
+              {"arm": arm, "seed": seed, "init_sha256": sha, "summary": {"generalization_gap": {"accuracy_gap": gap}}})
+
+    for arm in ("context-encoder_p0", "context-encoder+radreg_p0", "context-encoder_p1"):
+        write(retest / "pretrain" / "hetero" / f"{arm}.json", {})
+        for kind in rd.PROBES:
+            for seed in (1, 2):
+                probe(retest, f"hetero.{kind}.{arm}", seed, f"first-{arm}", 0.10)
+    # plain p0: measured on the re-test's own encoder; RadReg p0: pretrained again and probed here;
+    # plain p1: pretrained again, but measured without its own probes (must not borrow the first encoder's gaps)
+    shas = {"context-encoder_p0": "first-context-encoder_p0", "context-encoder+radreg_p0": "again",
+            "context-encoder_p1": "again-p1"}
+    for arm, sha in shas.items():
+        write(mine / "measure" / f"full.hetero.{arm}.json", {"checkpoint": arm, "encoder_sha256": sha})
+    for kind in rd.PROBES:
+        for seed in (1, 2):
+            probe(mine, f"{kind}.full.hetero.context-encoder+radreg_p0", seed, "again", 0.02)
+    rows = {r["checkpoint"]: r for r in rd.load(mine, {"full": retest})["rows"]}
+    assert set(rows) == {"context-encoder_p0", "context-encoder+radreg_p0"}
+    assert rows["context-encoder_p0"]["probes"] == "re-test" and rows["context-encoder_p0"]["linear-probe"] == 10.0
+    got = rows["context-encoder+radreg_p0"]
+    assert got["probes"] == "own" and got["linear-probe"] == 2.0 and got["mlp-probe_seeds"] == 2
