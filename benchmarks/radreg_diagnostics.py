@@ -42,6 +42,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import radreg_estimator as estimator
 import radreg_retest as retest
 from _lib import cells, images, runner, tables, template
 from _lib.images import PRETRAIN
@@ -53,6 +54,7 @@ OUT_RESULTS, OUT_RUNS = ALL_RESULTS / "radreg_diagnostics", ALL_RUNS / "radreg_d
 PROBES = ("linear-probe", "mlp-probe")
 RANDOM = {"vit-tiny-p4": "mae", "conv-small": "context-encoder"}  # random init -> the objective whose lr it uses
 N_SIGMA, N_IMAGES, BOOTSTRAP = 2000, 1000, 2000
+SUPREMUM_EVERY = 50  # a RadReg checkpoint pretrained again here logs the supremum this often (target 1 at length)
 QUANTITIES = {"complexity": "R (linear, scale-free)", "complexity_raw": "R (linear, raw)", "bound": "bound (raw)",
               "complexity_mlp": "R (MLP)", "mmd2": "MMD²", "domain_accuracy": "domain acc.", "spread": "spread",
               "effective_rank": "eff. rank"}
@@ -137,9 +139,19 @@ def checkpoint_encoder(name: str, info: dict, results: Path, runs: Path, rargs, 
         return encoder
     objective = info["objective"]
     flags = retest.pretrain_flags(info["setting"], objective, info["variant"], info["pseed"], rargs)
-    images.run_pretrain(f"{info['budget']}/{info['setting']}/{arm}", objective, PRETRAIN[objective][0], flags,
-                        rargs, Path(args.results), Path(args.runs), need_encoder=True)
-    return Path(args.runs) / "pretrain" / info["budget"] / info["setting"] / arm / "encoder"
+    if info["variant"]:  # the same run (its own generator: tests/test_radreg.py), with the supremum logged
+        flags += ["--set", f"radreg.supremum_every={args.supremum_every}"]
+    cell = images.run_pretrain(f"{info['budget']}/{info['setting']}/{arm}", objective, PRETRAIN[objective][0],
+                               flags, rargs, Path(args.results), Path(args.runs), need_encoder=True)
+    out = Path(args.runs) / "pretrain" / info["budget"] / info["setting"] / arm
+    record = Path(args.results) / "supremum" / f"{name}.json"
+    if info["variant"] and not record.exists():
+        made = cells.read_json(cell)
+        cells.write_json(record, {"checkpoint": name, "steps": made["summary"]["train_steps"],
+                                  "every": args.supremum_every,
+                                  "command": made["command"], "date": made["date"], "machine": made["machine"],
+                                  "trace": estimator.trace(out)})
+    return out / "encoder"
 
 
 def own_probes(name: str, info: dict, encoder: Path, rargs, args) -> None:
@@ -222,7 +234,7 @@ def load(results: Path = OUT_RESULTS, retest_results: dict[str, Path] | None = N
             row[kind], row[kind + "_seeds"] = gaps(folder, pattern)
         if all(row[k] is not None for k in PROBES):
             rows.append(row)
-    return {"rows": rows}
+    return {"rows": rows, "supremum": cells.read_cells(results / "supremum")}
 
 
 def spearman_interval(x: list[float], y: list[float], seed: int = 0) -> tuple[float, float, float]:
@@ -276,9 +288,32 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_supremum(records: list[dict]) -> str:
+    """Target 1 over whole pretrainings: the running estimate's share of the logged supremum, second half."""
+    lines = tables.header(["checkpoint", "steps", "logged", "estimate / supremum, second half (mean ± std)",
+                           "lowest", "estimate", "supremum"], ["---", *["---:"] * 6])
+    for r in records:
+        half = [t for t in r["trace"] if t["step"] > r["steps"] / 2 and t["ratio"] is not None]
+        if not half:
+            continue
+        ratios = [t["ratio"] for t in half]
+        lines.append(tables.row([r["checkpoint"], str(r["steps"]), str(len(r["trace"])),
+                                 f"{statistics.fmean(ratios):.3f} ± {statistics.pstdev(ratios):.3f}",
+                                 f"{min(ratios):.3f}", f"{statistics.fmean(t['estimate'] for t in half):.4f}",
+                                 f"{statistics.fmean(t['supremum'] for t in half):.4f}"]))
+    one = records[0]
+    lines += ["", f"Every {one['every']} steps, on the current batch with the signs the estimate used; "
+              f"{', '.join(sorted({r['date'] for r in records}))}, {one['machine']}; command of one: "
+              f"`{one['command']}`"]
+    return "\n".join(lines)
+
+
 def sections(data: dict | None = None) -> dict[str, str]:
     data = load() if data is None else data
-    return {"radreg_diagnostics": render(data["rows"])} if len(data["rows"]) >= 2 else {}
+    out = {"radreg_diagnostics": render(data["rows"])} if len(data["rows"]) >= 2 else {}
+    if data.get("supremum"):
+        out["radreg_diagnostics/supremum"] = render_supremum(data["supremum"])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.data = str(Path(args.data).resolve())
     args.pretrain_extra, args.finetune_extra, args.steps = [], [], []
-    args.seeds, args.n_sigma = retest.SEEDS, N_SIGMA
+    args.seeds, args.n_sigma, args.supremum_every = retest.SEEDS, N_SIGMA, SUPREMUM_EVERY
     args.results, args.runs = OUT_RESULTS, OUT_RUNS
     args.retest = {b: (retest.OUT_RESULTS / b, retest.OUT_RUNS / b) for b in ("full", "cpu")
                    if (retest.OUT_RESULTS / b / "pretrain").is_dir()}
@@ -302,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         smoke = Path(args.smoke).resolve()
         args.results, args.runs = smoke / "diagnostics" / "results", smoke / "diagnostics" / "runs"
-        args.steps, args.seeds, args.n_sigma = ["--max-steps", "3"], retest.SEEDS[:2], 200
+        args.steps, args.seeds, args.n_sigma, args.supremum_every = ["--max-steps", "3"], retest.SEEDS[:2], 200, 1
         args.retest = {b: (smoke / "results" / b, smoke / "runs") for b in ("full", "cpu")
                        if (smoke / "results" / b / "pretrain").is_dir()}
         args.retest_args.results = smoke / "results" / "full"

@@ -161,3 +161,14 @@ def test_diagnostics_pair_each_measurement_with_the_probes_of_the_very_encoder_m
     assert rows["context-encoder_p0"]["probes"] == "re-test" and rows["context-encoder_p0"]["linear-probe"] == 10.0
     got = rows["context-encoder+radreg_p0"]
     assert got["probes"] == "own" and got["linear-probe"] == 2.0 and got["mlp-probe_seeds"] == 2
+
+
+def test_the_full_run_supremum_table_averages_the_second_half_only():
+    import radreg_diagnostics as rd
+
+    trace = [{"step": s, "estimate": 0.1, "supremum": 0.2 if s <= 5 else 0.1, "ratio": 0.5 if s <= 5 else 1.0 - s / 100}
+             for s in range(1, 11)]
+    rec = {"checkpoint": "c", "steps": 10, "every": 1, "trace": trace, "date": "d", "machine": "m", "command": "x"}
+    row = rd.render_supremum([rec]).splitlines()[2]
+    # steps 6..10: ratios 0.94..0.90, mean 0.92, population std sqrt(2e-4), lowest 0.90, supremum 0.1
+    assert row == "| c | 10 | 10 | 0.920 ± 0.014 | 0.900 | 0.1000 | 0.1000 |"
