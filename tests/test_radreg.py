@@ -396,7 +396,8 @@ def test_two_pretraining_steps_through_the_loop(tmp_path, monkeypatch, capsys, o
 
 def test_two_processes_share_the_downstream_batch_and_get_the_one_process_gradient(tmp_path):
     """Under DDP each of 2 processes encodes half of RadReg's downstream batch and gathers the rest; the encoder's
-    gradient is the one a single process gets from the whole batch (linear closed form and MLP ascent heads)."""
+    gradient is the one a single process gets from the whole batch (linear closed form and MLP ascent heads on
+images; MLP heads on text batches, dicts of padded token ids with a task's ``features``)."""
     import os
     import subprocess
     import sys
@@ -412,9 +413,9 @@ def test_two_processes_share_the_downstream_batch_and_get_the_one_process_gradie
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     two = torch.load(out, weights_only=True)
-    for head in ("linear", "mlp"):
+    for head in ("linear", "mlp", "text"):  # text: dict batches of padded token ids, split by rows
         g, encoded = grads(head, ddp=False)
-        assert encoded == 16 and two[head]["encoded"] == 8  # 2 steps of 8 images, halved per process
+        assert encoded == 16 and two[head]["encoded"] == 8  # 2 steps of 8 examples, halved per process
         assert torch.allclose(two[head]["grad"], g, atol=1e-6), (head, (two[head]["grad"] - g).abs().max())
 
 
