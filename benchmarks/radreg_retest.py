@@ -29,7 +29,7 @@ on a GPU); ``--budget cpu`` halves the epochs, stated in the results. 12 pretrai
 downstream runs per setting (3 kinds x 5 seeds x 12 checkpoints).
 
     python benchmarks/radreg_retest.py --stage tune              # MAE's pooling on the tuning split (minutes)
-    python benchmarks/radreg_retest.py --stage tune-center --objectives context-encoder   # about 40 min, 2 cores
+    python benchmarks/radreg_retest.py --stage tune-center --objectives context-encoder   # about 30 min, 2 cores
     python benchmarks/radreg_retest.py --settings hetero --objectives context-encoder --arms radreg-center
     python benchmarks/radreg_retest.py --settings hetero --budget cpu --objectives context-encoder
     python benchmarks/radreg_retest.py                           # everything (a GPU machine: --jobs 6)
