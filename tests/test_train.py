@@ -176,12 +176,13 @@ def _train_records(out):
 def test_two_processes_match_one(glue, tiny_model_nodrop, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` on CPU (torchrun + gloo) takes the same optimizer steps
     on the same examples as one process (batches are split across processes). With SMART the extra forwards run
-    beside DDP and the teacher must stay identical on both processes, or the weights would drift apart."""
+    beside DDP and the teacher must stay identical on both processes, or the weights would drift apart.
+    ``eval_train`` scores the training examples split across processes and gathered: the same numbers as one."""
     regs = ("smart",)
     one, two = tmp_path / "one", tmp_path / "two"
     common = ["finetune", "--task", "sst2", "--model", tiny_model_nodrop, "--train", _kshot(glue, "SST-2", "train"),
               "--dev", _kshot(glue, "SST-2", "dev"), "--batch-size", "8", "--lr", "1e-3", "--epochs", "2",
-              "--max-length", "64", "--seed", "5"]
+              "--max-length", "64", "--seed", "5", "--set", "eval_train=true"]
     if regs:
         common += ["--regularizer", *regs]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -197,6 +198,9 @@ def test_two_processes_match_one(glue, tiny_model_nodrop, tmp_path):
     assert sb["train_steps"] == sa["train_steps"]
     assert sb["final_dev"]["loss"] == pytest.approx(sa["final_dev"]["loss"], rel=1e-4)
     assert sb["final_dev"]["accuracy"] == sa["final_dev"]["accuracy"]
+    assert sb["final_train"]["accuracy"] == sa["final_train"]["accuracy"]
+    assert sb["final_train"]["loss"] == pytest.approx(sa["final_train"]["loss"], rel=1e-4)
+    assert sb["generalization_gap"]["accuracy_gap"] == pytest.approx(sa["generalization_gap"]["accuracy_gap"])
     wa, wb = _final_weights(one), _final_weights(two)
     assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
 
