@@ -60,6 +60,12 @@ def test_run_cell_redo_replaces_a_cell_only_once_its_run_has_finished(tmp_path, 
     runner.run_cell(cell, ["pretrain", "--seed", "1"], {"phase": "p"}, out, redo=True)
     got = json.loads(cell.read_text())
     assert got["summary"] == {"loss": 0.5} and got["phase"] == "p" and len(calls) == 2
+    assert got["redone_of"]["reproduced"] is None  # the first run recorded no final dev metrics
+    cell.write_text(json.dumps({"command": "gentune pretrain --seed 1", "date": "then",
+                                "summary": {"final_dev": {"loss": 0.5}}}))
+    runner.run_cell(cell, ["pretrain", "--seed", "1"], {}, out, redo=True)
+    got = json.loads(cell.read_text())["redone_of"]
+    assert got["date"] == "then" and got["final_dev"] == {"loss": 0.5} and got["reproduced"] is False
 
 
 def test_a_pretraining_redone_for_its_encoder_keeps_the_first_runs_numbers_and_says_if_they_reproduce(

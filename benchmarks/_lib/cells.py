@@ -55,3 +55,24 @@ def finished(cell: Path, what: str) -> bool:
         return False
     print(f"[skip] {what}")
     return True
+
+
+def redo_record(old: dict) -> dict:
+    """What a pretraining cell that is run again keeps of its first run (the downstream cells were computed from
+    that encoder): its date, machine, final dev metrics and steps; ``reproduced`` then says whether the rerun's
+    final dev metrics are the same numbers. With the same command and seed they often are not: on another machine
+    or thread count the float sums differ, and the difference grows over a run."""
+    if "redone_of" in old:  # redone twice: still compare with the run the downstream cells used
+        return {k: v for k, v in old["redone_of"].items() if k != "reproduced"}
+    summary = old.get("summary") or {}
+    return {"date": old.get("date"), "machine": old.get("machine"), "final_dev": summary.get("final_dev"),
+            "train_steps": summary.get("train_steps")}
+
+
+def redone_of(original: dict | None, summary: dict) -> dict:
+    """The ``redone_of`` field of a redone cell (empty for a first run): the first run's record and whether the
+    rerun's final dev metrics are the same numbers (None when the first run recorded none)."""
+    if original is None:
+        return {}
+    first = original["final_dev"]
+    return {"redone_of": original | {"reproduced": None if first is None else first == summary.get("final_dev")}}

@@ -79,7 +79,7 @@ def run_pretrain(name: str, objective: str, encoder: str, flags: list[str], args
     original = None
     if cell.exists():
         print(f"[redo] pretrain {name}: its encoder is not in {out.relative_to(ROOT)} any more", flush=True)
-        original = redo_record(cells.read_json(cell))
+        original = cells.redo_record(cells.read_json(cell))
         shutil.rmtree(out, ignore_errors=True)  # else gentune would return the finished run's summary
     cmd = ["pretrain", "--objective", objective, "--model", encoder, "--data", args.data,
            "--out", str(out.relative_to(ROOT)), *flags, *args.pretrain_extra]
@@ -93,20 +93,8 @@ def run_pretrain(name: str, objective: str, encoder: str, flags: list[str], args
                             "date": dt.date.today().isoformat(), "machine": machine(),
                             "wall_seconds": time.time() - t0, "resumed_from_step": resumed, "summary": summary,
                             **dict(zip(("matmul_gflops", "matmul_device"), matmul_gflops())), "evals": evals(out),
-                            **({"redone_of": original | {"reproduced": original["final_dev"] == summary["final_dev"]}}
-                               if original else {})})
+                            **cells.redone_of(original, summary)})
     return cell
-
-
-def redo_record(old: dict) -> dict:
-    """What a pretraining cell that is run again keeps of its first run (the downstream cells were computed from
-    that encoder): its date, machine, final dev metrics and steps; ``reproduced`` then says whether the rerun's
-    final dev metrics are the same numbers (a CPU run with the same command and seed should be bit-identical)."""
-    if "redone_of" in old:  # redone twice: still compare with the run the downstream cells used
-        return {k: v for k, v in old["redone_of"].items() if k != "reproduced"}
-    summary = old.get("summary", {})
-    return {"date": old.get("date"), "machine": old.get("machine"), "final_dev": summary.get("final_dev"),
-            "train_steps": summary.get("train_steps")}
 
 
 def resumed_step(out: Path) -> int | None:

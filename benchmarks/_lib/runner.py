@@ -59,7 +59,8 @@ def run_cell(cell: Path, argv: list[str], record: dict, out: Path, keep: bool = 
     is refused. A half-made ``out`` (no config.yaml) is cleared first; ``out/best`` is removed after unless
     ``keep`` (the cell holds what the tables need). ``jobs``: as :func:`gentune` (above 1, the run's output goes to
     a log beside ``out``). ``redo``: run a finished cell again (its run folder is gone and a later cell needs
-    what it made); the cell is replaced only when the run has finished."""
+    what it made); the cell is replaced only when the run has finished, and keeps the first run's final dev metrics
+    and whether the rerun reproduced them (:func:`cells.redo_record`)."""
     import datetime as dt
     import os
     import shutil
@@ -76,11 +77,13 @@ def run_cell(cell: Path, argv: list[str], record: dict, out: Path, keep: bool = 
         return
     if out.exists() and not (out / "config.yaml").exists():
         shutil.rmtree(out)
+    original = cells.redo_record(cells.read_json(cell)) if redo and cell.exists() else None
     t0 = time.time()
     gentune(argv, jobs, label=" ".join(f"{k}={v}" for k, v in record.items()))
+    summary = cells.read_json(out / "summary.json")
     cells.write_json(cell, {**record, "command": command, "machine": machine(), "commit": commit(),
                             "date": dt.date.today().isoformat(), "wall_seconds": time.time() - t0,
-                            "summary": cells.read_json(out / "summary.json")})
+                            "summary": summary, **cells.redone_of(original, summary)})
     if not keep:
         shutil.rmtree(out / "best", ignore_errors=True)
 
