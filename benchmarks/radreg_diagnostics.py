@@ -194,10 +194,10 @@ def run(args) -> None:
         measure(f"random-{model}", images.random_encoder(model, Path(args.runs)), "same", args)
 
 
-def gaps(folder: Path, pattern: str) -> tuple[float | None, int]:
-    """The mean probe gap (percentage points) over a checkpoint's fine-tuning seeds, and their number; a cell
-    without a gap (written before eval_train) is named on stderr."""
-    values = []
+def gaps(folder: Path, pattern: str) -> tuple[float | None, int, float | None]:
+    """The mean probe gap (percentage points) over a checkpoint's fine-tuning seeds, their number, and the mean
+    held-out accuracy (x100) of those runs; a cell without a gap (written before eval_train) is named on stderr."""
+    values, accuracy = [], []
     for c in cells.read_cells(folder, pattern):
         gap = (c["summary"].get("generalization_gap") or {}).get("accuracy_gap")
         if gap is None:
@@ -205,7 +205,10 @@ def gaps(folder: Path, pattern: str) -> tuple[float | None, int]:
                   "cell away to run it again)", file=sys.stderr)
         else:
             values.append(100 * gap)
-    return (statistics.fmean(values) if values else None), len(values)
+            accuracy.append(100 * c["summary"]["final_dev"]["accuracy"])
+    if not values:
+        return None, 0, None
+    return statistics.fmean(values), len(values), statistics.fmean(accuracy)
 
 
 def load(results: Path = OUT_RESULTS, retest_results: dict[str, Path] | None = None) -> dict:
@@ -231,7 +234,7 @@ def load(results: Path = OUT_RESULTS, retest_results: dict[str, Path] | None = N
                   file=sys.stderr)
             continue
         for kind, pattern in patterns.items():
-            row[kind], row[kind + "_seeds"] = gaps(folder, pattern)
+            row[kind], row[kind + "_seeds"], row[kind + "_accuracy"] = gaps(folder, pattern)
         if all(row[k] is not None for k in PROBES):
             rows.append(row)
     return {"rows": rows, "supremum": cells.read_cells(results / "supremum")}
@@ -258,12 +261,11 @@ def render(rows: list[dict]) -> str:
     def num(v, digits=4):
         return "-" if v is None else f"{v:.{digits}f}"
 
-    lines = tables.header(["checkpoint", "probes", "linear-probe gap", "MLP-probe gap", *QUANTITIES.values()],
-                          ["---", "---", *["---:"] * (2 + len(QUANTITIES))])
+    lines = tables.header(["checkpoint", "probes", "linear-probe gap (acc.)", "MLP-probe gap (acc.)",
+                           *QUANTITIES.values()], ["---", "---", *["---:"] * (2 + len(QUANTITIES))])
     for r in rows:
         lines.append(tables.row([r["checkpoint"], r.get("probes", "re-test"),
-                                 f"{r['linear-probe']:+.1f} ({r['linear-probe_seeds']})",
-                                 f"{r['mlp-probe']:+.1f} ({r['mlp-probe_seeds']})",
+                                 *[f"{r[k]:+.1f} ({r[k + '_accuracy']:.1f}; {r[k + '_seeds']})" for k in PROBES],
                                  *[num(r.get(q)) for q in QUANTITIES]]))
     lines += ["", *tables.header(["quantity", "Spearman rho with the linear-probe gap [95% bootstrap]",
                                   "with the MLP-probe gap"], ["---", "---:", "---:"])]
@@ -279,7 +281,7 @@ def render(rows: list[dict]) -> str:
         lines.append(tables.row([title, *cols]))
     measured = sorted({r["date"] for r in rows})
     lines += ["", "- gaps: training minus held-out accuracy of the final probe, percentage points, mean over the",
-              "  fine-tuning seeds (their number in brackets)",
+              "  fine-tuning seeds (in brackets: the mean held-out accuracy, and the number of seeds)",
               "- probes: `re-test`: the re-test's own probe cells, on the very encoder measured; `own`: a random-init "
               "encoder, or a re-test checkpoint pretrained again here (same command and seed: runs/ is not "
               "committed, and a CPU rerun is not bit-identical), probed here with the re-test's recipe and seeds",

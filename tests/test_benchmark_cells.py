@@ -146,7 +146,9 @@ def test_diagnostics_pair_each_measurement_with_the_probes_of_the_very_encoder_m
 
     def probe(folder, arm, seed, sha, gap):
         write(folder / "finetune" / "cat-dog" / f"{arm}_seed{seed}.json",
-              {"arm": arm, "seed": seed, "init_sha256": sha, "summary": {"generalization_gap": {"accuracy_gap": gap}}})
+              {"arm": arm, "seed": seed, "init_sha256": sha,
+               "summary": {"generalization_gap": {"accuracy_gap": gap},
+                           "final_dev": {"accuracy": 0.5 + gap + seed / 100}}})
 
     for arm in ("context-encoder_p0", "context-encoder+radreg_p0", "context-encoder_p1"):
         write(retest / "pretrain" / "hetero" / f"{arm}.json", {})
@@ -167,6 +169,7 @@ def test_diagnostics_pair_each_measurement_with_the_probes_of_the_very_encoder_m
     assert rows["context-encoder_p0"]["probes"] == "re-test" and rows["context-encoder_p0"]["linear-probe"] == 10.0
     got = rows["context-encoder+radreg_p0"]
     assert got["probes"] == "own" and got["linear-probe"] == 2.0 and got["mlp-probe_seeds"] == 2
+    assert got["linear-probe_accuracy"] == pytest.approx(53.5)  # (0.53 + 0.54) / 2, x100
 
 
 def test_the_full_run_supremum_table_averages_the_second_half_only():
