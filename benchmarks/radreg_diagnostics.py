@@ -55,7 +55,8 @@ PROBES = ("linear-probe", "mlp-probe")
 RANDOM = {"vit-tiny-p4": "mae", "conv-small": "context-encoder"}  # random init -> the objective whose lr it uses
 N_SIGMA, N_IMAGES, BOOTSTRAP = 2000, 1000, 2000
 SUPREMUM_EVERY = 50  # a RadReg checkpoint pretrained again here logs the supremum this often (target 1 at length)
-QUANTITIES = {"complexity": "R (linear, scale-free)", "complexity_raw": "R (linear, raw)", "bound": "bound (raw)",
+QUANTITIES = {"penalty": "RadReg penalty (n=16)", "penalty_centred": "centred (n=16)",
+              "complexity": "R (linear, scale-free)", "complexity_raw": "R (linear, raw)", "bound": "bound (raw)",
               "complexity_mlp": "R (MLP)", "mmd2": "MMD²", "domain_accuracy": "domain acc.", "spread": "spread",
               "effective_rank": "eff. rank"}
 
@@ -96,11 +97,15 @@ def sample_folder(classes: list[str] | None, exclude: list[str], data: str, runs
 
 def measure(name: str, encoder: Path, setting: str, args) -> dict:
     cell = Path(args.results) / "measure" / f"{name}.json"
+    pool = images.downstream_pool(retest.TASK, args.data, images.RADREG_RUNS)
     if cell.exists():
-        return cells.read_json(cell)
+        record = cells.read_json(cell)
+        if "penalty" not in record and encoder_sha256(encoder) == record.get("encoder_sha256"):
+            record.update(penalties(encoder, pool, Path(args.runs) / "measure" / name))  # measured before it existed
+            cells.write_json(cell, record)
+        return record
     from gentune.diagnose import diagnose
 
-    pool = images.downstream_pool(retest.TASK, args.data, images.RADREG_RUNS)
     other = sample_folder(None, ["cat", "dog"] if setting == "hetero" else [], args.data, Path(args.runs))
     res = diagnose([str(encoder)], "image-classification", str(pool), str(Path(args.runs) / "measure" / name),
                    str(other), max_examples=N_IMAGES, n_sigma=args.n_sigma, mlp=True)
@@ -114,8 +119,42 @@ def measure(name: str, encoder: Path, setting: str, args) -> dict:
               "pretraining_sample": os.path.relpath(other, ROOT), "encoder_sha256": encoder_sha256(encoder),
               "date": dt.date.today().isoformat(),
               "machine": machine()}
+    record.update(penalties(encoder, pool, Path(args.runs) / "measure" / name))
     cells.write_json(cell, record)
     return record
+
+
+def penalties(encoder: Path, pool: Path, measured: Path) -> dict:
+    """RadReg's own penalty on the checkpoint (the features diagnose cached), uncentred and centred."""
+    from gentune.diagnose import FEATURES, extract, load_representation
+
+    feats, _ = extract(load_representation(str(encoder)), "image-classification", str(pool), measured / FEATURES,
+                       N_IMAGES, 0)
+    return {f"penalty{'_centred' if center else ''}": batch_penalty(feats, center=center)
+            for center in (False, True)}
+
+
+def batch_penalty(features, n: int = 16, batches: int = 250, m: int = 4, center: bool = False,
+                  seed: int = 0) -> float | None:
+    """What RadReg penalises, at its operating point: the MLP-head sup (B = 1) on batches of ``n`` of these
+    features, scale taken out (and the batch mean first with ``center``), averaged over ``batches`` seeded batches
+    and ``m`` sign vectors each; the sup by the long single-unit search the run's ``supremum_every`` logs.
+    None when centring leaves nothing (identical features: 0/0, the centred penalty is undefined)."""
+    import torch
+
+    from gentune.diagnostics.rademacher import normalize_scale, rademacher_signs, unit_supremum
+
+    h_all = torch.as_tensor(features, dtype=torch.float32)
+    g, values = torch.Generator().manual_seed(seed), []
+    for _ in range(batches):
+        h = h_all[torch.randperm(len(h_all), generator=g)[:n]]
+        if center:
+            centred = h - h.mean(0, keepdim=True)
+            if centred.norm() <= 1e-5 * h.norm():
+                return None
+            h = centred
+        values.append(unit_supremum(normalize_scale(h), rademacher_signs(m, n, g), generator=g)[0].mean())
+    return float(torch.stack(values).mean())
 
 
 def encoder_sha256(encoder: Path) -> str | None:
@@ -174,9 +213,42 @@ def probe_random(model: str, kind: str, seed: int, args) -> Path:
                                Path(args.runs), extra=extra)
 
 
+REFERENCE = {"identical": "every image the same feature vector",
+             "two points": "two feature vectors, half the images each",
+             "isotropic": "independent standard normal features",
+             "isotropic + offset": "the same plus 3 in every coordinate",
+             "non-negative": "the isotropic features through a ReLU (as the context encoder's are)",
+             "one-hot": "a distinct basis vector per image"}
+
+
+def reference_features(kind: str, n: int = 1000, d: int = 256):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return {"identical": lambda: np.tile(rng.normal(size=(1, d)), (n, 1)),
+            "two points": lambda: np.repeat(rng.normal(size=(2, d)), n // 2, 0),
+            "isotropic": lambda: rng.normal(size=(n, d)),
+            "isotropic + offset": lambda: rng.normal(size=(n, d)) + 3.0,
+            "non-negative": lambda: np.maximum(rng.normal(size=(n, d)), 0.0),
+            "one-hot": lambda: np.eye(n, max(d, n))}[kind]()
+
+
+def reference(args) -> Path:
+    """RadReg's penalty (n = 16, B = 1) on made-up features of known geometry (d = 256, 1,000 'images'): how much
+    room the penalty has, and which geometries it prefers. ``results/reference.json``."""
+    path = Path(args.results) / "reference.json"
+    if not path.exists():
+        rows = {k: {"penalty": batch_penalty(reference_features(k)),
+                    "penalty_centred": batch_penalty(reference_features(k), center=True)} for k in REFERENCE}
+        cells.write_json(path, {"rows": rows, "date": dt.date.today().isoformat(), "machine": machine(),
+                                "command": "python benchmarks/radreg_diagnostics.py"})
+    return path
+
+
 def run(args) -> None:
     """The re-test's checkpoints first (each pretrained again if runs/ lacks its encoder: the long part), then the
     random-init ones and their probes."""
+    reference(args)
     for budget, (results, runs) in args.retest.items():
         rargs = retest.make_args(["--budget", budget, "--data", args.data, "--jobs", str(args.jobs)])
         rargs.results, rargs.runs, rargs.steps = results, runs, args.steps
@@ -237,7 +309,9 @@ def load(results: Path = OUT_RESULTS, retest_results: dict[str, Path] | None = N
             row[kind], row[kind + "_seeds"], row[kind + "_accuracy"] = gaps(folder, pattern)
         if all(row[k] is not None for k in PROBES):
             rows.append(row)
-    return {"rows": rows, "supremum": cells.read_cells(results / "supremum")}
+    ref = results / "reference.json"
+    return {"rows": rows, "supremum": cells.read_cells(results / "supremum"),
+            "reference": cells.read_json(ref) if ref.exists() else None}
 
 
 def spearman_interval(x: list[float], y: list[float], seed: int = 0) -> tuple[float, float, float]:
@@ -310,9 +384,25 @@ def render_supremum(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_reference(ref: dict) -> str:
+    import math
+
+    lines = tables.header(["features", "what they are", "RadReg penalty (n=16)", "centred"],
+                          ["---", "---", "---:", "---:"])
+    for kind, r in ref["rows"].items():
+        centred = "0/0" if r["penalty_centred"] is None else f"{r['penalty_centred']:.4f}"
+        lines.append(tables.row([kind, REFERENCE[kind], f"{r['penalty']:.4f}", centred]))
+    lines += ["", f"Exact for identical features: E|sigma_1 + ... + sigma_16| / 16 = C(16, 8) / 2^16 = "
+              f"{math.comb(16, 8) / 2 ** 16:.4f} (uncentred). 250 seeded batches x 4 sign vectors each; "
+              f"{ref['date']}, {ref['machine']}; `{ref['command']}`"]
+    return "\n".join(lines)
+
+
 def sections(data: dict | None = None) -> dict[str, str]:
     data = load() if data is None else data
     out = {"radreg_diagnostics": render(data["rows"])} if len(data["rows"]) >= 2 else {}
+    if data.get("reference"):
+        out["radreg_diagnostics/reference"] = render_reference(data["reference"])
     if data.get("supremum"):
         out["radreg_diagnostics/supremum"] = render_supremum(data["supremum"])
     return out

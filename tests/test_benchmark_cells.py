@@ -181,3 +181,25 @@ def test_the_full_run_supremum_table_averages_the_second_half_only():
     row = rd.render_supremum([rec]).splitlines()[2]
     # steps 6..10: ratios 0.94..0.90, mean 0.92, population std sqrt(2e-4), lowest 0.90, supremum 0.1
     assert row == "| c | 10 | 10 | 0.920 ± 0.014 | 0.900 | 0.1000 | 0.1000 |"
+
+
+def test_radreg_penalty_at_its_batch_size_has_the_closed_form_of_identical_features():
+    """Identical features: the MLP-head sup is |sum sigma| / n exactly, so the mean over batches and signs is
+    E|S_16| / 16 = C(16, 8) / 2^16 = 0.1964 (within Monte Carlo error); centred, nothing is left (undefined); it is
+    scale-free, and centred also offset-free (what lets centring ignore a collapse)."""
+    import math
+
+    import numpy as np
+    import radreg_diagnostics as rd
+
+    same = np.tile(np.random.default_rng(0).normal(size=(1, 8)), (300, 1))
+    exact = math.comb(16, 8) / 2 ** 16
+    assert rd.batch_penalty(same, batches=100) == pytest.approx(exact, abs=0.02)
+    assert rd.batch_penalty(same, batches=5, center=True) is None  # nothing left once centred: 0/0
+    spread = np.random.default_rng(1).normal(size=(300, 256))
+    a, b = rd.batch_penalty(spread, batches=20), rd.batch_penalty(7.0 * spread, batches=20)
+    assert a == pytest.approx(b, rel=1e-4)
+    c, d = (rd.batch_penalty(x, batches=20, center=True) for x in (spread, 5.0 + 0.01 * spread))
+    assert c == pytest.approx(d, rel=1e-3)
+    # non-negative spread-out features (a ReLU encoder's) cost clearly more than identical ones
+    assert rd.batch_penalty(np.maximum(spread, 0), batches=100) > exact + 0.03
