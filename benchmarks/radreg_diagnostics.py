@@ -369,10 +369,10 @@ def render_supremum(records: list[dict]) -> str:
     lines = tables.header(["checkpoint", "steps", "logged", "estimate / supremum, second half (mean ± std)",
                            "lowest", "estimate", "supremum"], ["---", *["---:"] * 6])
     for r in records:
-        half = [t for t in r["trace"] if t["step"] > r["steps"] / 2 and t["ratio"] is not None]
-        if not half:
+        ratios = estimator.second_half(r)  # the records have radreg_estimator's cell shape (steps, trace)
+        if not ratios:
             continue
-        ratios = [t["ratio"] for t in half]
+        half = [t for t in r["trace"] if t["step"] > r["steps"] / 2 and t["ratio"] is not None]
         lines.append(tables.row([r["checkpoint"], str(r["steps"]), str(len(r["trace"])),
                                  f"{statistics.fmean(ratios):.3f} ± {statistics.pstdev(ratios):.3f}",
                                  f"{min(ratios):.3f}", f"{statistics.fmean(t['estimate'] for t in half):.4f}",
