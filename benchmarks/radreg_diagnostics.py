@@ -25,6 +25,7 @@ rho of each quantity with each probe's gap over the checkpoints, with a 95% perc
 
     python benchmarks/radreg_diagnostics.py           # after radreg_retest.py (any budget); resumable
     python benchmarks/radreg_diagnostics.py --render  # only rebuild docs/results.md
+    python benchmarks/radreg_diagnostics.py --only 'full.hetero.*_p2'   # some checkpoints only
     python benchmarks/radreg_diagnostics.py --smoke DIR   # on a radreg_retest.py --smoke folder: 3-step probes,
                                                           # 200 sign vectors, a printed preview
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fnmatch
 import math
 import os
 import statistics
@@ -99,11 +101,7 @@ def measure(name: str, encoder: Path, setting: str, args) -> dict:
     cell = Path(args.results) / "measure" / f"{name}.json"
     pool = images.downstream_pool(retest.TASK, args.data, images.RADREG_RUNS)
     if cell.exists():
-        record = cells.read_json(cell)
-        if "penalty" not in record and encoder_sha256(encoder) == record.get("encoder_sha256"):
-            record.update(penalties(encoder, pool, Path(args.runs) / "measure" / name))  # measured before it existed
-            cells.write_json(cell, record)
-        return record
+        return cells.read_json(cell)
     from gentune.diagnose import diagnose
 
     other = sample_folder(None, ["cat", "dog"] if setting == "hetero" else [], args.data, Path(args.runs))
@@ -253,17 +251,24 @@ def run(args) -> None:
         rargs = retest.make_args(["--budget", budget, "--data", args.data, "--jobs", str(args.jobs)])
         rargs.results, rargs.runs, rargs.steps = results, runs, args.steps
         for name, info in retest_checkpoints(budget, results).items():
-            if (Path(args.results) / "measure" / f"{name}.json").exists():
+            if (Path(args.results) / "measure" / f"{name}.json").exists() or not selected(name, args):
                 continue
             encoder = checkpoint_encoder(name, info, results, runs, rargs, args)
             if encoder_sha256(encoder) not in probed_shas(results / "finetune" / retest.TASK, info["cells"]):
                 own_probes(name, info, encoder, rargs, args)  # before measure: a measured one is complete
             measure(name, encoder, info["setting"], args)
     for model in RANDOM:
+        if not selected(f"random-{model}", args):
+            continue
         for kind in PROBES:
             for seed in args.seeds:
                 probe_random(model, kind, seed, args)
         measure(f"random-{model}", images.random_encoder(model, Path(args.runs)), "same", args)
+
+
+def selected(name: str, args) -> bool:
+    """Whether ``--only`` (shell-style patterns; none: every checkpoint) names the checkpoint."""
+    return not args.only or any(fnmatch.fnmatchcase(name, p) for p in args.only)
 
 
 def gaps(folder: Path, pattern: str) -> tuple[float | None, int, float | None]:
@@ -413,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=os.environ.get("GENTUNE_IMAGES", images.DEFAULT_DATA))
     p.add_argument("--render", action="store_true", help="only rebuild docs/results.md")
     p.add_argument("--smoke", metavar="DIR", help="a radreg_retest.py --smoke folder (runs/radreg_retest_*)")
+    p.add_argument("--only", nargs="+", metavar="PATTERN",
+                   help="measure (pretraining and probing as needed) only the checkpoints these shell-style patterns "
+                        "name, e.g. 'full.hetero.*_p2' or random-conv-small; the table still shows every measured one")
     images.add_jobs_flag(p)
     args = p.parse_args(argv)
     if args.render:

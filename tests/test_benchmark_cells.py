@@ -203,3 +203,17 @@ def test_radreg_penalty_at_its_batch_size_has_the_closed_form_of_identical_featu
     assert c == pytest.approx(d, rel=1e-3)
     # non-negative spread-out features (a ReLU encoder's) cost clearly more than identical ones
     assert rd.batch_penalty(np.maximum(spread, 0), batches=100) > exact + 0.03
+
+
+def test_diagnostics_only_flag_selects_checkpoints_by_shell_pattern():
+    import types
+
+    import radreg_diagnostics as rd
+
+    every = types.SimpleNamespace(only=None)
+    some = types.SimpleNamespace(only=["full.hetero.*_p2", "random-conv-small"])
+    assert rd.selected("full.hetero.context-encoder_p0", every)
+    assert rd.selected("full.hetero.context-encoder+radreg_p2", some)
+    assert rd.selected("random-conv-small", some)
+    assert not rd.selected("full.hetero.context-encoder_p1", some)
+    assert not rd.selected("random-vit-tiny-p4", some)
