@@ -49,9 +49,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _lib import cells, images, runner, stats, tables, template
+from _lib import cells, curves, images, runner, stats, tables, template
 from _lib.images import PRETRAIN, SEEDS, TUNE_SEED, TUNE_SPLIT
-from _lib.paths import RESULTS, RUNS
+from _lib.paths import IMG, RESULTS, RUNS
 
 OUT_RESULTS, OUT_RUNS = RESULTS / "radreg_retest", RUNS / "radreg_retest"
 SETTINGS = {"hetero": ["--set", "exclude_classes=cat,dog"], "same": []}
@@ -344,9 +344,60 @@ def sections(data: dict | None = None, results: Path = OUT_RESULTS) -> dict[str,
                     if any(arm_name(objective, v) in arms for v in ARMS.values()):
                         lines += table(arms, objective)
                 lines.append("")
+            lines += [f"![held-out accuracy against the downstream epoch, per arm](img/{plot_name(budget, setting)})",
+                      "", "Curves: the mean over pretraining seeds of each seed's mean over its fine-tuning seeds; "
+                      "band: one standard deviation of those per-seed curves; dotted: chance.", ""]
             lines.append(provenance({setting: kinds}, results / budget))
             out[f"radreg_retest/{budget}/{setting}"] = "\n".join(lines).rstrip()
     return out
+
+
+def plot_name(budget: str, setting: str) -> str:
+    """The file :func:`plots` writes for one budget and setting (docs/results.md links it as ``img/FILE``)."""
+    return f"radreg_retest_{budget}_{setting}.png"
+
+
+def seed_curves(runs: dict) -> dict[int, dict[float, float]]:
+    """An arm's curve per pretraining seed: {pretraining seed: {epoch: mean held-out accuracy x100 over its
+    fine-tuning seeds}} (:func:`curves.mean_curve`), from ``{pretraining seed: {seed: cell}}``."""
+    return {p: curves.mean_curve(list(seeds.values())) for p, seeds in sorted(runs.items())}
+
+
+def plots(data: dict, folder: Path = IMG) -> list[Path]:
+    """One figure per budget and setting, a panel per kind (fine-tuning, linear probe, MLP probe), a line per arm:
+    held-out accuracy against the downstream epoch, the mean over pretraining seeds of each seed's mean curve,
+    with a band of one standard deviation of those per-seed curves (the spread the two-level error counts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    for budget, settings in data.items():
+        for setting, kinds in settings.items():
+            names = [k for k in KINDS if k in kinds]
+            fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
+            for ax, kind in zip(axes[0], names):
+                arms = [arm_name(o, v) for o in PRETRAIN for v in ARMS.values() if arm_name(o, v) in kinds[kind]]
+                for i, arm in enumerate(arms):
+                    per = seed_curves(kinds[kind][arm])
+                    epochs = sorted(set.intersection(*(set(c) for c in per.values())))
+                    mean = [statistics.fmean(c[e] for c in per.values()) for e in epochs]
+                    sd = [statistics.stdev([c[e] for c in per.values()]) if len(per) > 1 else 0.0 for e in epochs]
+                    ax.plot(epochs, mean, marker="o", ms=3, color=f"C{i}", label=f"{arm} ({len(per)} pretrainings)")
+                    ax.fill_between(epochs, [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)],
+                                    color=f"C{i}", alpha=0.15, lw=0)
+                ax.axhline(50.0, color="grey", ls=":", lw=1)
+                ax.set(title=f"{setting}, {kind}", xlabel="downstream epoch", ylabel="held-out accuracy (%)")
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = folder / plot_name(budget, setting)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=110, metadata={"Software": None})
+            plt.close(fig)
+            drawn.append(path)
+    return drawn
 
 
 def make_args(argv: list[str] | None = None) -> argparse.Namespace:

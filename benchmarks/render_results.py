@@ -44,13 +44,15 @@ def blocks() -> dict[str, str]:
     kshot_grid.plots(kshot, IMG)
     estimator = radreg_estimator.load()
     radreg_estimator.plots(estimator, IMG)
+    retest = radreg_retest.load()
+    radreg_retest.plots(retest, IMG)
     return {**finetune_grid.sections(finetune_grid.load()), **smart_cost.sections(),
             **pretrain_grid.sections(pretrain), **radreg_grid.sections(radreg),
             **diagnostics_study.sections(diagnostics_study.load()), **smart_retest.sections(smart_retest.load()),
             **kernel_speed.sections(), **mlm_throughput.sections(),
             **fewshot_grid.sections(fewshot_grid.load()), **ner_grid.sections(ner_grid.load()),
             **point_grid.sections(point_grid.load()), **kshot_grid.sections(kshot),
-            **radreg_estimator.sections(estimator), **radreg_retest.sections(radreg_retest.load()),
+            **radreg_estimator.sections(estimator), **radreg_retest.sections(retest),
             **radreg_diagnostics.sections(radreg_diagnostics.load())}
 
 

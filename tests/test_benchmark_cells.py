@@ -217,3 +217,22 @@ def test_diagnostics_only_flag_selects_checkpoints_by_shell_pattern():
     assert rd.selected("random-conv-small", some)
     assert not rd.selected("full.hetero.context-encoder_p1", some)
     assert not rd.selected("random-vit-tiny-p4", some)
+
+
+def test_retest_curves_average_each_pretraining_seed_first_and_plot_every_arm(tmp_path):
+    """The curve is the mean over pretraining seeds of each seed's own mean curve, so a pretraining seed with more
+    fine-tuning seeds does not weigh more; the figure is written for each budget and setting."""
+    import radreg_retest as rt
+
+    def cell(*accs):
+        return {"evals": [{"epoch": 2.0 * (i + 1), "step": 32 * (i + 1), "accuracy": a} for i, a in enumerate(accs)],
+                "seed": 1, "summary": {"final_dev": {"accuracy": accs[-1]}}, "date": "d", "machine": "m", "command": "c"}
+
+    plain = {0: {1: cell(0.5, 0.6), 2: cell(0.7, 0.8), 3: cell(0.6, 0.7)}, 1: {1: cell(0.9, 1.0)}}
+    per = rt.seed_curves(plain)
+    assert per[0] == pytest.approx({2.0: 60.0, 4.0: 70.0}) and per[1] == pytest.approx({2.0: 90.0, 4.0: 100.0})
+    data = {"full": {"hetero": {"linear-probe": {"context-encoder": plain,
+                                                 "context-encoder+radreg-center": {0: {1: cell(0.5, 0.5)}}}}}}
+    (path,) = rt.plots(data, tmp_path)
+    assert path == tmp_path / rt.plot_name("full", "hetero") and path.stat().st_size > 1000
+    assert f"img/{rt.plot_name('full', 'hetero')}" in rt.sections(data, tmp_path)["radreg_retest/full/hetero"]
