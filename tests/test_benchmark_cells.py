@@ -226,7 +226,8 @@ def test_retest_curves_average_each_pretraining_seed_first_and_plot_every_arm(tm
 
     def cell(*accs):
         return {"evals": [{"epoch": 2.0 * (i + 1), "step": 32 * (i + 1), "accuracy": a} for i, a in enumerate(accs)],
-                "seed": 1, "summary": {"final_dev": {"accuracy": accs[-1]}}, "date": "d", "machine": "m", "command": "c"}
+                "seed": 1, "summary": {"final_dev": {"accuracy": accs[-1]}}, "date": "d", "machine": "m",
+                "command": "c"}
 
     plain = {0: {1: cell(0.5, 0.6), 2: cell(0.7, 0.8), 3: cell(0.6, 0.7)}, 1: {1: cell(0.9, 1.0)}}
     per = rt.seed_curves(plain)
